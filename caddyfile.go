@@ -1,0 +1,267 @@
+package imagelb
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("imagelb", parseGlobalOption)
+}
+
+// parseGlobalOption turns the imagelb global option into the imagelb app.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("imagelb global option already specified")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "imagelb", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from the imagelb global option. Syntax:
+//
+//	imagelb {
+//		health_interval <duration>
+//		health_timeout  <duration>
+//		health_path     <path>
+//		max_retries     <n>
+//		timeout         <duration>
+//		algorithm       round_robin|least_connections
+//		port_range      <lo>-<hi>
+//		default_host    <host>
+//		max_body        <size>
+//		max_containers  <n>
+//		service <image_id> <image_name> {
+//			algorithm     round_robin|least_connections
+//			external_port <port>
+//			container <container_id> <host:port> {
+//				name   <name>
+//				weight <0-1000>
+//				status healthy|unhealthy|starting|draining
+//			}
+//		}
+//	}
+//
+// Durations accept plain seconds ("30") as well as Go durations ("30s").
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if opt != "service" {
+			if seen[opt] {
+				return d.Errf("%s already specified", opt)
+			}
+			seen[opt] = true
+		}
+		switch opt {
+		case "health_interval", "health_timeout", "timeout":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			dur, err := parseSeconds(v)
+			if err != nil {
+				return d.Errf("%s %q: want seconds (e.g. 30) or a duration (e.g. 30s): %v", opt, v, err)
+			}
+			switch opt {
+			case "health_interval":
+				a.HealthInterval = caddy.Duration(dur)
+			case "health_timeout":
+				a.HealthTimeout = caddy.Duration(dur)
+			default:
+				a.Timeout = caddy.Duration(dur)
+			}
+		case "health_path":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if v[0] != '/' {
+				return d.Errf("health_path %q must start with /", v)
+			}
+			a.HealthPath = v
+		case "max_retries", "max_containers":
+			n, err := intArg(d, 0, 1<<20)
+			if err != nil {
+				return err
+			}
+			if opt == "max_retries" {
+				a.MaxRetries = &n
+			} else {
+				a.MaxContainers = n
+			}
+		case "algorithm":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			a.Algorithm = v
+		case "port_range":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if _, _, err := parsePortRange(v); err != nil {
+				return d.Err(err.Error())
+			}
+			a.PortRange = v
+		case "default_host":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			a.DefaultHost = v
+		case "max_body":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size == 0 {
+				return d.Errf("max_body %q: want a size such as 1MiB or 65536", v)
+			}
+			a.MaxBody = int64(size)
+		case "service":
+			svc, err := parseService(d)
+			if err != nil {
+				return err
+			}
+			a.Services = append(a.Services, svc)
+		default:
+			return d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	return nil
+}
+
+// parseService parses: service <image_id> <image_name> { ... }
+func parseService(d *caddyfile.Dispenser) (StaticService, error) {
+	var s StaticService
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return s, d.Err("service needs an image_id and an image_name: service <image_id> <image_name> { ... }")
+	}
+	id, err := strconv.ParseInt(args[0], 10, 64)
+	if err != nil || id <= 0 {
+		return s, d.Errf("service image_id %q must be a positive integer", args[0])
+	}
+	s.ImageID, s.ImageName = id, args[1]
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if opt != "container" {
+			if seen[opt] {
+				return s, d.Errf("%s already specified", opt)
+			}
+			seen[opt] = true
+		}
+		switch opt {
+		case "algorithm":
+			v, err := singleArg(d)
+			if err != nil {
+				return s, err
+			}
+			s.Algorithm = v
+		case "external_port":
+			n, err := intArg(d, 1, 65535)
+			if err != nil {
+				return s, err
+			}
+			s.ExternalPort = n
+		case "container":
+			c, err := parseContainer(d)
+			if err != nil {
+				return s, err
+			}
+			s.Containers = append(s.Containers, c)
+		default:
+			return s, d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	return s, nil
+}
+
+// parseContainer parses: container <container_id> <host:port> { ... }
+func parseContainer(d *caddyfile.Dispenser) (StaticContainer, error) {
+	var c StaticContainer
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return c, d.Err("container needs an id and an address: container <container_id> <host:port>")
+	}
+	c.ContainerID = args[0]
+	addr, err := caddy.ParseNetworkAddress(args[1])
+	if err != nil || addr.IsUnixNetwork() || addr.PortRangeSize() != 1 || addr.StartPort == 0 {
+		return c, d.Errf("container address %q: want host:port, e.g. 127.0.0.1:9001", args[1])
+	}
+	c.Host, c.Port = addr.Host, int(addr.StartPort)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return c, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "name":
+			v, err := singleArg(d)
+			if err != nil {
+				return c, err
+			}
+			c.Name = v
+		case "weight":
+			n, err := intArg(d, 0, 1000)
+			if err != nil {
+				return c, err
+			}
+			c.Weight = &n
+		case "status":
+			v, err := singleArg(d)
+			if err != nil {
+				return c, err
+			}
+			c.Status = v
+		default:
+			return c, d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	return c, nil
+}
+
+func singleArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+func intArg(d *caddyfile.Dispenser, lo, hi int) (int, error) {
+	opt := d.Val()
+	v, err := singleArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, d.Errf("%s %q: want a whole number from %d to %d", opt, v, lo, hi)
+	}
+	return n, nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*App)(nil)

@@ -1,0 +1,337 @@
+package imagelb
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/imagelb/caddy-imagelb/admin"
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("imagelb", parseHandlerCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("imagelb", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// The paths of the platform's original API served by the handler.
+const (
+	healthPath  = "/health"
+	apiPrefix   = "/api/v1"
+	proxyPrefix = "/api/v1/proxy"
+)
+
+// Management API modes of the handler.
+const (
+	APIOn       = "on"
+	APIReadOnly = "read_only"
+	APIOff      = "off"
+)
+
+// Handler is the imagelb HTTP handler. On a site it serves GET /health, the
+// management API under /api/v1/, the proxy /api/v1/proxy/{image_id}/{path}
+// and every request arriving on a mapped external port. Everything else goes
+// to the next handler. Proxying is done by Caddy's reverse_proxy handler,
+// provisioned inside this one with the imagelb upstream source and policy.
+type Handler struct {
+	// The management API on this site: on, read_only (GET only; writes
+	// get 403) or off (management routes 404; /health and the proxy are
+	// still served). Default: on.
+	API string `json:"api,omitempty"`
+
+	app    *App
+	reg    *registry.Registry
+	rp     *reverseproxy.Handler
+	api    *admin.API
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.imagelb",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision attaches the handler to the imagelb app and provisions the
+// embedded reverse proxy.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.API == "" {
+		h.API = APIOn
+	}
+	appIface, err := ctx.App("imagelb")
+	if err != nil {
+		return fmt.Errorf("loading imagelb app: %v", err)
+	}
+	h.app = appIface.(*App)
+	h.reg = h.app.reg
+	h.api = &admin.API{Prefix: apiPrefix, MaxBody: h.app.MaxBody, Registry: func() *registry.Registry { return h.reg }}
+
+	transport := &reverseproxy.HTTPTransport{
+		ResponseHeaderTimeout: caddy.Duration(h.app.timeout),
+		DialTimeout:           caddy.Duration(min(h.app.timeout, 5*time.Second)),
+	}
+	h.rp = &reverseproxy.Handler{
+		TransportRaw:     caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),
+		DynamicUpstreams: &UpstreamSource{reg: h.reg, preselect: true},
+		LoadBalancing: &reverseproxy.LoadBalancing{
+			Retries:         h.app.maxRetries,
+			SelectionPolicy: Selection{},
+		},
+	}
+	if err := h.rp.Provision(ctx); err != nil {
+		return fmt.Errorf("provisioning reverse proxy: %v", err)
+	}
+	return nil
+}
+
+// Validate checks the handler's options.
+func (h *Handler) Validate() error {
+	switch h.API {
+	case APIOn, APIReadOnly, APIOff:
+		return nil
+	}
+	return fmt.Errorf("api %q: use on, read_only or off", h.API)
+}
+
+// Cleanup releases the embedded reverse proxy; Caddy does not know about it.
+func (h *Handler) Cleanup() error {
+	if h.rp == nil {
+		return nil
+	}
+	return h.rp.Cleanup()
+}
+
+// ServeHTTP serves the routes the handler owns and passes the rest on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.reg.HasPortMappings() {
+		if svc := h.reg.ByPort(localPort(r)); svc != nil {
+			return h.proxy(w, r, next, svc, nil)
+		}
+	}
+	path := r.URL.Path
+	switch {
+	case path == healthPath:
+		h.serveHealth(w, r)
+		return nil
+	case path == proxyPrefix || strings.HasPrefix(path, proxyPrefix+"/"):
+		return h.serveProxy(w, r, next)
+	case strings.HasPrefix(path, apiPrefix+"/") && h.api.Owns(r):
+		switch {
+		case h.API == APIOff:
+			admin.WriteError(w, http.StatusNotFound, "the management API is turned off on this site")
+		case h.API == APIReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
+			admin.WriteError(w, http.StatusForbidden, "the management API is read-only on this site: use GET, or Caddy's admin endpoint for changes")
+		default:
+			h.api.ServeHTTP(w, r)
+		}
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		admin.WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on /health; use GET", r.Method))
+		return
+	}
+	sum := h.reg.Summary()
+	admin.WriteJSON(w, http.StatusOK, map[string]any{
+		"status":             "healthy",
+		"uptime_seconds":     h.reg.Uptime().Seconds(),
+		"services":           sum.Services,
+		"containers":         sum.Containers,
+		"healthy_containers": sum.HealthyContainers,
+	})
+}
+
+// serveProxy serves /api/v1/proxy/{image_id}/{path...}: the container gets
+// /{path...} with the query string unchanged.
+func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	rest := strings.TrimPrefix(r.URL.EscapedPath(), proxyPrefix)
+	rest = strings.TrimPrefix(rest, "/")
+	idRaw, tail, _ := strings.Cut(rest, "/")
+	if idRaw == "" {
+		admin.WriteError(w, http.StatusNotFound, "missing image_id: use /api/v1/proxy/{image_id}/{path}")
+		return nil
+	}
+	id, err := registry.ParseImageID(idRaw)
+	if err != nil {
+		admin.WriteError(w, http.StatusUnprocessableEntity, fmt.Sprintf("image_id must be a positive integer, got %q", idRaw))
+		return nil
+	}
+	svc := h.reg.Lookup(id)
+	if svc == nil {
+		admin.WriteError(w, http.StatusNotFound, fmt.Sprintf("image_id %d is not registered", id))
+		return nil
+	}
+	u := *r.URL
+	u.RawPath = "/" + tail
+	u.Path, err = url.PathUnescape(u.RawPath)
+	if err != nil {
+		admin.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed path: %v", err))
+		return nil
+	}
+	return h.proxy(w, r, next, svc, &u)
+}
+
+// proxy sends the request to one of the service's containers through the
+// embedded reverse proxy, counting it for the image and its attempts for
+// the containers. target, when not nil, replaces the request's URL.
+func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
+	if len(svc.Available()) == 0 {
+		svc.State.Begin()
+		svc.State.End(true, 0)
+		admin.WriteError(w, http.StatusServiceUnavailable,
+			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
+		return nil
+	}
+	if target != nil {
+		r2 := *r
+		r2.URL = target
+		r = &r2
+	}
+	q := newRequest(svc)
+	caddyhttp.SetVar(r.Context(), requestVar, q)
+	sw := statusWriters.Get().(*statusWriter)
+	sw.ResponseWriter, sw.status = w, 0
+	err := h.rp.ServeHTTP(sw, r, next)
+	status := sw.status
+	sw.ResponseWriter = nil
+	statusWriters.Put(sw)
+
+	if err == nil {
+		q.finish(status >= 500)
+		return nil
+	}
+	var herr caddyhttp.HandlerError
+	code := http.StatusBadGateway
+	if errors.As(err, &herr) && herr.StatusCode != 0 {
+		code = herr.StatusCode
+	}
+	q.finish(code >= 500)
+	if status != 0 || code == 499 {
+		return nil // the client has its answer, or is gone
+	}
+	var detail string
+	switch code {
+	case http.StatusServiceUnavailable:
+		detail = fmt.Sprintf("no healthy container for image_id %d could take the request", svc.ImageID)
+	case http.StatusGatewayTimeout:
+		detail = fmt.Sprintf("the container of image_id %d did not answer within %s", svc.ImageID, h.app.timeout)
+	default:
+		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts): %v", svc.ImageID, len(q.tried), unwrapHandlerError(err))
+	}
+	if c := h.logger.Check(zap.WarnLevel, "proxy failed"); c != nil {
+		c.Write(zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Error(err))
+	}
+	admin.WriteError(w, code, detail)
+	return nil
+}
+
+func unwrapHandlerError(err error) error {
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) && herr.Err != nil {
+		return herr.Err
+	}
+	return err
+}
+
+// localPort is the port of the listener the request arrived on.
+func localPort(r *http.Request) int {
+	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
+		return addr.Port
+	}
+	return 0
+}
+
+// statusWriter records the final status code written to the client.
+// Unwrap lets reverse_proxy flush and hijack through it.
+type statusWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	status int
+}
+
+var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// parseHandlerCaddyfile sets up the handler from Caddyfile tokens.
+func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	imagelb {
+//		api on|read_only|off
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "api":
+			if h.API != "" {
+				return d.Err("api already specified")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.API = d.Val()
+			switch h.API {
+			case APIOn, APIReadOnly, APIOff:
+			default:
+				return d.Errf("api %q: use on, read_only or off", h.API)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

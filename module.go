@@ -1,0 +1,389 @@
+// Package imagelb is a Caddy plugin that turns Caddy into the load balancer of
+// a container platform: an app holding the image-keyed registry, an HTTP
+// handler serving the platform's API and proxy, an admin API module, and a
+// dynamic upstream source plus selection policy for reverse_proxy.
+package imagelb
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/imagelb/caddy-imagelb/admin"
+	"github.com/imagelb/caddy-imagelb/health"
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// Defaults of the app's options that are not health settings.
+const (
+	DefaultMaxRetries    = 3
+	DefaultTimeout       = 30 * time.Second
+	DefaultMaxContainers = 1000
+)
+
+// registries keeps the registry alive across config reloads: a reload
+// provisions a new App while the old one still serves, and both must see the
+// same services, containers and counters (as reverseproxy/hosts.go keeps hosts).
+var registries = caddy.NewUsagePool()
+
+const registryKey = "registry"
+
+// running is the App that is currently started. The admin API module reads it
+// per request, because admin modules are provisioned before apps and may
+// outlive a failed reload.
+var running atomic.Pointer[App]
+
+// App is the imagelb app: it owns the image-keyed registry shared by the
+// imagelb handler, the admin API and reverse_proxy's dynamic upstreams.
+type App struct {
+	// How often containers are health-checked. Falls back to the
+	// HEALTH_CHECK_INTERVAL environment variable (seconds, or a duration).
+	// Default: 30s.
+	HealthInterval caddy.Duration `json:"health_interval,omitempty"`
+	// How long one health check may take. Default: 5s.
+	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
+	// The path requested by health checks. Default: /health.
+	HealthPath string `json:"health_path,omitempty"`
+	// How many times a failed attempt is retried on another container.
+	// Falls back to the MAX_RETRIES environment variable. Default: 3.
+	MaxRetries *int `json:"max_retries,omitempty"`
+	// How long a container may take to answer (dial plus response
+	// headers) before the client gets a 504. Falls back to the TIMEOUT
+	// environment variable (seconds, or a duration). Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// The balancing algorithm of services registered without one:
+	// round_robin or least_connections (alias least_conn). Default: round_robin.
+	Algorithm string `json:"algorithm,omitempty"`
+	// External ports to allocate to services registered without one, as
+	// "lo-hi" (e.g. "8000-8099"). Default: none.
+	PortRange string `json:"port_range,omitempty"`
+	// The host of containers registered without one. Default: 127.0.0.1.
+	DefaultHost string `json:"default_host,omitempty"`
+	// The largest management request body in bytes. Default: 1048576 (1 MiB).
+	MaxBody int64 `json:"max_body,omitempty"`
+	// The most containers one service may have. Default: 1000.
+	MaxContainers int `json:"max_containers,omitempty"`
+	// Services declared in the configuration. A static service removed
+	// from the configuration is removed on reload; services registered
+	// through the API are not touched.
+	Services []StaticService `json:"services,omitempty"`
+
+	reg        *registry.Registry
+	static     []registry.ServiceSpec
+	health     health.Config
+	maxRetries int
+	timeout    time.Duration
+	logger     *zap.Logger
+	api        *admin.API
+}
+
+// StaticService is a service declared in the configuration.
+type StaticService struct {
+	// The image id, a positive integer. Required.
+	ImageID int64 `json:"image_id"`
+	// The image name. Required.
+	ImageName string `json:"image_name"`
+	// The balancing algorithm. Default: the app's algorithm.
+	Algorithm string `json:"algorithm,omitempty"`
+	// The external port mapped to this image. Default: none, or one from
+	// the app's port_range.
+	ExternalPort int `json:"external_port,omitempty"`
+	// The containers of the service.
+	Containers []StaticContainer `json:"containers,omitempty"`
+}
+
+// StaticContainer is a container of a static service.
+type StaticContainer struct {
+	// The container id, unique within the service. Required.
+	ContainerID string `json:"container_id"`
+	// A display name. Default: empty.
+	Name string `json:"name,omitempty"`
+	// Hostname or IP address. Default: the app's default_host.
+	Host string `json:"host,omitempty"`
+	// TCP port, 1-65535. Required.
+	Port int `json:"port"`
+	// Status: healthy, unhealthy, starting or draining. Default: healthy.
+	Status string `json:"status,omitempty"`
+	// Weight, 0-1000; 0 receives no new requests. Default: 1.
+	Weight *int `json:"weight,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "imagelb",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision fills defaults (config, then environment, then built-in),
+// validates the static services and attaches the shared registry.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+
+	interval, err := durationOption(time.Duration(a.HealthInterval), "HEALTH_CHECK_INTERVAL", health.DefaultInterval)
+	if err != nil {
+		return err
+	}
+	a.health = health.Config{Interval: interval, Timeout: time.Duration(a.HealthTimeout), Path: a.HealthPath}.WithDefaults()
+	if a.timeout, err = durationOption(time.Duration(a.Timeout), "TIMEOUT", DefaultTimeout); err != nil {
+		return err
+	}
+	switch {
+	case a.MaxRetries != nil:
+		a.maxRetries = *a.MaxRetries
+	case os.Getenv("MAX_RETRIES") != "":
+		n, err := strconv.Atoi(strings.TrimSpace(os.Getenv("MAX_RETRIES")))
+		if err != nil || n < 0 {
+			return fmt.Errorf("environment variable MAX_RETRIES=%q: want a whole number of retries, e.g. 3", os.Getenv("MAX_RETRIES"))
+		}
+		a.maxRetries = n
+	default:
+		a.maxRetries = DefaultMaxRetries
+	}
+	if a.MaxContainers == 0 {
+		a.MaxContainers = DefaultMaxContainers
+	}
+	if a.MaxBody == 0 {
+		a.MaxBody = admin.DefaultMaxBody
+	}
+
+	opts, err := a.registryOptions()
+	if err != nil {
+		return err
+	}
+	a.static, err = a.staticSpecs()
+	if err != nil {
+		return err
+	}
+
+	val, _, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
+		return registryHolder{registry.New(opts)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.reg = val.(registryHolder).Registry
+	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry}
+	return nil
+}
+
+// Validate checks the options that Provision does not already reject.
+func (a *App) Validate() error {
+	if a.maxRetries < 0 {
+		return fmt.Errorf("max_retries must not be negative, got %d", a.maxRetries)
+	}
+	if a.MaxContainers < 0 || a.MaxBody < 0 {
+		return fmt.Errorf("max_containers and max_body must not be negative")
+	}
+	return nil
+}
+
+// Start applies this configuration's options and static services to the
+// shared registry and makes the app the one the admin API serves.
+func (a *App) Start() error {
+	opts, _ := a.registryOptions()
+	a.reg.SetOptions(opts)
+	if err := a.reg.ApplyStatic(a.static); err != nil {
+		return err
+	}
+	running.Store(a)
+	a.logger.Info("imagelb started",
+		zap.Int("services", a.reg.Summary().Services),
+		zap.Duration("health_interval", a.health.Interval),
+		zap.Int("max_retries", a.maxRetries),
+		zap.Duration("timeout", a.timeout))
+	return nil
+}
+
+// Stop stops serving the admin API from this instance.
+func (a *App) Stop() error {
+	running.CompareAndSwap(a, nil)
+	return nil
+}
+
+// Cleanup releases this instance's reference to the shared registry.
+func (a *App) Cleanup() error {
+	if a.reg != nil {
+		_, _ = registries.Delete(registryKey)
+	}
+	return nil
+}
+
+// Registry returns the app's registry.
+func (a *App) Registry() *registry.Registry { return a.reg }
+
+func (a *App) registryOptions() (registry.Options, error) {
+	alg, ok := registry.ParseAlgorithm(a.Algorithm)
+	if !ok {
+		return registry.Options{}, fmt.Errorf("algorithm %q: use round_robin or least_connections (alias least_conn)", a.Algorithm)
+	}
+	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers}
+	if a.DefaultHost != "" {
+		if msg := registry.CheckHost(a.DefaultHost); msg != "" {
+			return opts, fmt.Errorf("default_host: %s", msg)
+		}
+	}
+	if a.PortRange != "" {
+		lo, hi, err := parsePortRange(a.PortRange)
+		if err != nil {
+			return opts, err
+		}
+		opts.PortLo, opts.PortHi = lo, hi
+	}
+	return opts, nil
+}
+
+// staticSpecs validates the static services and turns them into specs.
+func (a *App) staticSpecs() ([]registry.ServiceSpec, error) {
+	specs := make([]registry.ServiceSpec, 0, len(a.Services))
+	seen := map[int64]bool{}
+	ports := map[int]int64{}
+	for i, s := range a.Services {
+		where := fmt.Sprintf("services[%d] (image_id %d)", i, s.ImageID)
+		if s.ImageID <= 0 {
+			return nil, fmt.Errorf("%s: image_id must be a positive integer", where)
+		}
+		if seen[s.ImageID] {
+			return nil, fmt.Errorf("%s: image_id declared twice", where)
+		}
+		seen[s.ImageID] = true
+		if s.ImageName == "" {
+			return nil, fmt.Errorf("%s: image_name is required", where)
+		}
+		alg, ok := registry.ParseAlgorithm(s.Algorithm)
+		if !ok {
+			return nil, fmt.Errorf("%s: unknown algorithm %q: use round_robin or least_connections", where, s.Algorithm)
+		}
+		if s.ExternalPort != 0 {
+			if s.ExternalPort < 1 || s.ExternalPort > 65535 {
+				return nil, fmt.Errorf("%s: external_port must be from 1 to 65535", where)
+			}
+			if other, dup := ports[s.ExternalPort]; dup {
+				return nil, fmt.Errorf("%s: external_port %d is also given to image %d", where, s.ExternalPort, other)
+			}
+			ports[s.ExternalPort] = s.ImageID
+		}
+		spec := registry.ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: alg,
+			ExternalPort: s.ExternalPort, Static: true}
+		ids := map[string]bool{}
+		for j, c := range s.Containers {
+			cs, err := c.spec()
+			if err != nil {
+				return nil, fmt.Errorf("%s: containers[%d]: %v", where, j, err)
+			}
+			if ids[cs.ContainerID] {
+				return nil, fmt.Errorf("%s: containers[%d]: duplicate container_id %q", where, j, cs.ContainerID)
+			}
+			ids[cs.ContainerID] = true
+			spec.Containers = append(spec.Containers, cs)
+		}
+		specs = append(specs, spec)
+	}
+	return specs, nil
+}
+
+func (c StaticContainer) spec() (registry.ContainerSpec, error) {
+	cs := registry.ContainerSpec{ContainerID: c.ContainerID, Name: c.Name, Host: c.Host, Port: c.Port,
+		Status: registry.StatusHealthy, Weight: registry.DefaultWeight}
+	if c.ContainerID == "" || len(c.ContainerID) > registry.MaxIDLength {
+		return cs, fmt.Errorf("container_id is required (1-%d characters)", registry.MaxIDLength)
+	}
+	if c.Host != "" {
+		if msg := registry.CheckHost(c.Host); msg != "" {
+			return cs, fmt.Errorf("%s", msg)
+		}
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return cs, fmt.Errorf("port must be from 1 to 65535, got %d", c.Port)
+	}
+	if c.Status != "" {
+		s, ok := registry.ParseStatus(c.Status)
+		if !ok {
+			return cs, fmt.Errorf("unknown status %q: use healthy, unhealthy, starting or draining", c.Status)
+		}
+		cs.Status = s
+	}
+	if c.Weight != nil {
+		if *c.Weight < 0 || *c.Weight > registry.MaxWeight {
+			return cs, fmt.Errorf("weight must be from 0 to %d, got %d", registry.MaxWeight, *c.Weight)
+		}
+		cs.Weight = *c.Weight
+	}
+	return cs, nil
+}
+
+// registryHolder lets the registry live in a caddy.UsagePool.
+type registryHolder struct{ *registry.Registry }
+
+// Destruct is called when the last configuration using the registry is gone.
+func (registryHolder) Destruct() error { return nil }
+
+// currentRegistry returns the registry of the running app, or nil.
+func currentRegistry() *registry.Registry {
+	if a := running.Load(); a != nil {
+		return a.reg
+	}
+	return nil
+}
+
+// durationOption resolves a duration from the config, then an environment
+// variable ("30" means seconds; Go durations such as "1m30s" work too),
+// then the default.
+func durationOption(configured time.Duration, env string, def time.Duration) (time.Duration, error) {
+	if configured > 0 {
+		return configured, nil
+	}
+	v := strings.TrimSpace(os.Getenv(env))
+	if v == "" {
+		return def, nil
+	}
+	d, err := parseSeconds(v)
+	if err != nil {
+		return 0, fmt.Errorf("environment variable %s=%q: want seconds (e.g. 30) or a duration (e.g. 30s)", env, v)
+	}
+	return d, nil
+}
+
+// parseSeconds parses "30" as 30 seconds and anything else as a Caddy duration.
+func parseSeconds(v string) (time.Duration, error) {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		if f <= 0 {
+			return 0, fmt.Errorf("must be positive")
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := caddy.ParseDuration(v)
+	if err == nil && d <= 0 {
+		err = fmt.Errorf("must be positive")
+	}
+	return d, err
+}
+
+func parsePortRange(s string) (int, int, error) {
+	loS, hiS, ok := strings.Cut(s, "-")
+	lo, err1 := strconv.Atoi(loS)
+	hi, err2 := strconv.Atoi(hiS)
+	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
+		return 0, 0, fmt.Errorf("port_range %q: want lo-hi with 1 <= lo <= hi <= 65535, e.g. 8000-8099", s)
+	}
+	return lo, hi, nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

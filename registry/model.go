@@ -1,0 +1,192 @@
+// Package registry holds the image-keyed service registry of imagelb: the data
+// model, validation of what the orchestrator sends, copy-on-write snapshots read
+// by the request path, the balancing algorithms and the request counters.
+//
+// It imports nothing from Caddy and nothing from net/http, so it can be tested
+// and benchmarked on its own and reused by every mount of the API.
+package registry
+
+import (
+	"net"
+	"strconv"
+	"time"
+)
+
+// Algorithm names a balancing algorithm of a service.
+type Algorithm string
+
+// The balancing algorithms.
+const (
+	RoundRobin       Algorithm = "round_robin"
+	LeastConnections Algorithm = "least_connections"
+)
+
+// ParseAlgorithm returns the algorithm for name, accepting the alias
+// least_conn. The empty name yields the empty algorithm (meaning "the default").
+func ParseAlgorithm(name string) (Algorithm, bool) {
+	switch name {
+	case "":
+		return "", true
+	case string(RoundRobin):
+		return RoundRobin, true
+	case string(LeastConnections), "least_conn":
+		return LeastConnections, true
+	}
+	return "", false
+}
+
+// Status is the status of a container.
+type Status string
+
+// Container statuses. Only StatusHealthy receives new requests.
+const (
+	StatusHealthy   Status = "healthy"
+	StatusUnhealthy Status = "unhealthy"
+	StatusStarting  Status = "starting"
+	StatusDraining  Status = "draining"
+)
+
+// ParseStatus validates a status name.
+func ParseStatus(name string) (Status, bool) {
+	switch s := Status(name); s {
+	case StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining:
+		return s, true
+	}
+	return "", false
+}
+
+// Limits of the data model.
+const (
+	MaxIDLength   = 255
+	MaxNameLength = 255
+	MaxHostLength = 253
+	MaxWeight     = 1000
+	DefaultWeight = 1
+)
+
+// ContainerSpec is the desired state of one container, as validated input.
+type ContainerSpec struct {
+	ContainerID string
+	Name        string
+	Host        string
+	Port        int
+	Status      Status
+	Weight      int
+}
+
+// Dial returns the network address of the container.
+func (c ContainerSpec) Dial() string {
+	return net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
+}
+
+// ServiceSpec is the desired state of one service, as validated input.
+type ServiceSpec struct {
+	ImageID      int64
+	ImageName    string
+	Algorithm    Algorithm // empty: the registry's default
+	ExternalPort int       // 0: none requested
+	Containers   []ContainerSpec
+	// Static marks a service declared in the configuration rather than
+	// registered through the API.
+	Static bool
+}
+
+// ContainerPatch is a partial update of one container.
+type ContainerPatch struct {
+	Status *Status
+	Weight *int
+}
+
+// Container is one immutable version of a container. Its counters live in
+// Stats, which is shared by every version of the same container_id so that a
+// re-registration keeps them.
+type Container struct {
+	ContainerSpec
+	dial  string
+	Stats *ContainerStats
+}
+
+// DialAddr returns the container's "host:port" network address.
+func (c *Container) DialAddr() string { return c.dial }
+
+// Available reports whether the container may receive new requests.
+func (c *Container) Available() bool {
+	return c.Status == StatusHealthy && c.Weight > 0
+}
+
+// Service is one immutable version of a service. Every change to a service
+// produces a new version; the request path reads versions without locking.
+type Service struct {
+	ImageID      int64
+	ImageName    string
+	Algorithm    Algorithm
+	ExternalPort int
+	Static       bool
+	Containers   []*Container // in registration order
+	available    []*Container // the containers that may take new requests
+	State        *ServiceState
+}
+
+// Available returns the containers that may take new requests, in
+// registration order. The slice must not be modified.
+func (s *Service) Available() []*Container { return s.available }
+
+// Container returns the container with the given id, or nil.
+func (s *Service) Container(id string) *Container {
+	for _, c := range s.Containers {
+		if c.ContainerID == id {
+			return c
+		}
+	}
+	return nil
+}
+
+// HealthyCount is the number of containers with status healthy.
+func (s *Service) HealthyCount() int {
+	n := 0
+	for _, c := range s.Containers {
+		if c.Status == StatusHealthy {
+			n++
+		}
+	}
+	return n
+}
+
+// newService builds a version from its parts, computing derived fields.
+func newService(spec ServiceSpec, containers []*Container, state *ServiceState) *Service {
+	s := &Service{
+		ImageID:      spec.ImageID,
+		ImageName:    spec.ImageName,
+		Algorithm:    spec.Algorithm,
+		ExternalPort: spec.ExternalPort,
+		Static:       spec.Static,
+		Containers:   containers,
+		State:        state,
+	}
+	for _, c := range containers {
+		if c.Available() {
+			s.available = append(s.available, c)
+		}
+	}
+	return s
+}
+
+func (s *Service) spec() ServiceSpec {
+	return ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
+		ExternalPort: s.ExternalPort, Static: s.Static}
+}
+
+// withContainers returns a new version of s with the given containers.
+func (s *Service) withContainers(cs []*Container) *Service {
+	return newService(s.spec(), cs, s.State)
+}
+
+func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
+	if stats == nil {
+		stats = new(ContainerStats)
+	}
+	return &Container{ContainerSpec: spec, dial: spec.Dial(), Stats: stats}
+}
+
+// Clock is the registry's time source; tests may replace it.
+var now = time.Now

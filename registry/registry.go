@@ -1,0 +1,434 @@
+package registry
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// numShards splits the service index so that adding or removing one service
+// copies 1/numShards of it, keeping registration cheap at 100,000 images.
+const numShards = 64
+
+// snapshot is an immutable view of the whole registry. Writers build a new
+// one (copying only the shard they change) and publish it atomically; the
+// request path reads the current one without locking.
+type snapshot struct {
+	shards [numShards]map[int64]*Service
+	ports  map[int]int64 // external port -> image_id
+	count  int           // number of services
+}
+
+func (s *snapshot) lookup(id int64) *Service {
+	return s.shards[uint64(id)%numShards][id]
+}
+
+// Options are the registry-wide defaults set from the app's configuration.
+type Options struct {
+	// DefaultAlgorithm applies to services registered without an algorithm.
+	DefaultAlgorithm Algorithm
+	// DefaultHost applies to containers registered without a host.
+	DefaultHost string
+	// PortLo and PortHi bound the range external ports are allocated from;
+	// 0 means no allocation.
+	PortLo, PortHi int
+	// MaxContainers caps the containers of one service; 0 means no cap.
+	MaxContainers int
+}
+
+// Registry is the image-keyed registry. Reads (Lookup, ByPort) are lock-free;
+// writes are serialized and each publishes a new snapshot.
+type Registry struct {
+	snap    atomic.Pointer[snapshot]
+	started time.Time
+
+	mu   sync.Mutex // serializes writers
+	opts Options
+}
+
+// New returns an empty registry with the given options.
+func New(opts Options) *Registry {
+	r := &Registry{started: now()}
+	r.opts = opts.withDefaults()
+	s := &snapshot{ports: map[int]int64{}}
+	for i := range s.shards {
+		s.shards[i] = map[int64]*Service{}
+	}
+	r.snap.Store(s)
+	return r
+}
+
+func (o Options) withDefaults() Options {
+	if o.DefaultAlgorithm == "" {
+		o.DefaultAlgorithm = RoundRobin
+	}
+	if o.DefaultHost == "" {
+		o.DefaultHost = "127.0.0.1"
+	}
+	return o
+}
+
+// SetOptions replaces the registry-wide defaults. Existing services keep the
+// algorithm they were registered with.
+func (r *Registry) SetOptions(opts Options) {
+	r.mu.Lock()
+	r.opts = opts.withDefaults()
+	r.mu.Unlock()
+}
+
+// Started returns when the registry was created.
+func (r *Registry) Started() time.Time { return r.started }
+
+// Lookup returns the current version of the service, or nil.
+func (r *Registry) Lookup(imageID int64) *Service {
+	return r.snap.Load().lookup(imageID)
+}
+
+// ByPort returns the service mapped to an external port, or nil.
+func (r *Registry) ByPort(port int) *Service {
+	s := r.snap.Load()
+	id, ok := s.ports[port]
+	if !ok {
+		return nil
+	}
+	return s.lookup(id)
+}
+
+// HasPortMappings reports whether any external port is mapped.
+func (r *Registry) HasPortMappings() bool { return len(r.snap.Load().ports) > 0 }
+
+// Services returns every service sorted by image_id.
+func (r *Registry) Services() []*Service {
+	s := r.snap.Load()
+	out := make([]*Service, 0, s.count)
+	for _, shard := range s.shards {
+		for _, svc := range shard {
+			out = append(out, svc)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Service) int { return cmpInt64(a.ImageID, b.ImageID) })
+	return out
+}
+
+// PortMapping is one external port mapped to an image.
+type PortMapping struct {
+	ExternalPort int    `json:"external_port"`
+	ImageID      int64  `json:"image_id"`
+	ImageName    string `json:"image_name"`
+}
+
+// PortMappings returns the mapped external ports sorted by port.
+func (r *Registry) PortMappings() []PortMapping {
+	s := r.snap.Load()
+	out := make([]PortMapping, 0, len(s.ports))
+	for port, id := range s.ports {
+		name := ""
+		if svc := s.lookup(id); svc != nil {
+			name = svc.ImageName
+		}
+		out = append(out, PortMapping{ExternalPort: port, ImageID: id, ImageName: name})
+	}
+	slices.SortFunc(out, func(a, b PortMapping) int { return a.ExternalPort - b.ExternalPort })
+	return out
+}
+
+// Register creates the service or replaces its container set atomically.
+// Containers that stay (same container_id) keep their counters; containers
+// that leave finish the requests they have in flight.
+func (r *Registry) Register(spec ServiceSpec) (*Service, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.register(spec)
+}
+
+func (r *Registry) register(spec ServiceSpec) (*Service, error) {
+	if err := r.checkSpec(&spec); err != nil {
+		return nil, err
+	}
+	snap := r.snap.Load()
+	old := snap.lookup(spec.ImageID)
+
+	port, err := r.choosePort(snap, spec, old)
+	if err != nil {
+		return nil, err
+	}
+	spec.ExternalPort = port
+
+	state := new(ServiceState)
+	if old != nil {
+		state = old.State
+	}
+	containers := make([]*Container, len(spec.Containers))
+	for i, cs := range spec.Containers {
+		var stats *ContainerStats
+		if old != nil {
+			if prev := old.Container(cs.ContainerID); prev != nil {
+				stats = prev.Stats
+			}
+		}
+		containers[i] = newContainer(cs, stats)
+	}
+	svc := newService(spec, containers, state)
+	r.publish(snap, old, svc)
+	return svc, nil
+}
+
+// checkSpec fills defaults and enforces registry-wide limits.
+func (r *Registry) checkSpec(spec *ServiceSpec) error {
+	if spec.ImageID <= 0 {
+		return invalid("image_id must be a positive integer, got %d", spec.ImageID)
+	}
+	if spec.ImageName == "" {
+		return invalid("image_name is required")
+	}
+	if spec.Algorithm == "" {
+		spec.Algorithm = r.opts.DefaultAlgorithm
+	}
+	if r.opts.MaxContainers > 0 && len(spec.Containers) > r.opts.MaxContainers {
+		return invalid("a service may have at most %d containers, got %d", r.opts.MaxContainers, len(spec.Containers))
+	}
+	for i := range spec.Containers {
+		if spec.Containers[i].Host == "" {
+			spec.Containers[i].Host = r.opts.DefaultHost
+		}
+	}
+	return nil
+}
+
+// choosePort returns the external port the service gets: the requested one
+// (409 if another image has it), else the one it already has, else the lowest
+// free port of the configured range, else none.
+func (r *Registry) choosePort(snap *snapshot, spec ServiceSpec, old *Service) (int, error) {
+	if spec.ExternalPort != 0 {
+		if owner, taken := snap.ports[spec.ExternalPort]; taken && owner != spec.ImageID {
+			return 0, conflict("external port %d is already mapped to image %d", spec.ExternalPort, owner)
+		}
+		return spec.ExternalPort, nil
+	}
+	if old != nil && old.ExternalPort != 0 {
+		return old.ExternalPort, nil
+	}
+	if r.opts.PortLo == 0 {
+		return 0, nil
+	}
+	for p := r.opts.PortLo; p <= r.opts.PortHi; p++ {
+		if _, taken := snap.ports[p]; !taken {
+			return p, nil
+		}
+	}
+	return 0, conflict("no free external port left in port_range %d-%d", r.opts.PortLo, r.opts.PortHi)
+}
+
+// publish stores a new snapshot in which old (may be nil) is replaced by svc
+// (may be nil, meaning removal).
+func (r *Registry) publish(snap *snapshot, old, svc *Service) {
+	next := *snap
+	id := int64(0)
+	if svc != nil {
+		id = svc.ImageID
+	} else {
+		id = old.ImageID
+	}
+	i := uint64(id) % numShards
+	shard := make(map[int64]*Service, len(snap.shards[i])+1)
+	for k, v := range snap.shards[i] {
+		shard[k] = v
+	}
+	if svc == nil {
+		delete(shard, id)
+		next.count--
+	} else {
+		if old == nil {
+			next.count++
+		}
+		shard[id] = svc
+	}
+	next.shards[i] = shard
+
+	oldPort, newPort := 0, 0
+	if old != nil {
+		oldPort = old.ExternalPort
+	}
+	if svc != nil {
+		newPort = svc.ExternalPort
+	}
+	if oldPort != newPort {
+		ports := make(map[int]int64, len(snap.ports)+1)
+		for k, v := range snap.ports {
+			ports[k] = v
+		}
+		delete(ports, oldPort)
+		if newPort != 0 {
+			ports[newPort] = id
+		}
+		next.ports = ports
+	}
+	r.snap.Store(&next)
+}
+
+// Remove deletes a service and returns its last version.
+func (r *Registry) Remove(imageID int64) (*Service, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	snap := r.snap.Load()
+	old := snap.lookup(imageID)
+	if old == nil {
+		return nil, unknownImage(imageID)
+	}
+	r.publish(snap, old, nil)
+	return old, nil
+}
+
+// PutContainer adds or replaces one container of a service.
+func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (*Container, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	snap := r.snap.Load()
+	old := snap.lookup(imageID)
+	if old == nil {
+		return nil, unknownImage(imageID)
+	}
+	if spec.Host == "" {
+		spec.Host = r.opts.DefaultHost
+	}
+	cs := slices.Clone(old.Containers)
+	var stats *ContainerStats
+	i := slices.IndexFunc(cs, func(c *Container) bool { return c.ContainerID == spec.ContainerID })
+	if i >= 0 {
+		stats = cs[i].Stats
+	} else if r.opts.MaxContainers > 0 && len(cs) >= r.opts.MaxContainers {
+		return nil, invalid("service %d already has the maximum of %d containers", imageID, r.opts.MaxContainers)
+	}
+	c := newContainer(spec, stats)
+	if i >= 0 {
+		cs[i] = c
+	} else {
+		cs = append(cs, c)
+	}
+	r.publish(snap, old, old.withContainers(cs))
+	return c, nil
+}
+
+// PatchContainer changes the status and/or weight of one container.
+func (r *Registry) PatchContainer(imageID int64, containerID string, p ContainerPatch) (*Container, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.patch(imageID, containerID, func(c *ContainerSpec) bool {
+		if p.Status != nil {
+			c.Status = *p.Status
+		}
+		if p.Weight != nil {
+			c.Weight = *p.Weight
+		}
+		return true
+	})
+}
+
+// CompareAndSwapStatus sets a container's status to to if it is from, and
+// reports whether it changed. Health checks use it so that every change is
+// applied, logged and announced exactly once.
+func (r *Registry) CompareAndSwapStatus(imageID int64, containerID string, from, to Status) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, err := r.patch(imageID, containerID, func(c *ContainerSpec) bool {
+		if c.Status != from || from == to {
+			return false
+		}
+		c.Status = to
+		return true
+	})
+	return err == nil
+}
+
+var errUnchanged = fmt.Errorf("unchanged")
+
+// patch applies change to a copy of one container and publishes it; change
+// returns false to leave everything as it is.
+func (r *Registry) patch(imageID int64, containerID string, change func(*ContainerSpec) bool) (*Container, error) {
+	snap := r.snap.Load()
+	old := snap.lookup(imageID)
+	if old == nil {
+		return nil, unknownImage(imageID)
+	}
+	i := slices.IndexFunc(old.Containers, func(c *Container) bool { return c.ContainerID == containerID })
+	if i < 0 {
+		return nil, unknownContainer(imageID, containerID)
+	}
+	spec := old.Containers[i].ContainerSpec
+	if !change(&spec) {
+		return old.Containers[i], errUnchanged
+	}
+	cs := slices.Clone(old.Containers)
+	cs[i] = newContainer(spec, cs[i].Stats)
+	r.publish(snap, old, old.withContainers(cs))
+	return cs[i], nil
+}
+
+// RemoveContainer deletes one container of a service and returns it.
+func (r *Registry) RemoveContainer(imageID int64, containerID string) (*Container, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	snap := r.snap.Load()
+	old := snap.lookup(imageID)
+	if old == nil {
+		return nil, unknownImage(imageID)
+	}
+	i := slices.IndexFunc(old.Containers, func(c *Container) bool { return c.ContainerID == containerID })
+	if i < 0 {
+		return nil, unknownContainer(imageID, containerID)
+	}
+	removed := old.Containers[i]
+	cs := slices.Delete(slices.Clone(old.Containers), i, i+1)
+	r.publish(snap, old, old.withContainers(cs))
+	return removed, nil
+}
+
+// ApplyStatic makes the statically configured services match specs: each is
+// registered (replacing its containers), and a service that came from an
+// earlier configuration but is no longer in specs is removed. Services
+// registered through the API are left alone. It applies all or nothing.
+func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	before := r.snap.Load()
+	keep := make(map[int64]bool, len(specs))
+	for _, spec := range specs {
+		spec.Static = true
+		if old := r.snap.Load().lookup(spec.ImageID); old != nil && !old.Static {
+			continue // taken over through the API; the API's registration wins
+		}
+		if _, err := r.register(spec); err != nil {
+			r.snap.Store(before)
+			return fmt.Errorf("static service %d: %w", spec.ImageID, err)
+		}
+		keep[spec.ImageID] = true
+	}
+	for _, shard := range r.snap.Load().shards {
+		for id, svc := range shard {
+			if svc.Static && !keep[id] {
+				r.publish(r.snap.Load(), svc, nil)
+			}
+		}
+	}
+	return nil
+}
+
+func unknownImage(id int64) *Error {
+	return notFound("image_id %d is not registered", id)
+}
+
+func unknownContainer(imageID int64, containerID string) *Error {
+	return notFound("container %q is not registered for image_id %d", containerID, imageID)
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

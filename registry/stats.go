@@ -1,0 +1,146 @@
+package registry
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Counters are the request counters of a service or a container. Every field
+// is an atomic so the request path never takes a lock to count.
+type Counters struct {
+	// Requests counts client requests (service) or attempts (container).
+	Requests atomic.Int64
+	// Failures counts requests or attempts that ended in an error or a 5xx.
+	Failures atomic.Int64
+	// InFlight is the number of requests or attempts not finished yet.
+	InFlight atomic.Int64
+}
+
+// ServiceState is the runtime state of a service shared by all its versions.
+type ServiceState struct {
+	Counters
+	Latency Histogram
+	rr      atomic.Uint64 // rotation counter of round robin and of tie-breaks
+}
+
+// Begin counts one client request for the service.
+func (s *ServiceState) Begin() {
+	s.Requests.Add(1)
+	s.InFlight.Add(1)
+}
+
+// End finishes a client request started with Begin.
+func (s *ServiceState) End(failed bool, d time.Duration) {
+	s.InFlight.Add(-1)
+	if failed {
+		s.Failures.Add(1)
+	}
+	s.Latency.Observe(d)
+}
+
+// ContainerStats is the runtime state of a container shared by all its versions.
+type ContainerStats struct {
+	Counters
+	Latency Histogram
+
+	mu              sync.Mutex
+	lastHealthCheck time.Time
+	lastHealthError string
+}
+
+// Begin counts one attempt sent to the container.
+func (c *ContainerStats) Begin() {
+	c.Requests.Add(1)
+	c.InFlight.Add(1)
+}
+
+// End finishes an attempt started with Begin.
+func (c *ContainerStats) End(failed bool, d time.Duration) {
+	c.InFlight.Add(-1)
+	if failed {
+		c.Failures.Add(1)
+	}
+	c.Latency.Observe(d)
+}
+
+// SetHealth records the outcome of a health check.
+func (c *ContainerStats) SetHealth(at time.Time, errText string) {
+	c.mu.Lock()
+	c.lastHealthCheck, c.lastHealthError = at, errText
+	c.mu.Unlock()
+}
+
+// Health returns the time and error of the last health check (zero and
+// empty when none has run).
+func (c *ContainerStats) Health() (time.Time, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastHealthCheck, c.lastHealthError
+}
+
+// Histogram is a fixed-bucket latency histogram made of atomics: recording is
+// one atomic add and never allocates. Bucket i holds durations up to
+// bucketBound(i); the bounds grow by about 19% per bucket from 50µs to
+// about 5 minutes, so a quantile is exact to within one bucket.
+type Histogram struct {
+	buckets [numBuckets]atomic.Uint64
+}
+
+const (
+	numBuckets    = 96
+	firstBound    = 50 * time.Microsecond
+	bucketGrowth  = 1.19
+	logGrowthBase = 0.17395330712343798 // math.Log(bucketGrowth)
+)
+
+func bucketBound(i int) time.Duration {
+	return time.Duration(float64(firstBound) * math.Pow(bucketGrowth, float64(i)))
+}
+
+func bucketOf(d time.Duration) int {
+	if d <= firstBound {
+		return 0
+	}
+	i := int(math.Ceil(math.Log(float64(d)/float64(firstBound)) / logGrowthBase))
+	if i >= numBuckets {
+		return numBuckets - 1
+	}
+	return i
+}
+
+// Observe records one duration.
+func (h *Histogram) Observe(d time.Duration) {
+	h.buckets[bucketOf(d)].Add(1)
+}
+
+// Quantiles returns the upper bounds of the buckets holding the given
+// quantiles (0 < q ≤ 1), in milliseconds; ok is false when nothing was observed.
+func (h *Histogram) Quantiles(qs ...float64) (ms []float64, ok bool) {
+	var counts [numBuckets]uint64
+	var total uint64
+	for i := range h.buckets {
+		counts[i] = h.buckets[i].Load()
+		total += counts[i]
+	}
+	ms = make([]float64, len(qs))
+	if total == 0 {
+		return ms, false
+	}
+	for j, q := range qs {
+		rank := uint64(math.Ceil(q * float64(total)))
+		if rank == 0 {
+			rank = 1
+		}
+		var seen uint64
+		for i, n := range counts {
+			seen += n
+			if seen >= rank {
+				ms[j] = math.Round(float64(bucketBound(i))/float64(time.Millisecond)*1000) / 1000
+				break
+			}
+		}
+	}
+	return ms, true
+}

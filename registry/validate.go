@@ -1,0 +1,354 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// containerInput is the wire form of a container in a request. Pointers tell
+// an absent field from a zero one.
+type containerInput struct {
+	ContainerID *string `json:"container_id"`
+	Name        *string `json:"name"`
+	Host        *string `json:"host"`
+	Port        *int64  `json:"port"`
+	ImageID     *int64  `json:"image_id"`
+	Status      *string `json:"status"`
+	Weight      *int64  `json:"weight"`
+}
+
+// registrationInput is the object form of a registration body.
+type registrationInput struct {
+	ImageName    *string           `json:"image_name"`
+	Algorithm    *string           `json:"algorithm"`
+	ExternalPort *int64            `json:"external_port"`
+	Containers   []json.RawMessage `json:"containers"`
+}
+
+type patchInput struct {
+	Status *string `json:"status"`
+	Weight *int64  `json:"weight"`
+}
+
+// ParseImageID parses an image_id from a path or query: a positive decimal
+// integer that fits in int64.
+func ParseImageID(s string) (int64, error) {
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 || s[0] == '+' {
+		return 0, &Error{Kind: KindInvalid, Fields: []FieldError{{
+			Loc: []any{"path", "image_id"}, Type: "int_parsing",
+			Msg: fmt.Sprintf("image_id must be a positive integer, got %q", s),
+		}}}
+	}
+	return id, nil
+}
+
+// DecodeRegistration decodes and validates the body and query of a
+// registration of imageID. The body is a JSON array of containers or an object
+// with image_name, algorithm, external_port and containers; query parameters
+// win over the object's fields.
+func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (ServiceSpec, error) {
+	spec := ServiceSpec{ImageID: imageID}
+	var fe fieldErrors
+	var items []json.RawMessage
+	var itemLoc []any // location prefix of the containers
+
+	switch firstByte(body) {
+	case '[':
+		if err := json.Unmarshal(body, &items); err != nil {
+			return spec, jsonError(err)
+		}
+		itemLoc = []any{"body"}
+	case '{':
+		var in registrationInput
+		if err := json.Unmarshal(body, &in); err != nil {
+			return spec, jsonError(err)
+		}
+		if in.ImageName != nil {
+			spec.ImageName = *in.ImageName
+		}
+		if in.Algorithm != nil {
+			alg, ok := ParseAlgorithm(*in.Algorithm)
+			if !ok {
+				fe.add("enum", unknownAlgorithm(*in.Algorithm), "body", "algorithm")
+			}
+			spec.Algorithm = alg
+		}
+		if in.ExternalPort != nil {
+			if !validPort(*in.ExternalPort) {
+				fe.add("value_error", portMsg("external_port", *in.ExternalPort), "body", "external_port")
+			}
+			spec.ExternalPort = int(*in.ExternalPort)
+		}
+		if in.Containers == nil {
+			fe.add("missing", "field required: containers (a list of containers, may be empty)", "body", "containers")
+		}
+		items = in.Containers
+		itemLoc = []any{"body", "containers"}
+	default:
+		return spec, invalid("request body must be a JSON array of containers or an object with image_name and containers")
+	}
+
+	if v, ok := queryValue(query, "image_name"); ok {
+		spec.ImageName = v
+	}
+	if v, ok := queryValue(query, "algorithm"); ok {
+		alg, ok := ParseAlgorithm(v)
+		if !ok {
+			fe.add("enum", unknownAlgorithm(v), "query", "algorithm")
+		}
+		spec.Algorithm = alg
+	}
+	if v, ok := queryValue(query, "external_port"); ok {
+		p, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || !validPort(p) {
+			fe.add("value_error", fmt.Sprintf("external_port must be an integer from 1 to 65535, got %q", v), "query", "external_port")
+		}
+		spec.ExternalPort = int(p)
+	}
+	if spec.ImageName == "" {
+		fe.add("missing", "image_name is required (query parameter ?image_name=NAME or body field), 1-255 characters", "query", "image_name")
+	} else {
+		checkText(&fe, spec.ImageName, MaxNameLength, "image_name", "query", "image_name")
+	}
+
+	seen := make(map[string]int, len(items))
+	for i, raw := range items {
+		loc := append(append([]any{}, itemLoc...), i)
+		c, cfe := decodeContainer(raw, imageID, loc, "")
+		fe = append(fe, cfe...)
+		if len(cfe) > 0 {
+			continue
+		}
+		if j, dup := seen[c.ContainerID]; dup {
+			fe.add("value_error", fmt.Sprintf("duplicate container_id %q (also at index %d)", c.ContainerID, j),
+				append(loc, "container_id")...)
+			continue
+		}
+		seen[c.ContainerID] = i
+		spec.Containers = append(spec.Containers, c)
+	}
+	return spec, fe.err()
+}
+
+// DecodeContainer decodes and validates the body of a PUT of one container.
+// containerID is the path's id; the body's container_id, when present, must
+// equal it.
+func DecodeContainer(imageID int64, containerID string, body []byte) (ContainerSpec, error) {
+	var fe fieldErrors
+	checkText(&fe, containerID, MaxIDLength, "container_id", "path", "container_id")
+	if containerID == "" {
+		fe.add("missing", "container_id must not be empty", "path", "container_id")
+	}
+	if firstByte(body) != '{' {
+		return ContainerSpec{}, invalid("request body must be a JSON object describing the container")
+	}
+	if len(fe) > 0 {
+		return ContainerSpec{}, fe.err()
+	}
+	c, cfe := decodeContainer(body, imageID, []any{"body"}, containerID)
+	return c, cfe.err()
+}
+
+// DecodePatch decodes and validates the body of a PATCH of one container.
+func DecodePatch(body []byte) (ContainerPatch, error) {
+	var p ContainerPatch
+	if firstByte(body) != '{' {
+		return p, invalid("request body must be a JSON object such as {\"status\": \"draining\"} or {\"weight\": 5}")
+	}
+	var in patchInput
+	if err := json.Unmarshal(body, &in); err != nil {
+		return p, jsonError(err)
+	}
+	var fe fieldErrors
+	if in.Status == nil && in.Weight == nil {
+		fe.add("missing", "nothing to change: give status and/or weight", "body")
+	}
+	if in.Status != nil {
+		s, ok := ParseStatus(*in.Status)
+		if !ok {
+			fe.add("enum", unknownStatus(*in.Status), "body", "status")
+		}
+		p.Status = &s
+	}
+	if in.Weight != nil {
+		if *in.Weight < 0 || *in.Weight > MaxWeight {
+			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, *in.Weight), "body", "weight")
+		}
+		w := int(*in.Weight)
+		p.Weight = &w
+	}
+	return p, fe.err()
+}
+
+// decodeContainer decodes one container; pathID, when not empty, is the
+// container_id given by the path, which the body may omit but not contradict.
+func decodeContainer(raw json.RawMessage, imageID int64, loc []any, pathID string) (ContainerSpec, fieldErrors) {
+	var fe fieldErrors
+	at := func(field string) []any { return append(append([]any{}, loc...), field) }
+	var in containerInput
+	if firstByte(raw) != '{' {
+		fe.add("model_type", "each container must be a JSON object", loc...)
+		return ContainerSpec{}, fe
+	}
+	if err := json.Unmarshal(raw, &in); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			fe.add("type_error", typeMsg(te), at(te.Field)...)
+		} else {
+			fe.add("json_invalid", err.Error(), loc...)
+		}
+		return ContainerSpec{}, fe
+	}
+	c := ContainerSpec{Status: StatusHealthy, Weight: DefaultWeight}
+	if pathID != "" {
+		if in.ContainerID != nil && *in.ContainerID != pathID {
+			fe.add("value_error", fmt.Sprintf("container_id %q in the body differs from %q in the path", *in.ContainerID, pathID),
+				at("container_id")...)
+		}
+		in.ContainerID = &pathID
+	}
+	if in.ContainerID == nil || *in.ContainerID == "" {
+		fe.add("missing", "container_id is required (1-255 characters)", at("container_id")...)
+	} else {
+		c.ContainerID = *in.ContainerID
+		checkText(&fe, c.ContainerID, MaxIDLength, "container_id", at("container_id")...)
+	}
+	if in.Name != nil {
+		c.Name = *in.Name
+		checkText(&fe, c.Name, MaxNameLength, "name", at("name")...)
+	}
+	if in.Host != nil {
+		c.Host = *in.Host
+		if msg := CheckHost(c.Host); msg != "" {
+			fe.add("value_error", msg, at("host")...)
+		}
+	}
+	switch {
+	case in.Port == nil:
+		fe.add("missing", "port is required (1-65535)", at("port")...)
+	case !validPort(*in.Port):
+		fe.add("value_error", portMsg("port", *in.Port), at("port")...)
+	default:
+		c.Port = int(*in.Port)
+	}
+	if in.ImageID != nil && *in.ImageID != imageID {
+		fe.add("value_error", fmt.Sprintf("image_id %d differs from image_id %d in the path", *in.ImageID, imageID), at("image_id")...)
+	}
+	if in.Status != nil {
+		s, ok := ParseStatus(*in.Status)
+		if !ok {
+			fe.add("enum", unknownStatus(*in.Status), at("status")...)
+		}
+		c.Status = s
+	}
+	if in.Weight != nil {
+		if *in.Weight < 0 || *in.Weight > MaxWeight {
+			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, *in.Weight), at("weight")...)
+		}
+		c.Weight = int(*in.Weight)
+	}
+	return c, fe
+}
+
+// CheckHost returns why host is not a bare hostname or IP address, or "".
+func CheckHost(host string) string {
+	if host == "" {
+		return "host must not be empty (omit it to use the default host)"
+	}
+	if len(host) > MaxHostLength {
+		return fmt.Sprintf("host is longer than %d characters", MaxHostLength)
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ""
+	}
+	if strings.Contains(host, "://") || strings.ContainsAny(host, "/?#@[]:") {
+		return fmt.Sprintf("host %q must be a bare hostname or IP address: no scheme, port, path or user", host)
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Sprintf("host %q is not a valid hostname (empty or over-long label)", host)
+		}
+		for _, r := range label {
+			if !(r == '-' || r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+				return fmt.Sprintf("host %q is not a valid hostname (character %q)", host, r)
+			}
+		}
+	}
+	return ""
+}
+
+func checkText(fe *fieldErrors, s string, max int, field string, loc ...any) {
+	if len(s) > max {
+		fe.add("string_too_long", fmt.Sprintf("%s is longer than %d characters", field, max), loc...)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar {
+			fe.add("value_error", fmt.Sprintf("%s contains a control character or invalid UTF-8", field), loc...)
+			return
+		}
+	}
+}
+
+func validPort(p int64) bool { return p >= 1 && p <= 65535 }
+
+func portMsg(field string, p int64) string {
+	return fmt.Sprintf("%s must be from 1 to 65535, got %d", field, p)
+}
+
+func unknownAlgorithm(name string) string {
+	return fmt.Sprintf("unknown algorithm %q: use round_robin or least_connections (alias least_conn)", name)
+}
+
+func unknownStatus(name string) string {
+	return fmt.Sprintf("unknown status %q: use healthy, unhealthy, starting or draining", name)
+}
+
+func typeMsg(te *json.UnmarshalTypeError) string {
+	field := te.Field
+	if field == "" {
+		field = "value"
+	}
+	return fmt.Sprintf("%s: expected %s, got JSON %s", field, te.Type.String(), te.Value)
+}
+
+// jsonError turns a decoding error into a 422 that says where it went wrong.
+func jsonError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		loc := []any{"body"}
+		for _, part := range strings.Split(te.Field, ".") {
+			if part != "" {
+				loc = append(loc, part)
+			}
+		}
+		return &Error{Kind: KindInvalid, Fields: []FieldError{{Loc: loc, Msg: typeMsg(te), Type: "type_error"}}}
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return invalid("malformed JSON at byte %d: %v", se.Offset, err)
+	}
+	return invalid("malformed JSON: %v", err)
+}
+
+func firstByte(b []byte) byte {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
+}
+
+func queryValue(q map[string][]string, key string) (string, bool) {
+	vs, ok := q[key]
+	if !ok || len(vs) == 0 {
+		return "", false
+	}
+	return vs[0], true
+}

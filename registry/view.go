@@ -1,0 +1,185 @@
+package registry
+
+import "time"
+
+// ContainerView is the API's JSON form of a container.
+type ContainerView struct {
+	ContainerID       string  `json:"container_id"`
+	Name              string  `json:"name"`
+	Host              string  `json:"host"`
+	Port              int     `json:"port"`
+	ImageID           int64   `json:"image_id"`
+	Status            Status  `json:"status"`
+	Weight            int     `json:"weight"`
+	ActiveConnections int64   `json:"active_connections"`
+	TotalRequests     int64   `json:"total_requests"`
+	FailedRequests    int64   `json:"failed_requests"`
+	LastHealthCheck   *string `json:"last_health_check"`
+	LastHealthError   *string `json:"last_health_error"`
+}
+
+// ServiceView is the API's JSON form of a service.
+type ServiceView struct {
+	ImageID           int64           `json:"image_id"`
+	ImageName         string          `json:"image_name"`
+	Algorithm         Algorithm       `json:"algorithm"`
+	ExternalPort      *int            `json:"external_port"`
+	Containers        []ContainerView `json:"containers"`
+	HealthyContainers int             `json:"healthy_containers"`
+	TotalRequests     int64           `json:"total_requests"`
+	FailedRequests    int64           `json:"failed_requests"`
+	ActiveConnections int64           `json:"active_connections"`
+	Static            bool            `json:"static"`
+}
+
+// View returns the API form of the container of the given image.
+func (c *Container) View(imageID int64) ContainerView {
+	v := ContainerView{
+		ContainerID:       c.ContainerID,
+		Name:              c.Name,
+		Host:              c.Host,
+		Port:              c.Port,
+		ImageID:           imageID,
+		Status:            c.Status,
+		Weight:            c.Weight,
+		ActiveConnections: c.Stats.InFlight.Load(),
+		TotalRequests:     c.Stats.Requests.Load(),
+		FailedRequests:    c.Stats.Failures.Load(),
+	}
+	if at, errText := c.Stats.Health(); !at.IsZero() {
+		s := at.UTC().Format(time.RFC3339Nano)
+		v.LastHealthCheck = &s
+		if errText != "" {
+			v.LastHealthError = &errText
+		}
+	}
+	return v
+}
+
+// View returns the API form of the service.
+func (s *Service) View() ServiceView {
+	v := ServiceView{
+		ImageID:           s.ImageID,
+		ImageName:         s.ImageName,
+		Algorithm:         s.Algorithm,
+		Containers:        make([]ContainerView, len(s.Containers)),
+		HealthyContainers: s.HealthyCount(),
+		TotalRequests:     s.State.Requests.Load(),
+		FailedRequests:    s.State.Failures.Load(),
+		ActiveConnections: s.State.InFlight.Load(),
+		Static:            s.Static,
+	}
+	if s.ExternalPort != 0 {
+		p := s.ExternalPort
+		v.ExternalPort = &p
+	}
+	for i, c := range s.Containers {
+		v.Containers[i] = c.View(s.ImageID)
+	}
+	return v
+}
+
+// Latency is a set of latency quantiles in milliseconds; null when nothing
+// has been measured yet.
+type Latency struct {
+	P50 *float64 `json:"p50"`
+	P95 *float64 `json:"p95"`
+	P99 *float64 `json:"p99"`
+}
+
+func latencyOf(h *Histogram) Latency {
+	q, ok := h.Quantiles(0.50, 0.95, 0.99)
+	if !ok {
+		return Latency{}
+	}
+	return Latency{P50: &q[0], P95: &q[1], P99: &q[2]}
+}
+
+// ContainerStatsView is a container's entry in the statistics.
+type ContainerStatsView struct {
+	ContainerID       string  `json:"container_id"`
+	Status            Status  `json:"status"`
+	TotalRequests     int64   `json:"total_requests"`
+	FailedRequests    int64   `json:"failed_requests"`
+	ActiveConnections int64   `json:"active_connections"`
+	LatencyMS         Latency `json:"latency_ms"`
+}
+
+// ServiceStatsView is a service's entry in the statistics.
+type ServiceStatsView struct {
+	ImageID           int64                `json:"image_id"`
+	ImageName         string               `json:"image_name"`
+	Algorithm         Algorithm            `json:"algorithm"`
+	TotalRequests     int64                `json:"total_requests"`
+	FailedRequests    int64                `json:"failed_requests"`
+	ActiveConnections int64                `json:"active_connections"`
+	HealthyContainers int                  `json:"healthy_containers"`
+	LatencyMS         Latency              `json:"latency_ms"`
+	Containers        []ContainerStatsView `json:"containers"`
+}
+
+// StatsView is the whole statistics document.
+type StatsView struct {
+	UptimeSeconds     float64            `json:"uptime_seconds"`
+	TotalRequests     int64              `json:"total_requests"`
+	FailedRequests    int64              `json:"failed_requests"`
+	ActiveConnections int64              `json:"active_connections"`
+	Services          []ServiceStatsView `json:"services"`
+}
+
+// Stats returns the statistics of the given services (all when services is
+// the registry's full list). Totals add up the services shown.
+func (r *Registry) Stats(services []*Service) StatsView {
+	v := StatsView{UptimeSeconds: r.Uptime().Seconds(), Services: make([]ServiceStatsView, 0, len(services))}
+	for _, s := range services {
+		sv := ServiceStatsView{
+			ImageID:           s.ImageID,
+			ImageName:         s.ImageName,
+			Algorithm:         s.Algorithm,
+			TotalRequests:     s.State.Requests.Load(),
+			FailedRequests:    s.State.Failures.Load(),
+			ActiveConnections: s.State.InFlight.Load(),
+			HealthyContainers: s.HealthyCount(),
+			LatencyMS:         latencyOf(&s.State.Latency),
+			Containers:        make([]ContainerStatsView, len(s.Containers)),
+		}
+		for i, c := range s.Containers {
+			sv.Containers[i] = ContainerStatsView{
+				ContainerID:       c.ContainerID,
+				Status:            c.Status,
+				TotalRequests:     c.Stats.Requests.Load(),
+				FailedRequests:    c.Stats.Failures.Load(),
+				ActiveConnections: c.Stats.InFlight.Load(),
+				LatencyMS:         latencyOf(&c.Stats.Latency),
+			}
+		}
+		v.TotalRequests += sv.TotalRequests
+		v.FailedRequests += sv.FailedRequests
+		v.ActiveConnections += sv.ActiveConnections
+		v.Services = append(v.Services, sv)
+	}
+	return v
+}
+
+// Uptime is how long the registry has existed.
+func (r *Registry) Uptime() time.Duration { return now().Sub(r.started) }
+
+// Summary counts services and containers for the /health route.
+type Summary struct {
+	Services          int `json:"services"`
+	Containers        int `json:"containers"`
+	HealthyContainers int `json:"healthy_containers"`
+}
+
+// Summary counts what the registry holds.
+func (r *Registry) Summary() Summary {
+	var s Summary
+	for _, shard := range r.snap.Load().shards {
+		for _, svc := range shard {
+			s.Services++
+			s.Containers += len(svc.Containers)
+			s.HealthyContainers += svc.HealthyCount()
+		}
+	}
+	return s
+}

@@ -1,0 +1,93 @@
+package imagelb
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+// requestVar is the name of the request variable that carries a *request
+// from the imagelb handler (or the first GetUpstreams call) to the upstream
+// source and the selection policy, which see only the request.
+const requestVar = "imagelb.request"
+
+// request is the accounting of one client request for one image: it counts
+// the request once for the service and each attempt for the container that
+// got it, whatever the number of retries.
+type request struct {
+	imageID   int64
+	svc       *registry.ServiceState
+	pool      *registry.Service // the version whose Available() GetUpstreams returned, in order
+	start     time.Time
+	cur       *registry.ContainerStats // the container of the attempt in progress
+	curStart  time.Time
+	tried     []*registry.ContainerStats
+	triedBuf  [4]*registry.ContainerStats
+	finished  bool
+	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
+}
+
+func newRequest(svc *registry.Service) *request {
+	q := &request{imageID: svc.ImageID, svc: svc.State, start: time.Now()}
+	q.tried = q.triedBuf[:0]
+	svc.State.Begin()
+	return q
+}
+
+// requestFrom returns the request accounting stored in the request's vars.
+func requestFrom(r *http.Request) *request {
+	q, _ := caddyhttp.GetVar(r.Context(), requestVar).(*request)
+	return q
+}
+
+// begin counts a new attempt on c. An attempt still in progress when another
+// begins has failed: the proxy only tries again after a failure.
+func (q *request) begin(c *registry.Container) {
+	now := time.Now()
+	if q.cur != nil {
+		q.cur.End(true, now.Sub(q.curStart))
+	}
+	c.Stats.Begin()
+	q.cur, q.curStart = c.Stats, now
+	q.tried = append(q.tried, c.Stats)
+}
+
+// finish settles the request: the last attempt and the request itself
+// failed when the client got an error or a 5xx.
+func (q *request) finish(failed bool) {
+	if q.finished {
+		return
+	}
+	q.finished = true
+	now := time.Now()
+	if q.cur != nil {
+		q.cur.End(failed, now.Sub(q.curStart))
+		q.cur = nil
+	}
+	q.svc.End(failed, now.Sub(q.start))
+}
+
+// settleWhenDone arranges for a request that no imagelb handler owns (a
+// reverse_proxy with "dynamic imagelb" on an ordinary site) to be settled
+// when the server is done with it: net/http cancels the request's context
+// after the handler chain returns. The final status is the one reverse_proxy
+// recorded in its status_code placeholder; no status means no response.
+func (q *request) settleWhenDone(ctx context.Context) {
+	q.statusSrc, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	context.AfterFunc(ctx, func() {
+		failed := true
+		if q.statusSrc != nil {
+			if v, ok := q.statusSrc.Get("http.reverse_proxy.status_code"); ok {
+				if code, ok := v.(int); ok {
+					failed = code >= 500
+				}
+			}
+		}
+		q.finish(failed)
+	})
+}

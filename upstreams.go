@@ -1,0 +1,163 @@
+package imagelb
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+func init() {
+	caddy.RegisterModule(UpstreamSource{})
+}
+
+// UpstreamSource is a reverse_proxy dynamic upstream source that yields the
+// containers of one image that may take new requests:
+//
+//	reverse_proxy {
+//		dynamic imagelb <image_id>
+//		lb_policy imagelb
+//	}
+//
+// Combine it with lb_policy imagelb to balance by the service's algorithm
+// (exact per image); any other policy also works on the returned list.
+type UpstreamSource struct {
+	// The image whose containers to use. Placeholders are allowed, e.g.
+	// "{http.request.host.labels.2}" or "{http.vars.image}". Required.
+	ImageID string `json:"image_id,omitempty"`
+
+	reg *registry.Registry
+	// preselect is set by the imagelb handler, which pairs the source with
+	// its own policy: the container is chosen here and only it is returned,
+	// so per-request cost does not grow with the container count.
+	preselect bool
+	fixedID   int64 // ImageID when it has no placeholder
+}
+
+// CaddyModule returns the Caddy module information.
+func (UpstreamSource) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.upstreams.imagelb",
+		New: func() caddy.Module { return new(UpstreamSource) },
+	}
+}
+
+// Provision attaches the source to the imagelb registry.
+func (u *UpstreamSource) Provision(ctx caddy.Context) error {
+	app, err := ctx.App("imagelb")
+	if err != nil {
+		return fmt.Errorf("loading imagelb app: %v", err)
+	}
+	u.reg = app.(*App).reg
+	return nil
+}
+
+// Validate checks the image id when it has no placeholder.
+func (u *UpstreamSource) Validate() error {
+	if u.preselect {
+		return nil
+	}
+	if u.ImageID == "" {
+		return fmt.Errorf("image_id is required: dynamic imagelb <image_id>")
+	}
+	if !hasPlaceholder(u.ImageID) {
+		id, err := registry.ParseImageID(u.ImageID)
+		if err != nil {
+			return fmt.Errorf("image_id %q: must be a positive integer or a placeholder", u.ImageID)
+		}
+		u.fixedID = id
+	}
+	return nil
+}
+
+// GetUpstreams returns the image's containers that may take new requests.
+// The returned upstreams are fresh values: reverse_proxy writes to them.
+func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	q := requestFrom(r)
+	if u.preselect {
+		return u.preselected(r, q), nil
+	}
+	id := u.fixedID
+	if id == 0 {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		raw := repl.ReplaceAll(u.ImageID, "")
+		var err error
+		if id, err = registry.ParseImageID(raw); err != nil {
+			return nil, fmt.Errorf("dynamic imagelb: image_id %q (from %q) is not a positive integer", raw, u.ImageID)
+		}
+	}
+	svc := u.reg.Lookup(id)
+	if svc == nil {
+		return nil, nil
+	}
+	avail := svc.Available()
+	if q == nil {
+		q = newRequest(svc)
+		caddyhttp.SetVar(r.Context(), requestVar, q)
+		q.settleWhenDone(r.Context())
+	}
+	q.pool = svc
+	ups := make([]*reverseproxy.Upstream, len(avail))
+	for i, c := range avail {
+		ups[i] = &reverseproxy.Upstream{Dial: c.DialAddr()}
+	}
+	return ups, nil
+}
+
+// preselected chooses the container of this attempt for the imagelb handler
+// and returns just it.
+func (u *UpstreamSource) preselected(r *http.Request, q *request) []*reverseproxy.Upstream {
+	if q == nil {
+		return nil
+	}
+	svc := u.reg.Lookup(q.imageID)
+	if svc == nil {
+		return nil
+	}
+	c := svc.Pick(q.tried)
+	if c == nil {
+		return nil
+	}
+	q.begin(c)
+	return []*reverseproxy.Upstream{{Dial: c.DialAddr()}}
+}
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
+//
+//	dynamic imagelb <image_id>
+func (u *UpstreamSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume source name
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	u.ImageID = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("unrecognized subdirective '%s': dynamic imagelb takes only an image_id", d.Val())
+	}
+	return nil
+}
+
+func hasPlaceholder(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '{' {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*UpstreamSource)(nil)
+	_ caddy.Validator       = (*UpstreamSource)(nil)
+	_ reverseproxy.UpstreamSource = (*UpstreamSource)(nil)
+	_ caddyfile.Unmarshaler = (*UpstreamSource)(nil)
+)
