@@ -25,7 +25,7 @@ import (
 func init() {
 	caddy.RegisterModule(Handler{})
 	httpcaddyfile.RegisterHandlerDirective("imagelb", parseHandlerCaddyfile)
-	httpcaddyfile.RegisterDirectiveOrder("imagelb", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterDirectiveOrder("imagelb", httpcaddyfile.Before, "respond")
 }
 
 // The paths of the platform's original API served by the handler.

@@ -156,8 +156,8 @@ func hasPlaceholder(s string) bool {
 
 // Interface guards
 var (
-	_ caddy.Provisioner     = (*UpstreamSource)(nil)
-	_ caddy.Validator       = (*UpstreamSource)(nil)
+	_ caddy.Provisioner           = (*UpstreamSource)(nil)
+	_ caddy.Validator             = (*UpstreamSource)(nil)
 	_ reverseproxy.UpstreamSource = (*UpstreamSource)(nil)
-	_ caddyfile.Unmarshaler = (*UpstreamSource)(nil)
+	_ caddyfile.Unmarshaler       = (*UpstreamSource)(nil)
 )

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestXcaddyBinaryRunsExample builds Caddy with the plugin exactly as users
+// do (go tool xcaddy build ... --with github.com/imagelb/caddy-imagelb@v0.0.0=.),
+// runs examples/Caddyfile on free ports, and walks the README's curl flow:
+// health, register, list, proxy, stats, port mapping, dynamic upstreams.
+func TestXcaddyBinaryRunsExample(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds Caddy with xcaddy")
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "caddy")
+	build := exec.Command("go", "tool", "xcaddy", "build", "v2.11.9",
+		"--with", "github.com/imagelb/caddy-imagelb@v0.0.0="+root, "--output", bin)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("xcaddy build: %v\n%s", err, out)
+	}
+	out, err := exec.Command(bin, "list-modules").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"imagelb", "http.handlers.imagelb", "admin.api.imagelb",
+		"http.reverse_proxy.upstreams.imagelb", "http.reverse_proxy.selection_policies.imagelb"} {
+		if !strings.Contains(string(out), id+"\n") {
+			t.Fatalf("module %s missing from list-modules:\n%s", id, out)
+		}
+	}
+
+	// the example on free ports
+	example, err := os.ReadFile(filepath.Join(root, "examples", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := map[string]int{}
+	cfg := string(example)
+	for _, p := range []string{"2019", "3000", "3001", "8001", "9001", "9002", "9003", "9004"} {
+		ports[p] = freePort(t)
+		cfg = strings.ReplaceAll(cfg, ":"+p, fmt.Sprintf(":%d", ports[p]))
+		cfg = strings.ReplaceAll(cfg, "external_port "+p, fmt.Sprintf("external_port %d", ports[p]))
+	}
+	cfgPath := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	run := exec.CommandContext(ctx, bin, "run", "--config", cfgPath)
+	run.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	logs, _ := run.StderrPipe()
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, bufio.NewReader(logs)) }()
+	t.Cleanup(func() { cancel(); _ = run.Wait() })
+
+	site := fmt.Sprintf("http://127.0.0.1:%d", ports["3000"])
+	adm := fmt.Sprintf("http://localhost:%d", ports["2019"])
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(site + "/health")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy did not start: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling until the server listens
+	}
+
+	call := func(method, url, body string, want int) map[string]any {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d, want %d: %s", method, url, resp.StatusCode, want, raw)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, url, err, raw)
+		}
+		return m
+	}
+	call("POST", fmt.Sprintf("%s/imagelb/services/2/register?image_name=api", adm),
+		fmt.Sprintf(`[{"container_id":"api-1","port":%d},{"container_id":"api-2","port":%d}]`, ports["9003"], ports["9004"]), 200)
+	if list := call("GET", site+"/api/v1/services", "", 200); list["total"] != 2.0 {
+		t.Fatalf("services: %v", list)
+	}
+	got := map[string]int{}
+	for i := 0; i < 4; i++ {
+		e := call("GET", site+"/api/v1/proxy/2/hello?x=1", "", 200)
+		if e["path"] != "/hello?x=1" {
+			t.Fatalf("proxied to %v", e)
+		}
+		got[e["container"].(string)]++
+	}
+	if got[fmt.Sprint(ports["9003"])] != 2 || got[fmt.Sprint(ports["9004"])] != 2 {
+		t.Fatalf("round robin over the two containers: %v", got)
+	}
+	if e := call("GET", fmt.Sprintf("http://127.0.0.1:%d/any", ports["8001"]), "", 200); e["path"] != "/any" {
+		t.Fatalf("external port: %v", e)
+	}
+	if e := call("GET", fmt.Sprintf("http://127.0.0.1:%d/dyn", ports["3001"]), "", 200); e["path"] != "/dyn" {
+		t.Fatalf("dynamic imagelb site: %v", e)
+	}
+	st := call("GET", site+"/api/v1/stats?image_id=2", "", 200)
+	if st["total_requests"] != 4.0 || st["failed_requests"] != 0.0 {
+		t.Fatalf("stats: %v", st)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,382 @@
+package imagelb
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestHandlerHealth(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	b := newBackend(t, "a")
+	register(t, site+"/api/v1", 1, "", container("a", b), map[string]any{"container_id": "d", "port": 1, "status": "draining"})
+
+	var h map[string]any
+	mustDo(t, "GET", site+"/health", nil, 200, &h)
+	if h["status"] != "healthy" || h["services"] != 1.0 || h["containers"] != 2.0 || h["healthy_containers"] != 1.0 {
+		t.Fatalf("health = %v", h)
+	}
+	if _, ok := h["uptime_seconds"].(float64); !ok {
+		t.Fatalf("uptime_seconds missing: %v", h)
+	}
+	if status, _ := do(t, "POST", site+"/health", nil); status != 405 {
+		t.Fatalf("POST /health: %d, want 405", status)
+	}
+}
+
+// TestRoundRobinInterleavedImages sends requests to three images in an
+// irregular interleaving through one handler: each image's containers must
+// still be visited in strict rotation, and the counts must be exact.
+func TestRoundRobinInterleavedImages(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	sizes := map[int64]int{1: 2, 2: 3, 3: 1}
+	for id, n := range sizes {
+		var cs []map[string]any
+		for i := 0; i < n; i++ {
+			name := fmt.Sprintf("img%d-c%d", id, i)
+			cs = append(cs, container(name, newBackend(t, name)))
+		}
+		register(t, site+"/api/v1", id, "", cs...)
+	}
+	pattern := []int64{1, 1, 2, 1, 3, 2, 2, 1, 3, 3, 2, 1, 1, 1, 2}
+	seen := map[int64][]string{}
+	for round := 0; round < 12; round++ {
+		for _, id := range pattern {
+			seen[id] = append(seen[id], proxyGet(t, site, id, "/").Backend)
+		}
+	}
+	for id, got := range seen {
+		n := sizes[id]
+		for start := 0; start+n <= len(got); start += n {
+			window := map[string]bool{}
+			for _, name := range got[start : start+n] {
+				window[name] = true
+			}
+			if len(window) != n {
+				t.Fatalf("image %d: requests %d..%d reached %v, want each of %d containers once (sequence %v)",
+					id, start, start+n-1, got[start:start+n], n, got)
+			}
+		}
+		st := getStats(t, id)
+		svc := st.Services[0]
+		if svc.TotalRequests != int64(len(got)) || svc.FailedRequests != 0 || svc.ActiveConnections != 0 {
+			t.Fatalf("image %d: stats %+v, want %d requests", id, svc, len(got))
+		}
+		var sum int64
+		for _, c := range svc.Containers {
+			sum += c.TotalRequests
+			if c.TotalRequests != int64(len(got)/n) {
+				t.Fatalf("image %d container %s: %d requests, want %d", id, c.ContainerID, c.TotalRequests, len(got)/n)
+			}
+		}
+		if sum != svc.TotalRequests {
+			t.Fatalf("image %d: containers add up to %d, service has %d", id, sum, svc.TotalRequests)
+		}
+	}
+}
+
+// TestLeastConnections holds one request open on a container: while it is in
+// flight every new request goes to the other container.
+func TestLeastConnections(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	hold, arrived := make(chan struct{}), make(chan struct{}, 1)
+	for _, be := range []*backend{a, b} {
+		be.hold, be.arrived = hold, arrived
+	}
+	register(t, site+"/api/v1", 7, "&algorithm=least_conn", container("a", a), container("b", b))
+
+	slowDone := make(chan echo)
+	go func() {
+		var e echo
+		status, raw := do(t, "GET", site+"/api/v1/proxy/7/slow", nil)
+		if status == 200 {
+			_ = json.Unmarshal(raw, &e)
+		}
+		slowDone <- e
+	}()
+	<-arrived // the slow request is at a container now
+
+	st := getStats(t, 7)
+	busy := ""
+	for _, c := range st.Services[0].Containers {
+		if c.ActiveConnections == 1 {
+			busy = c.ContainerID
+		}
+	}
+	if busy == "" || st.Services[0].ActiveConnections != 1 {
+		t.Fatalf("no container shows the request in flight: %+v", st)
+	}
+	for i := 0; i < 6; i++ {
+		if got := proxyGet(t, site, 7, "/").Backend; got == busy {
+			t.Fatalf("request %d went to %s, which has a request in flight", i, got)
+		}
+	}
+	close(hold)
+	if e := <-slowDone; e.Backend != busy {
+		t.Fatalf("slow request answered by %q, want %q", e.Backend, busy)
+	}
+	st = getStats(t, 7)
+	if st.ActiveConnections != 0 || st.Services[0].TotalRequests != 7 {
+		t.Fatalf("after the slow request: %+v", st)
+	}
+	// with nothing in flight, ties rotate
+	got := map[string]int{}
+	for i := 0; i < 4; i++ {
+		got[proxyGet(t, site, 7, "/").Backend]++
+	}
+	if got["a"] != 2 || got["b"] != 2 {
+		t.Fatalf("idle least_connections should rotate ties: %v", got)
+	}
+}
+
+// TestProxyForwarding checks what the container receives for every method.
+func TestProxyForwarding(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	b := newBackend(t, "a")
+	register(t, site+"/api/v1", 3, "", container("a", b))
+
+	for _, method := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+		t.Run(method, func(t *testing.T) {
+			req, _ := http.NewRequest(method, site+"/api/v1/proxy/3/a/b%2Fc/d?x=1&y=%20z", strings.NewReader("payload-"+method))
+			req.Header.Set("X-Custom", "kept")
+			req.Header.Set("Content-Type", "text/plain")
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			raw, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || resp.Header.Get("X-Backend") != "a" {
+				t.Fatalf("status %d, X-Backend %q", resp.StatusCode, resp.Header.Get("X-Backend"))
+			}
+			if method == "HEAD" {
+				if len(raw) != 0 {
+					t.Fatalf("HEAD returned a body")
+				}
+				return
+			}
+			var e echo
+			if err := json.Unmarshal(raw, &e); err != nil {
+				t.Fatalf("%v: %s", err, raw)
+			}
+			if e.Method != method || e.Path != "/a/b/c/d" || e.RawPath != "/a/b%2Fc/d" || e.Query != "x=1&y=%20z" {
+				t.Fatalf("container got %s %s (raw %s) ?%s", e.Method, e.Path, e.RawPath, e.Query)
+			}
+			if e.Body != "payload-"+method {
+				t.Fatalf("body %q", e.Body)
+			}
+			if e.Headers["X-Custom"] != "kept" || e.Headers["X-Forwarded-For"] != "127.0.0.1" ||
+				e.Headers["X-Forwarded-Proto"] != "http" || e.Headers["X-Forwarded-Host"] != fmt.Sprintf("127.0.0.1:%d", port) {
+				t.Fatalf("headers %v", e.Headers)
+			}
+		})
+	}
+	if e := proxyGet(t, site, 3, ""); e.Path != "/" {
+		t.Fatalf("/api/v1/proxy/3 reached %q, want /", e.Path)
+	}
+	if e := proxyGet(t, site, 3, "/"); e.Path != "/" {
+		t.Fatalf("/api/v1/proxy/3/ reached %q, want /", e.Path)
+	}
+}
+
+// TestProxyErrors checks the statuses and JSON details of failed proxying.
+func TestProxyErrors(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "timeout 1s\n\t\tmax_retries 2"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	live := newBackend(t, "live")
+	slow := newBackend(t, "slow")
+	slow.delay = 1500 * time.Millisecond
+	dead := freePort(t) // nothing listens there
+
+	register(t, site+"/api/v1", 1, "", map[string]any{"container_id": "d", "port": live.port, "status": "draining"},
+		map[string]any{"container_id": "w0", "port": live.port, "weight": 0})
+	register(t, site+"/api/v1", 2, "", map[string]any{"container_id": "dead", "port": dead})
+	register(t, site+"/api/v1", 3, "", map[string]any{"container_id": "slow", "port": slow.port})
+
+	cases := []struct {
+		name   string
+		path   string
+		status int
+		detail string
+	}{
+		{"unknown image", "/api/v1/proxy/99/x", 404, "image_id 99 is not registered"},
+		{"non-numeric image", "/api/v1/proxy/abc/x", 422, "positive integer"},
+		{"encoded slash in id", "/api/v1/proxy/1%2F2/x", 422, "positive integer"},
+		{"zero image", "/api/v1/proxy/0", 422, "positive integer"},
+		{"no healthy container", "/api/v1/proxy/1/x", 503, "no healthy container for image_id 1"},
+		{"every attempt failed", "/api/v1/proxy/2/x", 502, "every attempt to reach a container of image_id 2 failed"},
+		{"timeout", "/api/v1/proxy/3/sleep", 504, "did not answer within 1s"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var body struct {
+				Detail string `json:"detail"`
+			}
+			mustDo(t, "GET", site+tc.path, nil, tc.status, &body)
+			if !strings.Contains(body.Detail, tc.detail) {
+				t.Fatalf("detail %q does not contain %q", body.Detail, tc.detail)
+			}
+		})
+	}
+	st := getStats(t, 2)
+	if s := st.Services[0]; s.TotalRequests != 1 || s.FailedRequests != 1 || s.Containers[0].TotalRequests != 3 || s.Containers[0].FailedRequests != 3 {
+		t.Fatalf("dead image: one request, three failed attempts (max_retries 2) expected: %+v", s)
+	}
+}
+
+// TestRetriesHideDeadContainer: with one dead and one live container, every
+// client request succeeds; the dead container's failed attempts are counted.
+func TestRetriesHideDeadContainer(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	live := newBackend(t, "live")
+	register(t, site+"/api/v1", 4, "", map[string]any{"container_id": "dead", "port": freePort(t)}, container("live", live))
+	for i := 0; i < 10; i++ {
+		if got := proxyGet(t, site, 4, "/").Backend; got != "live" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	s := getStats(t, 4).Services[0]
+	if s.TotalRequests != 10 || s.FailedRequests != 0 {
+		t.Fatalf("service: %+v", s)
+	}
+	for _, c := range s.Containers {
+		switch c.ContainerID {
+		case "dead":
+			if c.TotalRequests == 0 || c.FailedRequests != c.TotalRequests {
+				t.Fatalf("dead: %+v", c)
+			}
+		case "live":
+			if c.TotalRequests != 10 || c.FailedRequests != 0 {
+				t.Fatalf("live: %+v", c)
+			}
+		}
+	}
+}
+
+// TestPortMappedRouting: a request arriving on a mapped external port is
+// proxied, path unchanged, to that port's image.
+func TestPortMappedRouting(t *testing.T) {
+	apiPort, extPort, rangePort := freePort(t), freePort(t), freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	imagelb {
+		port_range %d-%d
+	}
+}
+http://127.0.0.1:%d, http://127.0.0.1:%d, http://127.0.0.1:%d {
+	imagelb
+}
+`, rangePort, rangePort, apiPort, extPort, rangePort))
+	site := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	register(t, site+"/api/v1", 10, fmt.Sprintf("&external_port=%d", extPort), container("a", a))
+	register(t, site+"/api/v1", 11, "", container("b", b)) // gets the lowest free port of the range
+
+	var pm struct {
+		PortMappings []struct {
+			ExternalPort int   `json:"external_port"`
+			ImageID      int64 `json:"image_id"`
+		} `json:"port_mappings"`
+	}
+	mustDo(t, "GET", site+"/api/v1/port-mappings", nil, 200, &pm)
+	if len(pm.PortMappings) != 2 {
+		t.Fatalf("port mappings %+v", pm)
+	}
+	var e echo
+	mustDo(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/some/path?q=1", extPort), nil, 200, &e)
+	if e.Backend != "a" || e.Path != "/some/path" || e.Query != "q=1" {
+		t.Fatalf("external port %d: %+v", extPort, e)
+	}
+	mustDo(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/api/v1/services", rangePort), nil, 200, &e)
+	if e.Backend != "b" || e.Path != "/api/v1/services" {
+		t.Fatalf("range port %d should proxy everything to image 11: %+v", rangePort, e)
+	}
+	// a clash is a 409 and changes nothing
+	status, body := do(t, "POST", fmt.Sprintf("%s/api/v1/services/12/register?image_name=x&external_port=%d", site, extPort), "[]")
+	if status != 409 || !strings.Contains(string(body), "already mapped to image 10") {
+		t.Fatalf("clash: %d %s", status, body)
+	}
+	if status, _ := do(t, "GET", site+"/api/v1/services/12", nil); status != 404 {
+		t.Fatalf("rejected registration created image 12")
+	}
+}
+
+// TestConcurrentRegistrationWhileProxying re-registers an image with changing
+// container sets while clients proxy to it: no request fails (-race finds
+// unsynchronised state).
+func TestConcurrentRegistrationWhileProxying(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	bs := []*backend{newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")}
+	register(t, adminURL+"/imagelb", 20, "", container("a", bs[0]))
+
+	const clients, perClient = 6, 40
+	var wg sync.WaitGroup
+	errs := make(chan string, clients*perClient)
+	stop := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// always at least one live container; sets vary
+			cs := []map[string]any{container("a", bs[0])}
+			if i%2 == 0 {
+				cs = append(cs, container("b", bs[1]))
+			}
+			if i%3 == 0 {
+				cs = append(cs, container("c", bs[2]))
+			}
+			register(t, adminURL+"/imagelb", 20, "", cs...)
+			if i%5 == 0 {
+				mustDo(t, "PATCH", adminURL+"/imagelb/services/20/containers/a", map[string]any{"weight": 1 + i%3}, 200, nil)
+			}
+		}
+	}()
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perClient; i++ {
+				status, body := do(t, "GET", site+"/api/v1/proxy/20/x", nil)
+				if status != 200 {
+					errs <- fmt.Sprintf("status %d: %s", status, body)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-writerDone
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	s := getStats(t, 20).Services[0]
+	if s.TotalRequests != clients*perClient || s.FailedRequests != 0 || s.ActiveConnections != 0 {
+		t.Fatalf("stats after the run: %+v", s)
+	}
+}
