@@ -47,6 +47,24 @@ func TestXcaddyBinaryRunsExample(t *testing.T) {
 		}
 	}
 
+	// examples/caddy.json is examples/Caddyfile adapted, and valid
+	adapted, err := exec.Command(bin, "adapt", "--config", filepath.Join(root, "examples", "Caddyfile"), "--pretty").Output()
+	if err != nil {
+		t.Fatalf("adapt example: %v", err)
+	}
+	committed, err := os.ReadFile(filepath.Join(root, "examples", "caddy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(string(adapted)) != strings.TrimSpace(string(committed)) {
+		t.Fatalf("examples/caddy.json is stale: regenerate with\n  go run ./cmd/caddy adapt --config examples/Caddyfile --pretty > examples/caddy.json")
+	}
+	validate := exec.Command(bin, "validate", "--config", filepath.Join(root, "examples", "caddy.json"))
+	validate.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	if out, err := validate.CombinedOutput(); err != nil {
+		t.Fatalf("validate examples/caddy.json: %v\n%s", err, out)
+	}
+
 	// the example on free ports
 	example, err := os.ReadFile(filepath.Join(root, "examples", "Caddyfile"))
 	if err != nil {
