@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/imagelb/caddy-imagelb/registry"
@@ -36,27 +37,39 @@ type API struct {
 	HealthCheck HealthChecker
 }
 
+// call is one management request being served.
+type call struct {
+	reg         *registry.Registry
+	w           http.ResponseWriter
+	r           *http.Request
+	imageID     int64  // from the path, when the route has one
+	containerID string // from the path, when the route has one
+}
+
+// handlerFunc serves a call and returns the JSON answer (status 200) or an
+// error, which is written with the status its registry kind maps to.
+type handlerFunc = func(a *API, c *call) (any, error)
+
 // route is one management route: a pattern of path segments below the
-// prefix, where "*" matches one segment, and its handlers by method.
+// prefix, where "{image_id}" and "{container_id}" match one segment, and its
+// handlers by method.
 type route struct {
 	pattern []string
-	methods map[string]func(a *API, reg *registry.Registry, w http.ResponseWriter, r *http.Request, args []string)
+	methods map[string]handlerFunc
 }
 
 var routes = []route{
 	{[]string{"services"}, map[string]handlerFunc{http.MethodGet: (*API).listServices}},
-	{[]string{"services", "*"}, map[string]handlerFunc{
+	{[]string{"services", "{image_id}"}, map[string]handlerFunc{
 		http.MethodGet: (*API).getService, http.MethodDelete: (*API).deleteService}},
-	{[]string{"services", "*", "register"}, map[string]handlerFunc{http.MethodPost: (*API).register}},
-	{[]string{"services", "*", "containers", "*"}, map[string]handlerFunc{
+	{[]string{"services", "{image_id}", "register"}, map[string]handlerFunc{http.MethodPost: (*API).register}},
+	{[]string{"services", "{image_id}", "containers", "{container_id}"}, map[string]handlerFunc{
 		http.MethodPut: (*API).putContainer, http.MethodPatch: (*API).patchContainer,
 		http.MethodDelete: (*API).deleteContainer}},
 	{[]string{"port-mappings"}, map[string]handlerFunc{http.MethodGet: (*API).portMappings}},
 	{[]string{"health-check"}, map[string]handlerFunc{http.MethodPost: (*API).healthCheck}},
 	{[]string{"stats"}, map[string]handlerFunc{http.MethodGet: (*API).stats}},
 }
-
-type handlerFunc = func(a *API, reg *registry.Registry, w http.ResponseWriter, r *http.Request, args []string)
 
 // Owns reports whether the request's path is one of the API's routes
 // (whatever the method).
@@ -79,249 +92,220 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for m := range rt.methods {
 			allow = append(allow, m)
 		}
+		slices.Sort(allow)
 		w.Header().Set("Allow", strings.Join(allow, ", "))
 		WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; allowed: %s",
 			r.Method, r.URL.Path, strings.Join(allow, ", ")))
 		return
 	}
-	reg := a.Registry()
-	if reg == nil {
+	c := &call{reg: a.Registry(), w: w, r: r}
+	if c.reg == nil {
 		WriteError(w, http.StatusServiceUnavailable, "the imagelb app is not running: add an imagelb handler or global option to the config")
 		return
 	}
-	h(a, reg, w, r, args)
+	if v, ok := args["image_id"]; ok {
+		id, err := registry.ParseImageID(v)
+		if err != nil {
+			writeRegistryError(w, err)
+			return
+		}
+		c.imageID = id
+	}
+	c.containerID = args["container_id"]
+	v, err := h(a, c)
+	if err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, v)
 }
 
-// match finds the route of the request and the values of its "*" segments.
-func (a *API) match(r *http.Request) (*route, []string, bool) {
+// match finds the route of the request and the values of its parameters.
+func (a *API) match(r *http.Request) (*route, map[string]string, bool) {
 	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), a.Prefix+"/")
 	if !ok {
 		return nil, nil, false
 	}
 	segs := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+outer:
 	for i := range routes {
 		rt := &routes[i]
 		if len(rt.pattern) != len(segs) {
 			continue
 		}
-		var args []string
-		matched := true
+		var args map[string]string
 		for j, p := range rt.pattern {
-			if p == "*" {
-				v, err := url.PathUnescape(segs[j])
-				if err != nil || v == "" {
-					matched = false
-					break
+			name, isParam := strings.CutPrefix(p, "{")
+			if !isParam {
+				if p != segs[j] {
+					continue outer
 				}
-				args = append(args, v)
-			} else if p != segs[j] {
-				matched = false
-				break
+				continue
 			}
+			v, err := url.PathUnescape(segs[j])
+			if err != nil || v == "" {
+				continue outer
+			}
+			if args == nil {
+				args = map[string]string{}
+			}
+			args[strings.TrimSuffix(name, "}")] = v
 		}
-		if matched {
-			return rt, args, true
-		}
+		return rt, args, true
 	}
 	return nil, nil, false
 }
 
-func (a *API) listServices(reg *registry.Registry, w http.ResponseWriter, _ *http.Request, _ []string) {
-	svcs := reg.Services()
+func (a *API) listServices(c *call) (any, error) {
+	svcs := c.reg.Services()
 	views := make([]registry.ServiceView, len(svcs))
 	for i, s := range svcs {
 		views[i] = s.View()
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"services": views, "total": len(views)})
+	return map[string]any{"services": views, "total": len(views)}, nil
 }
 
-func (a *API) getService(reg *registry.Registry, w http.ResponseWriter, _ *http.Request, args []string) {
-	id, err := registry.ParseImageID(args[0])
+func (a *API) getService(c *call) (any, error) {
+	svc, err := c.reg.Get(c.imageID)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	svc := reg.Lookup(id)
-	if svc == nil {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("image_id %d is not registered", id))
-		return
-	}
-	WriteJSON(w, http.StatusOK, svc.View())
+	return svc.View(), nil
 }
 
-func (a *API) deleteService(reg *registry.Registry, w http.ResponseWriter, _ *http.Request, args []string) {
-	id, err := registry.ParseImageID(args[0])
+func (a *API) deleteService(c *call) (any, error) {
+	svc, err := c.reg.Remove(c.imageID)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	svc, err := reg.Remove(id)
-	if err != nil {
-		writeRegistryError(w, err)
-		return
-	}
-	WriteJSON(w, http.StatusOK, svc.View())
+	return svc.View(), nil
 }
 
-func (a *API) register(reg *registry.Registry, w http.ResponseWriter, r *http.Request, args []string) {
-	id, err := registry.ParseImageID(args[0])
+func (a *API) register(c *call) (any, error) {
+	body, err := a.readBody(c)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	body, ok := a.readBody(w, r)
-	if !ok {
-		return
-	}
-	spec, err := registry.DecodeRegistration(id, body, r.URL.Query())
+	spec, err := registry.DecodeRegistration(c.imageID, body, c.r.URL.Query())
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	svc, err := reg.Register(spec)
+	svc, err := c.reg.Register(spec)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	WriteJSON(w, http.StatusOK, svc.View())
+	return svc.View(), nil
 }
 
-func (a *API) putContainer(reg *registry.Registry, w http.ResponseWriter, r *http.Request, args []string) {
-	id, err := registry.ParseImageID(args[0])
+func (a *API) putContainer(c *call) (any, error) {
+	body, err := a.readBody(c)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	body, ok := a.readBody(w, r)
-	if !ok {
-		return
-	}
-	spec, err := registry.DecodeContainer(id, args[1], body)
+	spec, err := registry.DecodeContainer(c.imageID, c.containerID, body)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	c, err := reg.PutContainer(id, spec)
+	ctr, err := c.reg.PutContainer(c.imageID, spec)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	WriteJSON(w, http.StatusOK, c.View(id))
+	return ctr.View(c.imageID), nil
 }
 
-func (a *API) patchContainer(reg *registry.Registry, w http.ResponseWriter, r *http.Request, args []string) {
-	id, err := registry.ParseImageID(args[0])
+func (a *API) patchContainer(c *call) (any, error) {
+	body, err := a.readBody(c)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
-	}
-	body, ok := a.readBody(w, r)
-	if !ok {
-		return
+		return nil, err
 	}
 	p, err := registry.DecodePatch(body)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	c, err := reg.PatchContainer(id, args[1], p)
+	ctr, err := c.reg.PatchContainer(c.imageID, c.containerID, p)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	WriteJSON(w, http.StatusOK, c.View(id))
+	return ctr.View(c.imageID), nil
 }
 
-func (a *API) deleteContainer(reg *registry.Registry, w http.ResponseWriter, _ *http.Request, args []string) {
-	id, err := registry.ParseImageID(args[0])
+func (a *API) deleteContainer(c *call) (any, error) {
+	ctr, err := c.reg.RemoveContainer(c.imageID, c.containerID)
 	if err != nil {
-		writeRegistryError(w, err)
-		return
+		return nil, err
 	}
-	c, err := reg.RemoveContainer(id, args[1])
-	if err != nil {
-		writeRegistryError(w, err)
-		return
-	}
-	WriteJSON(w, http.StatusOK, c.View(id))
+	return ctr.View(c.imageID), nil
 }
 
-func (a *API) portMappings(reg *registry.Registry, w http.ResponseWriter, _ *http.Request, _ []string) {
-	WriteJSON(w, http.StatusOK, map[string]any{"port_mappings": reg.PortMappings()})
+func (a *API) portMappings(c *call) (any, error) {
+	return map[string]any{"port_mappings": c.reg.PortMappings()}, nil
 }
 
-func (a *API) healthCheck(_ *registry.Registry, w http.ResponseWriter, r *http.Request, _ []string) {
-	imageID, ok := optionalImageID(w, r)
-	if !ok {
-		return
+func (a *API) healthCheck(c *call) (any, error) {
+	imageID, err := optionalImageID(c.r)
+	if err != nil {
+		return nil, err
 	}
 	if a.HealthCheck == nil {
-		WriteError(w, http.StatusNotImplemented, "on-demand health checks are not available in this build")
-		return
+		return nil, errNotImplemented
 	}
-	res, err := a.HealthCheck(r.Context(), imageID)
-	if err != nil {
-		writeRegistryError(w, err)
-		return
-	}
-	WriteJSON(w, http.StatusOK, res)
+	return a.HealthCheck(c.r.Context(), imageID)
 }
 
-func (a *API) stats(reg *registry.Registry, w http.ResponseWriter, r *http.Request, _ []string) {
-	imageID, ok := optionalImageID(w, r)
-	if !ok {
-		return
+func (a *API) stats(c *call) (any, error) {
+	imageID, err := optionalImageID(c.r)
+	if err != nil {
+		return nil, err
 	}
-	svcs := reg.Services()
-	if imageID > 0 {
-		svc := reg.Lookup(imageID)
-		if svc == nil {
-			WriteError(w, http.StatusNotFound, fmt.Sprintf("image_id %d is not registered", imageID))
-			return
-		}
-		svcs = []*registry.Service{svc}
+	if imageID == 0 {
+		return c.reg.Stats(c.reg.Services()), nil
 	}
-	WriteJSON(w, http.StatusOK, reg.Stats(svcs))
+	svc, err := c.reg.Get(imageID)
+	if err != nil {
+		return nil, err
+	}
+	return c.reg.Stats([]*registry.Service{svc}), nil
 }
 
 // optionalImageID reads the ?image_id= filter; 0 means none.
-func optionalImageID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+func optionalImageID(r *http.Request) (int64, error) {
 	v := r.URL.Query().Get("image_id")
 	if v == "" {
-		return 0, true
+		return 0, nil
 	}
-	id, err := registry.ParseImageID(v)
-	if err != nil {
-		writeRegistryError(w, err)
-		return 0, false
-	}
-	return id, true
+	return registry.ParseImageID(v)
 }
 
 // readBody reads the request body up to MaxBody; past it the answer is 413.
-func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+func (a *API) readBody(c *call) ([]byte, error) {
 	limit := a.MaxBody
 	if limit <= 0 {
 		limit = DefaultMaxBody
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := io.ReadAll(http.MaxBytesReader(c.w, c.r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than the limit of %d bytes", limit))
-		} else {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("reading request body: %v", err))
+			return nil, &registry.Error{Kind: registry.KindTooLarge,
+				Detail: fmt.Sprintf("request body is larger than the limit of %d bytes", limit)}
 		}
-		return nil, false
+		return nil, &registry.Error{Kind: registry.KindInvalid, Detail: fmt.Sprintf("reading request body: %v", err)}
 	}
-	return body, true
+	return body, nil
 }
+
+// errNotImplemented answers the on-demand health check until the checker lands.
+var errNotImplemented = errors.New("on-demand health checks are not available in this build")
 
 // writeRegistryError answers with the status that the registry error's kind maps to.
 func writeRegistryError(w http.ResponseWriter, err error) {
 	var re *registry.Error
 	if !errors.As(err, &re) {
-		WriteError(w, http.StatusInternalServerError, err.Error())
+		status := http.StatusInternalServerError
+		if errors.Is(err, errNotImplemented) {
+			status = http.StatusNotImplemented
+		}
+		WriteError(w, status, err.Error())
 		return
 	}
 	status := http.StatusUnprocessableEntity

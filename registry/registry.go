@@ -86,6 +86,14 @@ func (r *Registry) Lookup(imageID int64) *Service {
 	return r.snap.Load().lookup(imageID)
 }
 
+// Get returns the current version of the service, or a not-found error.
+func (r *Registry) Get(imageID int64) (*Service, error) {
+	if svc := r.Lookup(imageID); svc != nil {
+		return svc, nil
+	}
+	return nil, unknownImage(imageID)
+}
+
 // ByPort returns the service mapped to an external port, or nil.
 func (r *Registry) ByPort(port int) *Service {
 	s := r.snap.Load()
