@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/dustin/go-humanize"
+
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 func init() {
@@ -17,6 +19,7 @@ func init() {
 // parseGlobalOption turns the imagelb global option into the imagelb app.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
+		d.Next() // point the error at the repeated option, not at line 0
 		return nil, d.Err("imagelb global option already specified")
 	}
 	app := new(App)
@@ -88,12 +91,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if v[0] != '/' {
+			if v == "" || v[0] != '/' {
 				return d.Errf("health_path %q must start with /", v)
 			}
 			a.HealthPath = v
 		case "max_retries", "max_containers":
-			n, err := intArg(d, 0, 1<<20)
+			limit := 100 // retries
+			if opt == "max_containers" {
+				limit = 1_000_000
+			}
+			n, err := intArg(d, 0, limit)
 			if err != nil {
 				return err
 			}
@@ -106,6 +113,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			v, err := singleArg(d)
 			if err != nil {
 				return err
+			}
+			if _, ok := registry.ParseAlgorithm(v); !ok {
+				return d.Errf("algorithm %q: use round_robin or least_connections (alias least_conn)", v)
 			}
 			a.Algorithm = v
 		case "port_range":
@@ -122,6 +132,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
+			if msg := registry.CheckHost(v); msg != "" {
+				return d.Errf("default_host: %s", msg)
+			}
 			a.DefaultHost = v
 		case "max_body":
 			v, err := singleArg(d)
@@ -134,7 +147,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.MaxBody = int64(size)
 		case "service":
-			svc, err := parseService(d)
+			svc, err := parseService(d, a.Services)
 			if err != nil {
 				return err
 			}
@@ -147,7 +160,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // parseService parses: service <image_id> <image_name> { ... }
-func parseService(d *caddyfile.Dispenser) (StaticService, error) {
+// prev are the services parsed before it.
+func parseService(d *caddyfile.Dispenser, prev []StaticService) (StaticService, error) {
 	var s StaticService
 	args := d.RemainingArgs()
 	if len(args) != 2 {
@@ -156,6 +170,11 @@ func parseService(d *caddyfile.Dispenser) (StaticService, error) {
 	id, err := strconv.ParseInt(args[0], 10, 64)
 	if err != nil || id <= 0 {
 		return s, d.Errf("service image_id %q must be a positive integer", args[0])
+	}
+	for _, p := range prev {
+		if p.ImageID == id {
+			return s, d.Errf("service %d already specified", id)
+		}
 	}
 	s.ImageID, s.ImageName = id, args[1]
 	seen := map[string]bool{}
@@ -173,6 +192,9 @@ func parseService(d *caddyfile.Dispenser) (StaticService, error) {
 			if err != nil {
 				return s, err
 			}
+			if _, ok := registry.ParseAlgorithm(v); !ok {
+				return s, d.Errf("algorithm %q: use round_robin or least_connections (alias least_conn)", v)
+			}
 			s.Algorithm = v
 		case "external_port":
 			n, err := intArg(d, 1, 65535)
@@ -181,7 +203,7 @@ func parseService(d *caddyfile.Dispenser) (StaticService, error) {
 			}
 			s.ExternalPort = n
 		case "container":
-			c, err := parseContainer(d)
+			c, err := parseContainer(d, s.Containers)
 			if err != nil {
 				return s, err
 			}
@@ -194,18 +216,27 @@ func parseService(d *caddyfile.Dispenser) (StaticService, error) {
 }
 
 // parseContainer parses: container <container_id> <host:port> { ... }
-func parseContainer(d *caddyfile.Dispenser) (StaticContainer, error) {
+// prev are the service's containers parsed before it.
+func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticContainer, error) {
 	var c StaticContainer
 	args := d.RemainingArgs()
 	if len(args) != 2 {
 		return c, d.Err("container needs an id and an address: container <container_id> <host:port>")
 	}
 	c.ContainerID = args[0]
+	for _, p := range prev {
+		if p.ContainerID == c.ContainerID {
+			return c, d.Errf("container %q already specified", c.ContainerID)
+		}
+	}
 	addr, err := caddy.ParseNetworkAddress(args[1])
-	if err != nil || addr.IsUnixNetwork() || addr.PortRangeSize() != 1 || addr.StartPort == 0 {
+	if err != nil || addr.Network != "tcp" || addr.PortRangeSize() != 1 || addr.StartPort == 0 {
 		return c, d.Errf("container address %q: want host:port, e.g. 127.0.0.1:9001", args[1])
 	}
 	c.Host, c.Port = addr.Host, int(addr.StartPort)
+	if msg := registry.CheckHost(c.Host); c.Host != "" && msg != "" {
+		return c, d.Errf("container address %q: %s", args[1], msg)
+	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
@@ -230,6 +261,9 @@ func parseContainer(d *caddyfile.Dispenser) (StaticContainer, error) {
 			v, err := singleArg(d)
 			if err != nil {
 				return c, err
+			}
+			if _, ok := registry.ParseStatus(v); !ok {
+				return c, d.Errf("status %q: use healthy, unhealthy, starting or draining", v)
 			}
 			c.Status = v
 		default:

@@ -65,6 +65,9 @@ func (s *Selection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	if d.NextBlock(0) {
+		return d.Errf("unrecognized subdirective '%s': lb_policy imagelb takes no options", d.Val())
+	}
 	return nil
 }
 

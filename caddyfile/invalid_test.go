@@ -1,0 +1,569 @@
+package caddyfile_test
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+)
+
+// TestCaddyfileInvalid checks that a wrong Caddyfile fails to adapt with an
+// error that names the problem and the line it is on.
+func TestCaddyfileInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		src     string
+		wantErr string // a substring of the error
+		line    int    // the error's Caddyfile:LINE location
+	}{
+		{
+			name: "unknown algorithm",
+			src: `{
+	imagelb {
+		algorithm fastest
+	}
+}
+`,
+			wantErr: `algorithm "fastest"`,
+			line:    3,
+		},
+		{
+			name: "unknown service algorithm",
+			src: `{
+	imagelb {
+		service 1 web {
+			algorithm fastest
+		}
+	}
+}
+`,
+			wantErr: `algorithm "fastest"`,
+			line:    4,
+		},
+		{
+			name: "unknown container status",
+			src: `{
+	imagelb {
+		service 1 web {
+			container a 127.0.0.1:9001 {
+				status zombie
+			}
+		}
+	}
+}
+`,
+			wantErr: `status "zombie"`,
+			line:    5,
+		},
+		{
+			name: "bad default_host",
+			src: `{
+	imagelb {
+		default_host bad_host!
+	}
+}
+`,
+			wantErr: "default_host",
+			line:    3,
+		},
+		{
+			name: "max_retries too large",
+			src: `{
+	imagelb {
+		max_retries 1000
+	}
+}
+`,
+			wantErr: "from 0 to 100",
+			line:    3,
+		},
+		{
+			name: "global unknown subdirective",
+			src: `{
+	imagelb {
+		health_interval 30s
+		bogus 1
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'bogus'",
+			line:    4,
+		},
+		{
+			name: "global arguments",
+			src: `{
+	imagelb extra {
+		max_retries 1
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'extra'",
+			line:    2,
+		},
+		{
+			name: "global option repeated",
+			src: `{
+	imagelb {
+		max_retries 1
+		timeout 5s
+		max_retries 2
+	}
+}
+`,
+			wantErr: "max_retries already specified",
+			line:    5,
+		},
+		{
+			name: "imagelb global option repeated",
+			src: `{
+	imagelb {
+		max_retries 1
+	}
+	imagelb {
+		timeout 5s
+	}
+}
+`,
+			wantErr: "imagelb global option already specified",
+			line:    5,
+		},
+		{
+			name: "health_interval not a duration",
+			src: `{
+	imagelb {
+		health_interval soon
+	}
+}
+`,
+			wantErr: `health_interval "soon": want seconds (e.g. 30) or a duration (e.g. 30s)`,
+			line:    3,
+		},
+		{
+			name: "timeout zero",
+			src: `{
+	imagelb {
+		timeout 0
+	}
+}
+`,
+			wantErr: `timeout "0": want seconds (e.g. 30) or a duration (e.g. 30s): must be positive`,
+			line:    3,
+		},
+		{
+			name: "health_path without slash",
+			src: `{
+	imagelb {
+		health_path healthz
+	}
+}
+`,
+			wantErr: `health_path "healthz" must start with /`,
+			line:    3,
+		},
+		{
+			name: "health_path empty",
+			src: `{
+	imagelb {
+		health_path ""
+	}
+}
+`,
+			wantErr: `health_path "" must start with /`,
+			line:    3,
+		},
+		{
+			name: "health_timeout missing value",
+			src: `{
+	imagelb {
+		health_timeout
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'health_timeout'",
+			line:    3,
+		},
+		{
+			name: "max_retries negative",
+			src: `{
+	imagelb {
+		max_retries -1
+	}
+}
+`,
+			wantErr: `max_retries "-1": want a whole number from 0 to`,
+			line:    3,
+		},
+		{
+			name: "max_containers two values",
+			src: `{
+	imagelb {
+		max_containers 10 20
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after '20'",
+			line:    3,
+		},
+		{
+			name: "port_range reversed",
+			src: `{
+	imagelb {
+		port_range 9000-8000
+	}
+}
+`,
+			wantErr: `port_range "9000-8000": want lo-hi with 1 <= lo <= hi <= 65535`,
+			line:    3,
+		},
+		{
+			name: "max_body not a size",
+			src: `{
+	imagelb {
+		max_body lots
+	}
+}
+`,
+			wantErr: `max_body "lots": want a size such as 1MiB or 65536`,
+			line:    3,
+		},
+		{
+			name: "service non-numeric image_id",
+			src: `{
+	imagelb {
+		service web web {
+			container web-1 127.0.0.1:9001
+		}
+	}
+}
+`,
+			wantErr: `service image_id "web" must be a positive integer`,
+			line:    3,
+		},
+		{
+			name: "service without image_name",
+			src: `{
+	imagelb {
+		service 1
+	}
+}
+`,
+			wantErr: "service needs an image_id and an image_name",
+			line:    3,
+		},
+		{
+			name: "service option repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			external_port 8001
+			external_port 8002
+		}
+	}
+}
+`,
+			wantErr: "external_port already specified",
+			line:    5,
+		},
+		{
+			name: "service repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1:9001
+		}
+		service 1 web-again
+	}
+}
+`,
+			wantErr: "service 1 already specified",
+			line:    6,
+		},
+		{
+			name: "container repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1:9001
+			container web-2 127.0.0.1:9002
+			container web-1 127.0.0.1:9003
+		}
+	}
+}
+`,
+			wantErr: `container "web-1" already specified`,
+			line:    6,
+		},
+		{
+			name: "service external_port out of range",
+			src: `{
+	imagelb {
+		service 1 web {
+			external_port 70000
+		}
+	}
+}
+`,
+			wantErr: `external_port "70000": want a whole number from 1 to 65535`,
+			line:    4,
+		},
+		{
+			name: "service unknown subdirective",
+			src: `{
+	imagelb {
+		service 1 web {
+			containers web-1 127.0.0.1:9001
+		}
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'containers'",
+			line:    4,
+		},
+		{
+			name: "container without port",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1
+		}
+	}
+}
+`,
+			wantErr: `container address "127.0.0.1": want host:port, e.g. 127.0.0.1:9001`,
+			line:    4,
+		},
+		{
+			name: "container with scheme",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 http://127.0.0.1:9001
+		}
+	}
+}
+`,
+			wantErr: `container address "http://127.0.0.1:9001": want host:port`,
+			line:    4,
+		},
+		{
+			name: "container udp network",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 udp/127.0.0.1:9001
+		}
+	}
+}
+`,
+			wantErr: `container address "udp/127.0.0.1:9001": want host:port`,
+			line:    4,
+		},
+		{
+			name: "container port range",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1:9001-9002
+		}
+	}
+}
+`,
+			wantErr: `container address "127.0.0.1:9001-9002": want host:port`,
+			line:    4,
+		},
+		{
+			name: "container without address",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1
+		}
+	}
+}
+`,
+			wantErr: "container needs an id and an address",
+			line:    4,
+		},
+		{
+			name: "container weight out of range",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1:9001 {
+				weight 1001
+			}
+		}
+	}
+}
+`,
+			wantErr: `weight "1001": want a whole number from 0 to 1000`,
+			line:    5,
+		},
+		{
+			name: "container option repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1:9001 {
+				status healthy
+				status draining
+			}
+		}
+	}
+}
+`,
+			wantErr: "status already specified",
+			line:    6,
+		},
+		{
+			name: "container unknown subdirective",
+			src: `{
+	imagelb {
+		service 1 web {
+			container web-1 127.0.0.1:9001 {
+				zone eu
+			}
+		}
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'zone'",
+			line:    5,
+		},
+		{
+			name: "api maybe",
+			src: `:3000 {
+	imagelb {
+		api maybe
+	}
+}
+`,
+			wantErr: `api "maybe": use on, read_only or off`,
+			line:    3,
+		},
+		{
+			name: "api repeated",
+			src: `:3000 {
+	imagelb {
+		api on
+		api off
+	}
+}
+`,
+			wantErr: "api already specified",
+			line:    4,
+		},
+		{
+			name: "api without value",
+			src: `:3000 {
+	imagelb {
+		api
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'api'",
+			line:    3,
+		},
+		{
+			name: "handler unknown subdirective",
+			src: `:3000 {
+	imagelb {
+		dashboard on
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'dashboard'",
+			line:    3,
+		},
+		{
+			name: "handler argument",
+			src: `:3000 {
+	imagelb on
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'on'",
+			line:    2,
+		},
+		{
+			name: "dynamic imagelb without id",
+			src: `:3001 {
+	reverse_proxy {
+		dynamic imagelb
+		lb_policy imagelb
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'imagelb'",
+			line:    3,
+		},
+		{
+			name: "dynamic imagelb two ids",
+			src: `:3001 {
+	reverse_proxy {
+		dynamic imagelb 1 2
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after '2'",
+			line:    3,
+		},
+		{
+			name: "dynamic imagelb with block",
+			src: `:3001 {
+	reverse_proxy {
+		dynamic imagelb 1 {
+			refresh 5s
+		}
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'refresh': dynamic imagelb takes only an image_id",
+			line:    4,
+		},
+		{
+			name: "lb_policy imagelb with argument",
+			src: `:3001 {
+	reverse_proxy {
+		dynamic imagelb 1
+		lb_policy imagelb fast
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'fast'",
+			line:    4,
+		},
+		{
+			name: "lb_policy imagelb with block",
+			src: `:3001 {
+	reverse_proxy {
+		dynamic imagelb 1
+		lb_policy imagelb {
+			fallback first
+		}
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'fallback': lb_policy imagelb takes no options",
+			line:    5,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tc.src), map[string]any{"filename": "Caddyfile"})
+			if err == nil {
+				t.Fatalf("adapting succeeded, want an error containing %q", tc.wantErr)
+			}
+			msg := err.Error()
+			t.Logf("error: %s", msg)
+			if !strings.Contains(msg, tc.wantErr) {
+				t.Errorf("error %q does not contain %q", msg, tc.wantErr)
+			}
+			// the location must be exactly this line (Caddyfile:3, not Caddyfile:30)
+			loc := regexp.MustCompile(`\bCaddyfile:` + strconv.Itoa(tc.line) + `\b`)
+			if !loc.MatchString(msg) {
+				t.Errorf("error %q does not point at Caddyfile:%d", msg, tc.line)
+			}
+		})
+	}
+}
