@@ -197,6 +197,8 @@ func (r *Registry) checkSpec(spec *ServiceSpec) error {
 	if r.opts.MaxContainers > 0 && len(spec.Containers) > r.opts.MaxContainers {
 		return invalid("a service may have at most %d containers, got %d", r.opts.MaxContainers, len(spec.Containers))
 	}
+	// The containers slice is the caller's: fill defaults in a copy.
+	spec.Containers = slices.Clone(spec.Containers)
 	for i := range spec.Containers {
 		if spec.Containers[i].Host == "" {
 			spec.Containers[i].Host = r.opts.DefaultHost

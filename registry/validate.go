@@ -57,7 +57,8 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 	spec := ServiceSpec{ImageID: imageID}
 	var fe fieldErrors
 	var items []json.RawMessage
-	var itemLoc []any // location prefix of the containers
+	var itemLoc []any                       // location prefix of the containers
+	nameLoc := []any{"query", "image_name"} // where the image_name in use came from
 
 	switch firstByte(body) {
 	case '[':
@@ -72,6 +73,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 		}
 		if in.ImageName != nil {
 			spec.ImageName = *in.ImageName
+			nameLoc = []any{"body", "image_name"}
 		}
 		if in.Algorithm != nil {
 			alg, ok := ParseAlgorithm(*in.Algorithm)
@@ -97,6 +99,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 
 	if v, ok := queryValue(query, "image_name"); ok {
 		spec.ImageName = v
+		nameLoc = []any{"query", "image_name"}
 	}
 	if v, ok := queryValue(query, "algorithm"); ok {
 		alg, ok := ParseAlgorithm(v)
@@ -115,7 +118,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 	if spec.ImageName == "" {
 		fe.add("missing", "image_name is required (query parameter ?image_name=NAME or body field), 1-255 characters", "query", "image_name")
 	} else {
-		checkText(&fe, spec.ImageName, MaxNameLength, "image_name", "query", "image_name")
+		checkText(&fe, spec.ImageName, MaxNameLength, "image_name", nameLoc...)
 	}
 
 	seen := make(map[string]int, len(items))
