@@ -1,0 +1,275 @@
+package registry
+
+import (
+	"math"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// exactQuantile is the nearest-rank quantile of sorted durations, in ms.
+func exactQuantile(sorted []time.Duration, q float64) float64 {
+	rank := int(math.Ceil(q * float64(len(sorted))))
+	rank = max(rank, 1)
+	return float64(sorted[rank-1]) / float64(time.Millisecond)
+}
+
+func TestHistogramQuantiles(t *testing.T) {
+	series := func(n int, f func(i int) time.Duration) []time.Duration {
+		out := make([]time.Duration, n)
+		for i := range out {
+			out[i] = f(i)
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		in   []time.Duration
+	}{
+		{"one value", []time.Duration{7 * time.Millisecond}},
+		{"constant", series(100, func(int) time.Duration { return 42 * time.Millisecond })},
+		{"uniform 1..1000ms", series(1000, func(i int) time.Duration { return time.Duration(i+1) * time.Millisecond })},
+		{"bimodal", series(1000, func(i int) time.Duration {
+			if i%10 == 0 {
+				return 800 * time.Millisecond
+			}
+			return 2 * time.Millisecond
+		})},
+		{"long tail", series(1000, func(i int) time.Duration {
+			return time.Duration(math.Pow(1.01, float64(i))*100) * time.Microsecond
+		})},
+		{"microseconds", series(200, func(i int) time.Duration { return time.Duration(60+i) * time.Microsecond })},
+		{"at bucket bounds", series(90, func(i int) time.Duration { return bucketBound(i) })},
+		{"seconds", series(300, func(i int) time.Duration { return time.Duration(i+1) * time.Second })},
+	}
+	qs := []float64{0.50, 0.95, 0.99}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var h Histogram
+			for _, d := range tt.in {
+				h.Observe(d)
+			}
+			got, ok := h.Quantiles(qs...)
+			if !ok || len(got) != len(qs) {
+				t.Fatalf("Quantiles = %v, %v", got, ok)
+			}
+			if !(got[0] <= got[1] && got[1] <= got[2]) {
+				t.Fatalf("quantiles not ordered: p50 %v p95 %v p99 %v", got[0], got[1], got[2])
+			}
+			sorted := slices.Clone(tt.in)
+			slices.Sort(sorted)
+			for i, q := range qs {
+				want := exactQuantile(sorted, q)
+				// The answer is the upper bound of the bucket holding the
+				// value: not below it, and at most one bucket (19%) above,
+				// give or take the rounding to the microsecond.
+				lo, hi := want-0.001, want*bucketGrowth+0.001
+				if got[i] < lo || got[i] > hi {
+					t.Errorf("q%.2f = %vms, exact %vms: want within [%v, %v]", q, got[i], want, lo, hi)
+				}
+			}
+		})
+	}
+}
+
+func TestHistogramEdges(t *testing.T) {
+	t.Run("empty", func(t *testing.T) {
+		var h Histogram
+		got, ok := h.Quantiles(0.5, 0.99)
+		if ok || len(got) != 2 || got[0] != 0 || got[1] != 0 {
+			t.Fatalf("empty histogram: %v, %v; want zeros and ok=false", got, ok)
+		}
+	})
+	t.Run("below the first bound", func(t *testing.T) {
+		var h Histogram
+		h.Observe(0)
+		h.Observe(-time.Second) // a clock step backwards must not panic
+		h.Observe(10 * time.Microsecond)
+		got, ok := h.Quantiles(1)
+		if !ok || got[0] != 0.05 {
+			t.Fatalf("sub-50µs quantile = %v, %v; want 0.05ms", got, ok)
+		}
+	})
+	t.Run("beyond the last bound", func(t *testing.T) {
+		var h Histogram
+		h.Observe(24 * time.Hour)
+		got, ok := h.Quantiles(0.5)
+		last := float64(bucketBound(numBuckets-1)) / float64(time.Millisecond)
+		if !ok || math.Abs(got[0]-last) > 0.001 {
+			t.Fatalf("overflow quantile = %v, want the last bound %vms", got, last)
+		}
+	})
+	t.Run("extreme quantiles", func(t *testing.T) {
+		var h Histogram
+		h.Observe(time.Millisecond)
+		h.Observe(time.Second)
+		got, _ := h.Quantiles(0.0001, 1)
+		if got[0] >= 1.19 || got[1] < 1000 || got[1] > 1190 {
+			t.Fatalf("q~0 = %v, q1 = %v", got[0], got[1])
+		}
+	})
+	t.Run("bucket bounds grow", func(t *testing.T) {
+		for i := 1; i < numBuckets; i++ {
+			if bucketBound(i) <= bucketBound(i-1) {
+				t.Fatalf("bound %d = %v not above %v", i, bucketBound(i), bucketBound(i-1))
+			}
+			// A value just above a bound lands in the next bucket, the bound itself in its own.
+			if b := bucketOf(bucketBound(i-1) + time.Microsecond); b != i && i < numBuckets-1 {
+				t.Fatalf("bucketOf(bound(%d)+1µs) = %d, want %d", i-1, b, i)
+			}
+		}
+		if math.Abs(logGrowthBase-math.Log(bucketGrowth)) > 1e-12 {
+			t.Fatal("logGrowthBase is not log(bucketGrowth)")
+		}
+	})
+	t.Run("observe allocates nothing", func(t *testing.T) {
+		var h Histogram
+		if a := testing.AllocsPerRun(100, func() { h.Observe(3 * time.Millisecond) }); a != 0 {
+			t.Fatalf("Observe allocates %.1f", a)
+		}
+	})
+}
+
+func TestCountersBeginEnd(t *testing.T) {
+	t.Run("container", func(t *testing.T) {
+		var c ContainerStats
+		c.Begin()
+		c.Begin()
+		c.Begin()
+		c.End(false, time.Millisecond)
+		c.End(true, 3*time.Millisecond)
+		if r, f, n := c.Requests.Load(), c.Failures.Load(), c.InFlight.Load(); r != 3 || f != 1 || n != 1 {
+			t.Fatalf("requests/failures/in flight = %d/%d/%d, want 3/1/1", r, f, n)
+		}
+		if q, ok := c.Latency.Quantiles(1); !ok || q[0] < 3 || q[0] > 3*bucketGrowth {
+			t.Fatalf("latency max = %v", q)
+		}
+		c.End(false, time.Millisecond)
+		if c.InFlight.Load() != 0 || c.Requests.Load() != 3 {
+			t.Fatal("End changed the request count or left one in flight")
+		}
+	})
+	t.Run("service", func(t *testing.T) {
+		var s ServiceState
+		s.Begin()
+		s.Begin()
+		s.End(true, time.Millisecond)
+		if r, f, n := s.Requests.Load(), s.Failures.Load(), s.InFlight.Load(); r != 2 || f != 1 || n != 1 {
+			t.Fatalf("requests/failures/in flight = %d/%d/%d, want 2/1/1", r, f, n)
+		}
+	})
+	t.Run("concurrent", func(t *testing.T) {
+		var c ContainerStats
+		const goroutines, each = 8, 1000
+		var wg sync.WaitGroup
+		for g := 0; g < goroutines; g++ {
+			wg.Go(func() {
+				for i := 0; i < each; i++ {
+					c.Begin()
+					c.End(i%4 == 0, time.Duration(i)*time.Microsecond)
+				}
+			})
+		}
+		wg.Wait()
+		if r, f, n := c.Requests.Load(), c.Failures.Load(), c.InFlight.Load(); r != goroutines*each || f != goroutines*each/4 || n != 0 {
+			t.Fatalf("requests/failures/in flight = %d/%d/%d", r, f, n)
+		}
+	})
+	t.Run("health", func(t *testing.T) {
+		var c ContainerStats
+		if at, e := c.Health(); !at.IsZero() || e != "" {
+			t.Fatalf("fresh Health = %v, %q", at, e)
+		}
+		when := time.Date(2025, 5, 6, 7, 8, 9, 0, time.UTC)
+		c.SetHealth(when, "connection refused")
+		if at, e := c.Health(); !at.Equal(when) || e != "connection refused" {
+			t.Fatalf("Health = %v, %q", at, e)
+		}
+	})
+}
+
+func TestRegistryStats(t *testing.T) {
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := base
+	now = func() time.Time { return clock }
+	t.Cleanup(func() { now = time.Now })
+
+	r := newTestRegistry(t, Options{})
+	one := mustRegister(t, r, svcSpec(1, ctr("a", 1), ctr("b", 2)))
+	two := mustRegister(t, r, svcSpec(2, ctr("c", 3)))
+	three := mustRegister(t, r, svcSpec(3)) // nothing measured
+	request := func(svc *Service, c *Container, failed, finish bool) {
+		svc.State.Begin()
+		c.Stats.Begin()
+		if finish {
+			c.Stats.End(failed, 4*time.Millisecond)
+			svc.State.End(failed, 5*time.Millisecond)
+		}
+	}
+	a, b, c := one.Container("a"), one.Container("b"), two.Container("c")
+	request(one, a, false, true)
+	request(one, a, true, true)
+	request(one, b, false, true)
+	request(one, b, false, false) // in flight
+	request(two, c, true, true)
+	request(two, c, false, false) // in flight
+	request(two, c, false, true)
+	clock = base.Add(90 * time.Second)
+
+	v := r.Stats(r.Services())
+	if v.UptimeSeconds != 90 {
+		t.Fatalf("uptime = %v, want 90", v.UptimeSeconds)
+	}
+	if len(v.Services) != 3 || v.Services[0].ImageID != 1 || v.Services[1].ImageID != 2 || v.Services[2].ImageID != 3 {
+		t.Fatalf("services = %+v", v.Services)
+	}
+	s1, s2, s3 := v.Services[0], v.Services[1], v.Services[2]
+	if s1.TotalRequests != 4 || s1.FailedRequests != 1 || s1.ActiveConnections != 1 || s1.HealthyContainers != 2 {
+		t.Fatalf("service 1 = %+v", s1)
+	}
+	if s2.TotalRequests != 3 || s2.FailedRequests != 1 || s2.ActiveConnections != 1 {
+		t.Fatalf("service 2 = %+v", s2)
+	}
+	if v.TotalRequests != s1.TotalRequests+s2.TotalRequests+s3.TotalRequests ||
+		v.FailedRequests != s1.FailedRequests+s2.FailedRequests+s3.FailedRequests ||
+		v.ActiveConnections != s1.ActiveConnections+s2.ActiveConnections+s3.ActiveConnections {
+		t.Fatalf("totals %d/%d/%d do not add up the services", v.TotalRequests, v.FailedRequests, v.ActiveConnections)
+	}
+	if v.TotalRequests != 7 || v.FailedRequests != 2 || v.ActiveConnections != 2 {
+		t.Fatalf("totals = %d/%d/%d, want 7/2/2", v.TotalRequests, v.FailedRequests, v.ActiveConnections)
+	}
+	// The containers of a service add up to the service when nothing was retried.
+	for _, s := range v.Services {
+		var req, fail, active int64
+		for _, c := range s.Containers {
+			req, fail, active = req+c.TotalRequests, fail+c.FailedRequests, active+c.ActiveConnections
+		}
+		if req != s.TotalRequests || fail != s.FailedRequests || active != s.ActiveConnections {
+			t.Fatalf("service %d: containers add to %d/%d/%d, service says %d/%d/%d",
+				s.ImageID, req, fail, active, s.TotalRequests, s.FailedRequests, s.ActiveConnections)
+		}
+	}
+	ca := s1.Containers[0]
+	if ca.ContainerID != "a" || ca.TotalRequests != 2 || ca.FailedRequests != 1 || ca.Status != StatusHealthy {
+		t.Fatalf("container a = %+v", ca)
+	}
+	if l := ca.LatencyMS; l.P50 == nil || *l.P50 < 4 || *l.P99 > 4*bucketGrowth+0.001 {
+		t.Fatalf("container a latency = %+v", l)
+	}
+	if l := s1.LatencyMS; l.P50 == nil || *l.P50 < 5 || *l.P50 > 5*bucketGrowth+0.001 {
+		t.Fatalf("service 1 latency = %+v", l)
+	}
+	if l := s3.LatencyMS; l.P50 != nil || l.P95 != nil || l.P99 != nil || len(s3.Containers) != 0 {
+		t.Fatalf("unmeasured service 3 = %+v", s3)
+	}
+
+	// Stats of a subset add up that subset only.
+	sub := r.Stats([]*Service{two, three})
+	if sub.TotalRequests != 3 || sub.FailedRequests != 1 || sub.ActiveConnections != 1 || len(sub.Services) != 2 {
+		t.Fatalf("subset totals = %d/%d/%d", sub.TotalRequests, sub.FailedRequests, sub.ActiveConnections)
+	}
+	if empty := r.Stats(nil); empty.TotalRequests != 0 || empty.Services == nil {
+		t.Fatalf("stats of nothing = %+v (services must be an empty list, not null)", empty)
+	}
+}
