@@ -273,7 +273,7 @@ func optionalImageID(r *http.Request) (int64, error) {
 	if v == "" {
 		return 0, nil
 	}
-	return registry.ParseImageID(v)
+	return registry.ParseImageIDQuery(v)
 }
 
 // readBody reads the request body up to MaxBody; past it the answer is 413.

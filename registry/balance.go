@@ -15,10 +15,10 @@ func (s *Service) PickIndex(tried []*ContainerStats) int {
 	start := int(turn % uint64(k))
 	switch s.Algorithm {
 	case LeastConnections:
-		if i := leastConnections(avail, start, tried); i >= 0 {
+		if i := leastConnections(avail, turn, tried); i >= 0 {
 			return i
 		}
-		return leastConnections(avail, start, nil)
+		return leastConnections(avail, turn, nil)
 	default: // round robin
 		if len(tried) == 0 {
 			return start
@@ -42,26 +42,43 @@ func (s *Service) Pick(tried []*ContainerStats) *Container {
 	return s.available[i]
 }
 
-// leastConnections returns the index of the available container with the
-// fewest requests in flight, scanning from start so that ties rotate; -1 when
-// every container is in tried.
-func leastConnections(avail []*Container, start int, tried []*ContainerStats) int {
-	best, bestLoad := -1, int64(0)
-	k := len(avail)
-	for j := 0; j < k; j++ {
-		i := start + j
-		if i >= k {
-			i -= k
-		}
-		c := avail[i]
+// leastConnections returns the index of an available container with the
+// fewest requests in flight; -1 when every container is in tried. Among the
+// containers tied for the fewest, turn chooses, so ties rotate exactly
+// whatever the loads of the others.
+func leastConnections(avail []*Container, turn uint64, tried []*ContainerStats) int {
+	ties, least := 0, int64(0)
+	for _, c := range avail {
 		if containsStats(tried, c.Stats) {
 			continue
 		}
-		if load := c.Stats.InFlight.Load(); best < 0 || load < bestLoad {
-			best, bestLoad = i, load
+		switch load := c.Stats.InFlight.Load(); {
+		case ties == 0 || load < least:
+			ties, least = 1, load
+		case load == least:
+			ties++
 		}
 	}
-	return best
+	if ties == 0 {
+		return -1
+	}
+	// loads may have moved since the first pass: take the chosen tie, or
+	// failing that the last container seen at the least load
+	want, fallback := int(turn%uint64(ties)), -1
+	for i, c := range avail {
+		if containsStats(tried, c.Stats) || c.Stats.InFlight.Load() > least {
+			continue
+		}
+		if want == 0 {
+			return i
+		}
+		want--
+		fallback = i
+	}
+	if fallback < 0 {
+		return 0
+	}
+	return fallback
 }
 
 func containsStats(set []*ContainerStats, s *ContainerStats) bool {

@@ -346,3 +346,20 @@ func TestPickAllocatesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestLeastConnectionsPartialTies: with loads (0, 4, 0) the two idle
+// containers share the picks exactly, whatever the busy one's position.
+func TestLeastConnectionsPartialTies(t *testing.T) {
+	r := newTestRegistry(t, Options{})
+	svc := serviceWith(t, r, 1, LeastConnections, 3)
+	for i := 0; i < 4; i++ {
+		svc.Containers[1].Stats.Begin()
+	}
+	got := map[string]int{}
+	for i := 0; i < 10; i++ {
+		got[svc.Pick(nil).ContainerID]++
+	}
+	if got["c0"] != 5 || got["c2"] != 5 || got["c1"] != 0 {
+		t.Fatalf("picks %v, want c0 and c2 five times each", got)
+	}
+}

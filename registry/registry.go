@@ -148,19 +148,24 @@ func (r *Registry) PortMappings() []PortMapping {
 func (r *Registry) Register(spec ServiceSpec) (*Service, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.register(spec)
-}
-
-func (r *Registry) register(spec ServiceSpec) (*Service, error) {
-	if err := r.checkSpec(&spec); err != nil {
+	next, svc, err := r.register(r.snap.Load(), spec)
+	if err != nil {
 		return nil, err
 	}
-	snap := r.snap.Load()
+	r.snap.Store(next)
+	return svc, nil
+}
+
+// register returns snap with spec registered, and the new service version.
+func (r *Registry) register(snap *snapshot, spec ServiceSpec) (*snapshot, *Service, error) {
+	if err := r.checkSpec(&spec); err != nil {
+		return nil, nil, err
+	}
 	old := snap.lookup(spec.ImageID)
 
 	port, err := r.choosePort(snap, spec, old)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	spec.ExternalPort = port
 
@@ -179,8 +184,7 @@ func (r *Registry) register(spec ServiceSpec) (*Service, error) {
 		containers[i] = newContainer(cs, stats)
 	}
 	svc := newService(spec, containers, state)
-	r.publish(snap, old, svc)
-	return svc, nil
+	return snap.replace(old, svc), svc, nil
 }
 
 // checkSpec fills defaults and enforces registry-wide limits.
@@ -231,9 +235,9 @@ func (r *Registry) choosePort(snap *snapshot, spec ServiceSpec, old *Service) (i
 	return 0, conflict("no free external port left in port_range %d-%d", r.opts.PortLo, r.opts.PortHi)
 }
 
-// publish stores a new snapshot in which old (may be nil) is replaced by svc
-// (may be nil, meaning removal).
-func (r *Registry) publish(snap *snapshot, old, svc *Service) {
+// replace returns a new snapshot in which old (may be nil) is replaced by svc
+// (may be nil, meaning removal). snap itself is not modified.
+func (snap *snapshot) replace(old, svc *Service) *snapshot {
 	next := *snap
 	id := int64(0)
 	if svc != nil {
@@ -275,7 +279,7 @@ func (r *Registry) publish(snap *snapshot, old, svc *Service) {
 		}
 		next.ports = ports
 	}
-	r.snap.Store(&next)
+	return &next
 }
 
 // Remove deletes a service and returns its last version.
@@ -287,7 +291,7 @@ func (r *Registry) Remove(imageID int64) (*Service, error) {
 	if old == nil {
 		return nil, unknownImage(imageID)
 	}
-	r.publish(snap, old, nil)
+	r.snap.Store(snap.replace(old, nil))
 	return old, nil
 }
 
@@ -317,7 +321,7 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (*Container, 
 	} else {
 		cs = append(cs, c)
 	}
-	r.publish(snap, old, old.withContainers(cs))
+	r.snap.Store(snap.replace(old, old.withContainers(cs)))
 	return c, nil
 }
 
@@ -358,13 +362,9 @@ var errUnchanged = fmt.Errorf("unchanged")
 // returns false to leave everything as it is.
 func (r *Registry) patch(imageID int64, containerID string, change func(*ContainerSpec) bool) (*Container, error) {
 	snap := r.snap.Load()
-	old := snap.lookup(imageID)
-	if old == nil {
-		return nil, unknownImage(imageID)
-	}
-	i := slices.IndexFunc(old.Containers, func(c *Container) bool { return c.ContainerID == containerID })
-	if i < 0 {
-		return nil, unknownContainer(imageID, containerID)
+	old, i, err := snap.findContainer(imageID, containerID)
+	if err != nil {
+		return nil, err
 	}
 	spec := old.Containers[i].ContainerSpec
 	if !change(&spec) {
@@ -372,8 +372,21 @@ func (r *Registry) patch(imageID int64, containerID string, change func(*Contain
 	}
 	cs := slices.Clone(old.Containers)
 	cs[i] = newContainer(spec, cs[i].Stats)
-	r.publish(snap, old, old.withContainers(cs))
+	r.snap.Store(snap.replace(old, old.withContainers(cs)))
 	return cs[i], nil
+}
+
+// findContainer returns the service and the index of one of its containers.
+func (snap *snapshot) findContainer(imageID int64, containerID string) (*Service, int, error) {
+	svc := snap.lookup(imageID)
+	if svc == nil {
+		return nil, 0, unknownImage(imageID)
+	}
+	i := slices.IndexFunc(svc.Containers, func(c *Container) bool { return c.ContainerID == containerID })
+	if i < 0 {
+		return nil, 0, unknownContainer(imageID, containerID)
+	}
+	return svc, i, nil
 }
 
 // RemoveContainer deletes one container of a service and returns it.
@@ -381,47 +394,46 @@ func (r *Registry) RemoveContainer(imageID int64, containerID string) (*Containe
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	snap := r.snap.Load()
-	old := snap.lookup(imageID)
-	if old == nil {
-		return nil, unknownImage(imageID)
-	}
-	i := slices.IndexFunc(old.Containers, func(c *Container) bool { return c.ContainerID == containerID })
-	if i < 0 {
-		return nil, unknownContainer(imageID, containerID)
+	old, i, err := snap.findContainer(imageID, containerID)
+	if err != nil {
+		return nil, err
 	}
 	removed := old.Containers[i]
 	cs := slices.Delete(slices.Clone(old.Containers), i, i+1)
-	r.publish(snap, old, old.withContainers(cs))
+	r.snap.Store(snap.replace(old, old.withContainers(cs)))
 	return removed, nil
 }
 
 // ApplyStatic makes the statically configured services match specs: each is
 // registered (replacing its containers), and a service that came from an
 // earlier configuration but is no longer in specs is removed. Services
-// registered through the API are left alone. It applies all or nothing.
+// registered through the API are left alone. It applies all or nothing, and
+// readers see either the registry before or the one after, nothing between.
 func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	before := r.snap.Load()
+	next := before
 	keep := make(map[int64]bool, len(specs))
 	for _, spec := range specs {
 		spec.Static = true
-		if old := r.snap.Load().lookup(spec.ImageID); old != nil && !old.Static {
+		if old := next.lookup(spec.ImageID); old != nil && !old.Static {
 			continue // taken over through the API; the API's registration wins
 		}
-		if _, err := r.register(spec); err != nil {
-			r.snap.Store(before)
+		var err error
+		if next, _, err = r.register(next, spec); err != nil {
 			return fmt.Errorf("static service %d: %w", spec.ImageID, err)
 		}
 		keep[spec.ImageID] = true
 	}
-	for _, shard := range r.snap.Load().shards {
+	for _, shard := range before.shards {
 		for id, svc := range shard {
 			if svc.Static && !keep[id] {
-				r.publish(r.snap.Load(), svc, nil)
+				next = next.replace(next.lookup(id), nil)
 			}
 		}
 	}
+	r.snap.Store(next)
 	return nil
 }
 

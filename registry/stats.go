@@ -83,7 +83,8 @@ func (c *ContainerStats) Health() (time.Time, string) {
 // Histogram is a fixed-bucket latency histogram made of atomics: recording is
 // one atomic add and never allocates. Bucket i holds durations up to
 // bucketBound(i); the bounds grow by about 19% per bucket from 50µs to
-// about 5 minutes, so a quantile is exact to within one bucket.
+// about 12.5 minutes (longer durations count in the last bucket), so a
+// quantile is exact to within one bucket.
 type Histogram struct {
 	buckets [numBuckets]atomic.Uint64
 }

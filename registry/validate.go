@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strconv"
 	"strings"
 	"unicode"
@@ -36,13 +37,22 @@ type patchInput struct {
 	Weight *int64  `json:"weight"`
 }
 
-// ParseImageID parses an image_id from a path or query: a positive decimal
-// integer that fits in int64.
+// ParseImageID parses an image_id from the path: a positive decimal integer
+// that fits in int64.
 func ParseImageID(s string) (int64, error) {
+	return parseImageIDAt(s, "path")
+}
+
+// ParseImageIDQuery parses the ?image_id= filter of a query.
+func ParseImageIDQuery(s string) (int64, error) {
+	return parseImageIDAt(s, "query")
+}
+
+func parseImageIDAt(s, where string) (int64, error) {
 	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 || s[0] == '+' {
 		return 0, &Error{Kind: KindInvalid, Fields: []FieldError{{
-			Loc: []any{"path", "image_id"}, Type: "int_parsing",
+			Loc: []any{where, "image_id"}, Type: "int_parsing",
 			Msg: fmt.Sprintf("image_id must be a positive integer, got %q", s),
 		}}}
 	}
@@ -318,7 +328,27 @@ func typeMsg(te *json.UnmarshalTypeError) string {
 	if field == "" {
 		field = "value"
 	}
-	return fmt.Sprintf("%s: expected %s, got JSON %s", field, te.Type.String(), te.Value)
+	return fmt.Sprintf("%s: expected %s, got JSON %s", field, jsonKind(te.Type), te.Value)
+}
+
+// jsonKind names a Go type the way a JSON user thinks of it.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	}
+	return "an object"
 }
 
 // jsonError turns a decoding error into a 422 that says where it went wrong.
