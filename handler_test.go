@@ -1,10 +1,13 @@
 package imagelb
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -380,3 +383,69 @@ func TestConcurrentRegistrationWhileProxying(t *testing.T) {
 		t.Fatalf("stats after the run: %+v", s)
 	}
 }
+
+// TestProxyUpgradeAndStreaming: a connection upgrade (as WebSockets do) and
+// a streamed response pass through the handler's status recording intact.
+func TestProxyUpgradeAndStreaming(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "echo" {
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			_ = brw.Flush()
+			line, _ := brw.ReadString('\n')
+			_, _ = brw.WriteString("echo: " + line)
+			_ = brw.Flush()
+			return
+		}
+		// streaming: the second chunk is only sent after the client saw the first
+		for i := 0; i < 2; i++ {
+			fmt.Fprintf(w, "chunk %d\n", i)
+			_ = http.NewResponseController(w).Flush()
+			if i == 0 {
+				<-streamAck
+			}
+		}
+	}))
+	t.Cleanup(up.Close)
+	upPort := up.Listener.Addr().(*net.TCPAddr).Port
+	register(t, adminURL+"/imagelb", 90, "", map[string]any{"container_id": "u", "port": upPort})
+
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/proxy/90/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	fmt.Fprintf(conn, "hello\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "echo: hello\n" {
+		t.Fatalf("upgraded stream: %q %v", line, err)
+	}
+
+	sresp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/90/stream", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sresp.Body.Close()
+	sr := bufio.NewReader(sresp.Body)
+	if line, err := sr.ReadString('\n'); err != nil || line != "chunk 0\n" {
+		t.Fatalf("first chunk: %q %v", line, err)
+	}
+	streamAck <- struct{}{}
+	if line, err := sr.ReadString('\n'); err != nil || line != "chunk 1\n" {
+		t.Fatalf("second chunk: %q %v", line, err)
+	}
+}
+
+var streamAck = make(chan struct{})
