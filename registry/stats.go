@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// Counters are the request counters of a service or a container. Every field
-// is an atomic so the request path never takes a lock to count.
+// Counters are the request counters and latencies of a service or a
+// container. Every field is an atomic so the request path never takes a lock.
 type Counters struct {
 	// Requests counts client requests (service) or attempts (container).
 	Requests atomic.Int64
@@ -16,53 +16,38 @@ type Counters struct {
 	Failures atomic.Int64
 	// InFlight is the number of requests or attempts not finished yet.
 	InFlight atomic.Int64
-}
-
-// ServiceState is the runtime state of a service shared by all its versions.
-type ServiceState struct {
-	Counters
+	// Latency is the distribution of finished requests' or attempts' durations.
 	Latency Histogram
-	rr      atomic.Uint64 // rotation counter of round robin and of tie-breaks
 }
 
-// Begin counts one client request for the service.
-func (s *ServiceState) Begin() {
-	s.Requests.Add(1)
-	s.InFlight.Add(1)
-}
-
-// End finishes a client request started with Begin.
-func (s *ServiceState) End(failed bool, d time.Duration) {
-	s.InFlight.Add(-1)
-	if failed {
-		s.Failures.Add(1)
-	}
-	s.Latency.Observe(d)
-}
-
-// ContainerStats is the runtime state of a container shared by all its versions.
-type ContainerStats struct {
-	Counters
-	Latency Histogram
-
-	mu              sync.Mutex
-	lastHealthCheck time.Time
-	lastHealthError string
-}
-
-// Begin counts one attempt sent to the container.
-func (c *ContainerStats) Begin() {
+// Begin counts one request or attempt.
+func (c *Counters) Begin() {
 	c.Requests.Add(1)
 	c.InFlight.Add(1)
 }
 
-// End finishes an attempt started with Begin.
-func (c *ContainerStats) End(failed bool, d time.Duration) {
+// End finishes a request or attempt started with Begin.
+func (c *Counters) End(failed bool, d time.Duration) {
 	c.InFlight.Add(-1)
 	if failed {
 		c.Failures.Add(1)
 	}
 	c.Latency.Observe(d)
+}
+
+// ServiceState is the runtime state of a service shared by all its versions.
+type ServiceState struct {
+	Counters
+	rr atomic.Uint64 // rotation counter of round robin and of tie-breaks
+}
+
+// ContainerStats is the runtime state of a container shared by all its versions.
+type ContainerStats struct {
+	Counters
+
+	mu              sync.Mutex
+	lastHealthCheck time.Time
+	lastHealthError string
 }
 
 // SetHealth records the outcome of a health check.
