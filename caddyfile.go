@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/dustin/go-humanize"
 
+	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -35,6 +36,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		health_interval <duration>
 //		health_timeout  <duration>
 //		health_path     <path>
+//		health_status   <code>|<class, e.g. 2xx>|<lo-hi>
+//		healthy_threshold   <n>
+//		unhealthy_threshold <n>
+//		health_concurrency  <n>
+//		max_fails       <n>
+//		fail_duration   <duration>
 //		max_retries     <n>
 //		timeout         <duration>
 //		algorithm       round_robin|least_connections
@@ -69,7 +76,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			seen[opt] = true
 		}
 		switch opt {
-		case "health_interval", "health_timeout", "timeout":
+		case "health_interval", "health_timeout", "timeout", "fail_duration":
 			v, err := singleArg(d)
 			if err != nil {
 				return err
@@ -83,6 +90,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.HealthInterval = caddy.Duration(dur)
 			case "health_timeout":
 				a.HealthTimeout = caddy.Duration(dur)
+			case "fail_duration":
+				a.FailDuration = caddy.Duration(dur)
 			default:
 				a.Timeout = caddy.Duration(dur)
 			}
@@ -95,20 +104,44 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("health_path %q must start with /", v)
 			}
 			a.HealthPath = v
-		case "max_retries", "max_containers":
-			limit := 100 // retries
-			if opt == "max_containers" {
-				limit = 1_000_000
+		case "health_status":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
 			}
-			n, err := intArg(d, 0, limit)
+			if _, _, err := health.ParseStatusRange(v); err != nil {
+				return d.Err(err.Error())
+			}
+			a.HealthStatus = v
+		case "healthy_threshold", "unhealthy_threshold", "health_concurrency":
+			n, err := intArg(d, 1, 100_000)
+			if err != nil {
+				return err
+			}
+			switch opt {
+			case "healthy_threshold":
+				a.HealthyThreshold = n
+			case "unhealthy_threshold":
+				a.UnhealthyThreshold = n
+			default:
+				a.HealthConcurrency = n
+			}
+		case "max_retries", "max_fails":
+			n, err := intArg(d, 0, 100)
 			if err != nil {
 				return err
 			}
 			if opt == "max_retries" {
 				a.MaxRetries = &n
 			} else {
-				a.MaxContainers = n
+				a.MaxFails = &n
 			}
+		case "max_containers":
+			n, err := intArg(d, 0, 1_000_000)
+			if err != nil {
+				return err
+			}
+			a.MaxContainers = n
 		case "algorithm":
 			v, err := singleArg(d)
 			if err != nil {

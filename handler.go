@@ -81,7 +81,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.app = appIface.(*App)
 	h.reg = h.app.reg
-	h.api = &admin.API{Prefix: apiPrefix, MaxBody: h.app.MaxBody, Registry: func() *registry.Registry { return h.reg }}
+	h.api = &admin.API{Prefix: apiPrefix, MaxBody: h.app.MaxBody, Registry: func() *registry.Registry { return h.reg },
+		HealthCheck: h.app.checkNow}
 
 	transport := &reverseproxy.HTTPTransport{
 		ResponseHeaderTimeout: caddy.Duration(h.app.timeout),
@@ -208,7 +209,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		r2.URL = target
 		r = &r2
 	}
-	q := newRequest(svc)
+	q := newRequest(svc, h.app.checker)
 	caddyhttp.SetVar(r.Context(), requestVar, q)
 	sw := statusWriters.Get().(*statusWriter)
 	sw.ResponseWriter, sw.status = w, 0
@@ -218,7 +219,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	statusWriters.Put(sw)
 
 	if err == nil {
-		q.finish(status >= 500)
+		q.finish(status >= 500, false)
 		return nil
 	}
 	var herr caddyhttp.HandlerError
@@ -226,7 +227,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if errors.As(err, &herr) && herr.StatusCode != 0 {
 		code = herr.StatusCode
 	}
-	q.finish(code >= 500)
+	q.finish(code >= 500, code == http.StatusBadGateway || code == http.StatusGatewayTimeout)
 	if status != 0 || code == 499 {
 		return nil // the client has its answer, or is gone
 	}

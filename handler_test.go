@@ -200,7 +200,7 @@ func TestProxyForwarding(t *testing.T) {
 // TestProxyErrors checks the statuses and JSON details of failed proxying.
 func TestProxyErrors(t *testing.T) {
 	port := freePort(t)
-	startCaddy(t, siteConfig(port, "timeout 1s\n\t\tmax_retries 2"))
+	startCaddy(t, siteConfig(port, "timeout 1s\n\t\tmax_retries 2\n\t\tmax_fails 0"))
 	site := fmt.Sprintf("http://127.0.0.1:%d", port)
 	live := newBackend(t, "live")
 	slow := newBackend(t, "slow")

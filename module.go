@@ -5,6 +5,7 @@
 package imagelb
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/admin"
@@ -54,6 +56,24 @@ type App struct {
 	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
 	// The path requested by health checks. Default: /health.
 	HealthPath string `json:"health_path,omitempty"`
+	// The status codes a passing check answers with: a code ("200"), a
+	// class ("2xx") or a range ("200-399"). Default: 2xx.
+	HealthStatus string `json:"health_status,omitempty"`
+	// How many consecutive passing checks make a container healthy.
+	// Default: 1.
+	HealthyThreshold int `json:"healthy_threshold,omitempty"`
+	// How many consecutive failing checks make a container unhealthy.
+	// Default: 1.
+	UnhealthyThreshold int `json:"unhealthy_threshold,omitempty"`
+	// The most health checks in flight at once. Default: 64.
+	HealthConcurrency int `json:"health_concurrency,omitempty"`
+	// How many failed attempts to reach a container while proxying
+	// (connection failures and timeouts) within fail_duration make it
+	// unhealthy at once, before the next active check (passive health
+	// check); 0 turns passive checks off. Default: 1.
+	MaxFails *int `json:"max_fails,omitempty"`
+	// The window in which max_fails failures count. Default: 30s.
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
 	// How many times a failed attempt is retried on another container.
 	// Falls back to the MAX_RETRIES environment variable. Default: 3.
 	MaxRetries *int `json:"max_retries,omitempty"`
@@ -79,6 +99,9 @@ type App struct {
 	Services []StaticService `json:"services,omitempty"`
 
 	reg        *registry.Registry
+	checker    *health.Checker
+	events     *caddyevents.App
+	ctx        caddy.Context
 	static     []registry.ServiceSpec
 	health     health.Config
 	maxRetries int
@@ -130,12 +153,61 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // validates the static services and attaches the shared registry.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.ctx = ctx
+	eventsApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("loading events app: %v", err)
+	}
+	a.events = eventsApp.(*caddyevents.App)
+	if err := a.resolveOptions(); err != nil {
+		return err
+	}
+	opts, err := a.registryOptions()
+	if err != nil {
+		return err
+	}
+	a.static, err = a.staticSpecs()
+	if err != nil {
+		return err
+	}
 
+	val, _, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
+		return registryHolder{registry.New(opts)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.reg = val.(registryHolder).Registry
+	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
+		return checkerHolder{health.NewChecker(a.reg)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.checker = val.(checkerHolder).Checker
+	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow}
+	return nil
+}
+
+// resolveOptions fills every option from the config, then the environment,
+// then the built-in default.
+func (a *App) resolveOptions() error {
 	interval, err := durationOption(time.Duration(a.HealthInterval), "HEALTH_CHECK_INTERVAL", health.DefaultInterval)
 	if err != nil {
 		return err
 	}
-	a.health = health.Config{Interval: interval, Timeout: time.Duration(a.HealthTimeout), Path: a.HealthPath}.WithDefaults()
+	a.health = health.Config{Interval: interval, Timeout: time.Duration(a.HealthTimeout), Path: a.HealthPath,
+		HealthyThreshold: a.HealthyThreshold, UnhealthyThreshold: a.UnhealthyThreshold,
+		MaxConcurrent: a.HealthConcurrency, MaxFails: health.DefaultMaxFails, FailDuration: time.Duration(a.FailDuration)}
+	if a.MaxFails != nil {
+		a.health.MaxFails = *a.MaxFails
+	}
+	if a.HealthStatus != "" {
+		if a.health.ExpectLo, a.health.ExpectHi, err = health.ParseStatusRange(a.HealthStatus); err != nil {
+			return fmt.Errorf("health_status: %v", err)
+		}
+	}
+	a.health = a.health.WithDefaults()
 	if a.timeout, err = durationOption(time.Duration(a.Timeout), "TIMEOUT", DefaultTimeout); err != nil {
 		return err
 	}
@@ -157,24 +229,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.MaxBody == 0 {
 		a.MaxBody = admin.DefaultMaxBody
 	}
-
-	opts, err := a.registryOptions()
-	if err != nil {
-		return err
-	}
-	a.static, err = a.staticSpecs()
-	if err != nil {
-		return err
-	}
-
-	val, _, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
-		return registryHolder{registry.New(opts)}, nil
-	})
-	if err != nil {
-		return err
-	}
-	a.reg = val.(registryHolder).Registry
-	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry}
 	return nil
 }
 
@@ -185,6 +239,9 @@ func (a *App) Validate() error {
 	}
 	if a.MaxContainers < 0 || a.MaxBody < 0 {
 		return fmt.Errorf("max_containers and max_body must not be negative")
+	}
+	if a.health.MaxFails < 0 {
+		return fmt.Errorf("max_fails must not be negative, got %d", a.health.MaxFails)
 	}
 	return nil
 }
@@ -198,6 +255,9 @@ func (a *App) Start() error {
 		return err
 	}
 	running.Store(a)
+	a.checker.Configure(a.health, a.emitChange, a.logger.Named("health"))
+	a.checker.Start()
+	a.checker.Wake() // a reload may have changed the interval or the services
 	a.logger.Info("imagelb started",
 		zap.Int("services", a.reg.Summary().Services),
 		zap.Duration("health_interval", a.health.Interval),
@@ -212,12 +272,37 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// Cleanup releases this instance's reference to the shared registry.
+// Cleanup releases this instance's references to the shared registry and
+// checker; the last one out stops the checker.
 func (a *App) Cleanup() error {
+	if a.checker != nil {
+		_, _ = checkers.Delete(checkerKey)
+	}
 	if a.reg != nil {
 		_, _ = registries.Delete(registryKey)
 	}
 	return nil
+}
+
+// checkNow serves the on-demand health check of the management API.
+func (a *App) checkNow(ctx context.Context, imageID int64) (any, error) {
+	return a.checker.CheckNow(ctx, imageID)
+}
+
+// emitChange announces a container's status change as a Caddy event,
+// imagelb.container_healthy or imagelb.container_unhealthy.
+func (a *App) emitChange(ch health.Change) {
+	name := "imagelb.container_unhealthy"
+	if ch.To == registry.StatusHealthy {
+		name = "imagelb.container_healthy"
+	}
+	a.events.Emit(a.ctx, name, map[string]any{
+		"image_id":     ch.ImageID,
+		"container_id": ch.ContainerID,
+		"old_status":   string(ch.From),
+		"new_status":   string(ch.To),
+		"reason":       ch.Reason,
+	})
 }
 
 // Registry returns the app's registry.
@@ -321,6 +406,22 @@ func (c StaticContainer) spec() (registry.ContainerSpec, error) {
 		cs.Weight = *c.Weight
 	}
 	return cs, nil
+}
+
+// checkers keeps the one health checker of the registry across reloads:
+// its loop outlives any single config (like the registry it checks), and
+// stops when the last config using it is cleaned up.
+var checkers = caddy.NewUsagePool()
+
+const checkerKey = "checker"
+
+// checkerHolder lets the checker live in a caddy.UsagePool.
+type checkerHolder struct{ *health.Checker }
+
+// Destruct stops the checker when no config uses it any more.
+func (h checkerHolder) Destruct() error {
+	h.Stop()
+	return nil
 }
 
 // registryHolder lets the registry live in a caddy.UsagePool.

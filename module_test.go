@@ -1,7 +1,6 @@
 package imagelb
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -124,33 +123,29 @@ func TestEnvironmentFallbacks(t *testing.T) {
 	t.Setenv("HEALTH_CHECK_INTERVAL", "12")
 	t.Setenv("MAX_RETRIES", "5")
 	t.Setenv("TIMEOUT", "1m30s")
-	provision := func(a *App) *App {
-		t.Helper()
-		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-		t.Cleanup(cancel)
-		if err := a.Provision(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = a.Cleanup() })
-		return a
+	a := new(App)
+	if err := a.resolveOptions(); err != nil {
+		t.Fatal(err)
 	}
-	a := provision(new(App))
 	if a.health.Interval != 12*time.Second || a.maxRetries != 5 || a.timeout != 90*time.Second {
 		t.Fatalf("from env: interval %s retries %d timeout %s", a.health.Interval, a.maxRetries, a.timeout)
 	}
 	zero := 0
-	a = provision(&App{HealthInterval: caddy.Duration(time.Minute), MaxRetries: &zero, Timeout: caddy.Duration(time.Second)})
+	a = &App{HealthInterval: caddy.Duration(time.Minute), MaxRetries: &zero, Timeout: caddy.Duration(time.Second)}
+	if err := a.resolveOptions(); err != nil {
+		t.Fatal(err)
+	}
 	if a.health.Interval != time.Minute || a.maxRetries != 0 || a.timeout != time.Second {
 		t.Fatalf("config should win: interval %s retries %d timeout %s", a.health.Interval, a.maxRetries, a.timeout)
 	}
-	t.Setenv("TIMEOUT", "soon")
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	bad := new(App)
-	if err := bad.Provision(ctx); err == nil || !strings.Contains(err.Error(), "TIMEOUT") {
-		t.Fatalf("bad TIMEOUT: %v", err)
+	for env, val := range map[string]string{"TIMEOUT": "soon", "MAX_RETRIES": "-1", "HEALTH_CHECK_INTERVAL": "0"} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, val)
+			if err := new(App).resolveOptions(); err == nil || !strings.Contains(err.Error(), env) {
+				t.Fatalf("%s=%s: %v", env, val, err)
+			}
+		})
 	}
-	_ = bad.Cleanup()
 }
 
 // TestParseSeconds covers the duration forms of options and variables.

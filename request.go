@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -23,8 +24,9 @@ type request struct {
 	imageID   int64
 	svc       *registry.ServiceState
 	pool      *registry.Service // the version whose Available() GetUpstreams returned, in order
+	checker   *health.Checker   // told of connection failures and timeouts
 	start     time.Time
-	cur       *registry.ContainerStats // the container of the attempt in progress
+	cur       *registry.Container // the container of the attempt in progress
 	curStart  time.Time
 	tried     []*registry.ContainerStats
 	triedBuf  [4]*registry.ContainerStats
@@ -32,8 +34,8 @@ type request struct {
 	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
 }
 
-func newRequest(svc *registry.Service) *request {
-	q := &request{imageID: svc.ImageID, svc: svc.State, start: time.Now()}
+func newRequest(svc *registry.Service, checker *health.Checker) *request {
+	q := &request{imageID: svc.ImageID, svc: svc.State, checker: checker, start: time.Now()}
 	q.tried = q.triedBuf[:0]
 	svc.State.Begin()
 	return q
@@ -46,28 +48,37 @@ func requestFrom(r *http.Request) *request {
 }
 
 // begin counts a new attempt on c. An attempt still in progress when another
-// begins has failed: the proxy only tries again after a failure.
+// begins has failed to reach its container: the proxy only tries again
+// after a connection failure or a timeout.
 func (q *request) begin(c *registry.Container) {
 	now := time.Now()
 	if q.cur != nil {
-		q.cur.End(true, now.Sub(q.curStart))
+		q.endAttempt(true, true, now)
 	}
 	c.Stats.Begin()
-	q.cur, q.curStart = c.Stats, now
+	q.cur, q.curStart = c, now
 	q.tried = append(q.tried, c.Stats)
 }
 
+func (q *request) endAttempt(failed, unreachable bool, now time.Time) {
+	q.cur.Stats.End(failed, now.Sub(q.curStart))
+	if unreachable && q.checker != nil {
+		q.checker.PassiveFailure(q.imageID, q.cur)
+	}
+	q.cur = nil
+}
+
 // finish settles the request: the last attempt and the request itself
-// failed when the client got an error or a 5xx.
-func (q *request) finish(failed bool) {
+// failed when the client got an error or a 5xx; unreachable says the
+// last container was not reached (no response at all).
+func (q *request) finish(failed, unreachable bool) {
 	if q.finished {
 		return
 	}
 	q.finished = true
 	now := time.Now()
 	if q.cur != nil {
-		q.cur.End(failed, now.Sub(q.curStart))
-		q.cur = nil
+		q.endAttempt(failed, unreachable, now)
 	}
 	q.svc.End(failed, now.Sub(q.start))
 }
@@ -80,14 +91,14 @@ func (q *request) finish(failed bool) {
 func (q *request) settleWhenDone(ctx context.Context) {
 	q.statusSrc, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	context.AfterFunc(ctx, func() {
-		failed := true
+		failed, unreachable := true, true
 		if q.statusSrc != nil {
 			if v, ok := q.statusSrc.Get("http.reverse_proxy.status_code"); ok {
 				if code, ok := v.(int); ok {
-					failed = code >= 500
+					failed, unreachable = code >= 500, false
 				}
 			}
 		}
-		q.finish(failed)
+		q.finish(failed, unreachable)
 	})
 }

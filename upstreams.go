@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -31,7 +32,8 @@ type UpstreamSource struct {
 	// "{http.request.host.labels.2}" or "{http.vars.image}". Required.
 	ImageID string `json:"image_id,omitempty"`
 
-	reg *registry.Registry
+	reg     *registry.Registry
+	checker *health.Checker
 	// preselect is set by the imagelb handler, which pairs the source with
 	// its own policy: the container is chosen here and only it is returned,
 	// so per-request cost does not grow with the container count.
@@ -53,7 +55,7 @@ func (u *UpstreamSource) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading imagelb app: %v", err)
 	}
-	u.reg = app.(*App).reg
+	u.reg, u.checker = app.(*App).reg, app.(*App).checker
 	return nil
 }
 
@@ -97,7 +99,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	}
 	avail := svc.Available()
 	if q == nil {
-		q = newRequest(svc)
+		q = newRequest(svc, u.checker)
 		caddyhttp.SetVar(r.Context(), requestVar, q)
 		q.settleWhenDone(r.Context())
 	}

@@ -19,6 +19,28 @@ func TestCaddyfileInvalid(t *testing.T) {
 		line    int    // the error's Caddyfile:LINE location
 	}{
 		{
+			name: "bad health_status",
+			src: `{
+	imagelb {
+		health_status 6xx
+	}
+}
+`,
+			wantErr: `expected status "6xx"`,
+			line:    3,
+		},
+		{
+			name: "zero healthy_threshold",
+			src: `{
+	imagelb {
+		healthy_threshold 0
+	}
+}
+`,
+			wantErr: "from 1 to 100000",
+			line:    3,
+		},
+		{
 			name: "unknown algorithm",
 			src: `{
 	imagelb {

@@ -45,9 +45,45 @@ type ServiceState struct {
 type ContainerStats struct {
 	Counters
 
+	// consecutive results of active health checks
+	passes, fails atomic.Int64
+
 	mu              sync.Mutex
 	lastHealthCheck time.Time
 	lastHealthError string
+	passiveStart    time.Time // start of the current passive failure window
+	passiveFails    int       // failures counted in it
+}
+
+// RecordCheck counts the result of an active health check and returns the
+// number of consecutive passes and failures, one of which is zero.
+func (c *ContainerStats) RecordCheck(pass bool) (passes, fails int64) {
+	if pass {
+		c.fails.Store(0)
+		return c.passes.Add(1), 0
+	}
+	c.passes.Store(0)
+	return 0, c.fails.Add(1)
+}
+
+// ResetChecks forgets the consecutive check results, so that a container
+// ejected by passive checks needs fresh passing checks to come back.
+func (c *ContainerStats) ResetChecks() {
+	c.passes.Store(0)
+	c.fails.Store(0)
+}
+
+// RecordPassiveFailure counts a failed attempt at time at and returns how
+// many failures fall in the current window of the given length (a window
+// opens with the first failure after the previous one closed).
+func (c *ContainerStats) RecordPassiveFailure(at time.Time, window time.Duration) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.passiveFails == 0 || at.Sub(c.passiveStart) > window {
+		c.passiveStart, c.passiveFails = at, 0
+	}
+	c.passiveFails++
+	return c.passiveFails
 }
 
 // SetHealth records the outcome of a health check.

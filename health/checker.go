@@ -1,0 +1,407 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+// Change is one status change of a container, applied exactly once.
+type Change struct {
+	ImageID     int64
+	ContainerID string
+	From, To    registry.Status
+	Reason      string
+}
+
+// Result is the outcome of one check, as the on-demand API reports it.
+type Result struct {
+	ImageID        int64           `json:"image_id"`
+	ContainerID    string          `json:"container_id"`
+	Status         registry.Status `json:"status"`
+	PreviousStatus registry.Status `json:"previous_status"`
+	LatencyMS      float64         `json:"latency_ms"`
+	Error          *string         `json:"error"`
+	passed         bool
+}
+
+// Report is the answer of an on-demand check.
+type Report struct {
+	// Checked is the number of containers checked.
+	Checked int `json:"checked"`
+	// Healthy and Unhealthy count the checks that passed and failed.
+	Healthy   int      `json:"healthy"`
+	Unhealthy int      `json:"unhealthy"`
+	Results   []Result `json:"results"`
+}
+
+// running counts the checkers whose loop runs, process-wide: there must be
+// one per registry, however many config reloads happened.
+var running atomic.Int64
+
+// Running returns the number of checker loops running in the process.
+func Running() int64 { return running.Load() }
+
+// Checker checks the containers of one registry.
+type Checker struct {
+	reg    *registry.Registry
+	client *http.Client
+
+	mu       sync.Mutex
+	cfg      Config
+	sem      chan struct{}
+	onChange func(Change)
+	logger   *zap.Logger
+	stop     context.CancelFunc
+	done     chan struct{}
+	wake     chan struct{}
+}
+
+// NewChecker returns a checker of reg; it checks nothing until Start or CheckNow.
+func NewChecker(reg *registry.Registry) *Checker {
+	c := &Checker{reg: reg, logger: zap.NewNop(), wake: make(chan struct{}, 1)}
+	c.client = &http.Client{
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:        1024,
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     2 * time.Minute, // keeps connections across the default 30s interval
+			DisableCompression:  true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	c.Configure(Config{}, nil, nil)
+	return c
+}
+
+// Configure sets how containers are checked, what is told of each status
+// change, and where logs go; it takes effect from the next check.
+func (c *Checker) Configure(cfg Config, onChange func(Change), logger *zap.Logger) {
+	cfg = cfg.WithDefaults()
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sem == nil || cap(c.sem) != cfg.MaxConcurrent {
+		c.sem = make(chan struct{}, cfg.MaxConcurrent)
+	}
+	c.cfg, c.onChange, c.logger = cfg, onChange, logger
+}
+
+func (c *Checker) settings() (Config, chan struct{}, *zap.Logger) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg, c.sem, c.logger
+}
+
+// Config returns the settings in force.
+func (c *Checker) Config() Config {
+	cfg, _, _ := c.settings()
+	return cfg
+}
+
+// Start starts the periodic checks if they are not running; the first round
+// begins at once, so containers restored from storage are re-checked.
+func (c *Checker) Start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stop != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stop, c.done = cancel, make(chan struct{})
+	running.Add(1)
+	go c.loop(ctx, c.done)
+}
+
+// Stop stops the periodic checks and waits for the loop and its checks to end.
+func (c *Checker) Stop() {
+	c.mu.Lock()
+	stop, done := c.stop, c.done
+	c.stop, c.done = nil, nil
+	c.mu.Unlock()
+	if stop == nil {
+		return
+	}
+	stop()
+	<-done
+}
+
+// Wake starts the next round now (after a config change, for example).
+func (c *Checker) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// target is one container to check, as it was when the round began.
+type target struct {
+	imageID int64
+	c       *registry.Container
+}
+
+func (c *Checker) targets(imageID int64) []target {
+	var svcs []*registry.Service
+	if imageID > 0 {
+		if svc := c.reg.Lookup(imageID); svc != nil {
+			svcs = []*registry.Service{svc}
+		}
+	} else {
+		svcs = c.reg.Services()
+	}
+	var ts []target
+	for _, s := range svcs {
+		for _, ctr := range s.Containers {
+			ts = append(ts, target{s.ImageID, ctr})
+		}
+	}
+	return ts
+}
+
+// loop runs one round per interval. A round spreads its checks evenly over
+// the interval, starting at a random offset, so that many containers are
+// not probed at the same instant; checks run concurrently, bounded by
+// MaxConcurrent, so a slow container does not hold up the others.
+func (c *Checker) loop(ctx context.Context, done chan struct{}) {
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		running.Add(-1)
+		close(done)
+	}()
+	defer c.recoverPanic("health check loop")
+	for {
+		cfg, _, _ := c.settings()
+		roundStart := time.Now()
+		ts := c.targets(0)
+		spacing := time.Duration(0)
+		if len(ts) > 0 {
+			spacing = cfg.Interval / time.Duration(len(ts))
+		}
+		offset := time.Duration(0)
+		if spacing > 0 {
+			offset = rand.N(spacing)
+		}
+		timer := time.NewTimer(0)
+		woken := false
+		for i := 0; i < len(ts) && !woken; i++ {
+			t := ts[i]
+			var ok bool
+			if ok, woken = sleepUntil(ctx, timer, roundStart.Add(offset+time.Duration(i)*spacing), c.wake); !ok {
+				timer.Stop()
+				return
+			}
+			if woken {
+				break // new settings or services: start a new round now
+			}
+			_, sem, _ := c.settings()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				defer c.recoverPanic("health check")
+				c.checkOne(ctx, t)
+			}()
+		}
+		if !woken {
+			if ok, _ := sleepUntil(ctx, timer, roundStart.Add(cfg.Interval), c.wake); !ok {
+				timer.Stop()
+				return
+			}
+		}
+		timer.Stop()
+	}
+}
+
+// sleepUntil waits for the deadline, a wake-up, or the end of ctx; ok is
+// false when ctx ended, woken true when a wake-up came first.
+func sleepUntil(ctx context.Context, timer *time.Timer, deadline time.Time, wake <-chan struct{}) (ok, woken bool) {
+	d := time.Until(deadline)
+	if d <= 0 {
+		return ctx.Err() == nil, false
+	}
+	timer.Reset(d)
+	select {
+	case <-timer.C:
+		return true, false
+	case <-wake:
+		timer.Stop() // Go 1.23+: no stale tick is left behind
+		return true, true
+	case <-ctx.Done():
+		return false, false
+	}
+}
+
+func (c *Checker) recoverPanic(what string) {
+	if err := recover(); err != nil {
+		_, _, logger := c.settings()
+		logger.Error("panic in "+what, zap.Any("error", err), zap.ByteString("stack", debug.Stack()))
+	}
+}
+
+// CheckNow checks every container (or those of one image, when imageID >
+// 0) now, waits for all the checks, applies their results and reports them.
+func (c *Checker) CheckNow(ctx context.Context, imageID int64) (Report, error) {
+	ts := c.targets(imageID)
+	if imageID > 0 && c.reg.Lookup(imageID) == nil {
+		return Report{}, &registry.Error{Kind: registry.KindNotFound, Detail: fmt.Sprintf("image_id %d is not registered", imageID)}
+	}
+	_, sem, _ := c.settings()
+	results := make([]Result, len(ts))
+	var wg sync.WaitGroup
+	for i, t := range ts {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return Report{}, ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			results[i] = c.checkOne(ctx, t)
+		}()
+	}
+	wg.Wait()
+	rep := Report{Checked: len(results), Results: results}
+	for _, r := range results {
+		if r.passed {
+			rep.Healthy++
+		} else {
+			rep.Unhealthy++
+		}
+	}
+	return rep, nil
+}
+
+// checkOne probes one container and applies the result.
+func (c *Checker) checkOne(ctx context.Context, t target) Result {
+	cfg, _, _ := c.settings()
+	start := time.Now()
+	errText := c.probe(ctx, cfg, t.c)
+	latency := time.Since(start)
+	res := Result{ImageID: t.imageID, ContainerID: t.c.ContainerID,
+		LatencyMS: float64(latency.Microseconds()) / 1000, passed: errText == ""}
+	if errText != "" {
+		res.Error = &errText
+	}
+	res.PreviousStatus, res.Status = c.apply(cfg, t, errText)
+	return res
+}
+
+// probe sends one check and returns why it failed, or "".
+func (c *Checker) probe(ctx context.Context, cfg Config, ctr *registry.Container) string {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	url := "http://" + ctr.DialAddr() + cfg.Path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err.Error()
+	}
+	req.Header.Set("User-Agent", "imagelb-health-check")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return fmt.Sprintf("no answer within %s", cfg.Timeout)
+		}
+		return err.Error()
+	}
+	// drain a little so that the connection can be reused
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode < cfg.ExpectLo || resp.StatusCode > cfg.ExpectHi {
+		return "status " + strconv.Itoa(resp.StatusCode) + " from " + cfg.Path +
+			" (expected " + strconv.Itoa(cfg.ExpectLo) + "-" + strconv.Itoa(cfg.ExpectHi) + ")"
+	}
+	return ""
+}
+
+// apply records a check result and changes the container's status when a
+// threshold is crossed. Draining containers are checked but keep their
+// status: draining is the orchestrator's decision.
+func (c *Checker) apply(cfg Config, t target, errText string) (before, after registry.Status) {
+	svc := c.reg.Lookup(t.imageID)
+	if svc == nil {
+		return t.c.Status, t.c.Status
+	}
+	cur := svc.Container(t.c.ContainerID)
+	if cur == nil || cur.Stats != t.c.Stats {
+		return t.c.Status, t.c.Status // removed or replaced meanwhile
+	}
+	cur.Stats.SetHealth(time.Now(), errText)
+	passes, fails := cur.Stats.RecordCheck(errText == "")
+	before = cur.Status
+	switch {
+	case errText == "" && (before == registry.StatusUnhealthy || before == registry.StatusStarting) &&
+		passes >= int64(cfg.HealthyThreshold):
+		c.transition(t.imageID, cur.ContainerID, before, registry.StatusHealthy,
+			fmt.Sprintf("%d consecutive passing checks", passes))
+	case errText != "" && before == registry.StatusHealthy && fails >= int64(cfg.UnhealthyThreshold):
+		c.transition(t.imageID, cur.ContainerID, before, registry.StatusUnhealthy,
+			fmt.Sprintf("%d consecutive failing checks: %s", fails, errText))
+	}
+	after = before
+	if now := c.reg.Lookup(t.imageID); now != nil {
+		if ctr := now.Container(t.c.ContainerID); ctr != nil {
+			after = ctr.Status
+		}
+	}
+	return before, after
+}
+
+// PassiveFailure counts a failed attempt to reach a container while
+// proxying (a connection failure or a timeout); past MaxFails within
+// FailDuration the container is made unhealthy at once, until enough
+// active checks pass again.
+func (c *Checker) PassiveFailure(imageID int64, ctr *registry.Container) {
+	cfg, _, _ := c.settings()
+	if cfg.MaxFails <= 0 {
+		return
+	}
+	n := ctr.Stats.RecordPassiveFailure(time.Now(), cfg.FailDuration)
+	if n < cfg.MaxFails {
+		return
+	}
+	ctr.Stats.ResetChecks()
+	c.transition(imageID, ctr.ContainerID, registry.StatusHealthy, registry.StatusUnhealthy,
+		fmt.Sprintf("passive: %d failed attempts within %s", n, cfg.FailDuration))
+}
+
+// transition changes a status with a compare-and-swap, so that each change
+// is logged and announced exactly once however many checks race.
+func (c *Checker) transition(imageID int64, containerID string, from, to registry.Status, reason string) {
+	if !c.reg.CompareAndSwapStatus(imageID, containerID, from, to) {
+		return
+	}
+	c.mu.Lock()
+	onChange, logger := c.onChange, c.logger
+	c.mu.Unlock()
+	logger.Info("container status changed",
+		zap.Int64("image_id", imageID), zap.String("container_id", containerID),
+		zap.String("old_status", string(from)), zap.String("new_status", string(to)),
+		zap.String("reason", reason))
+	if onChange != nil {
+		onChange(Change{ImageID: imageID, ContainerID: containerID, From: from, To: to, Reason: reason})
+	}
+}
