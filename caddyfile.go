@@ -49,6 +49,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		default_host    <host>
 //		max_body        <size>
 //		max_containers  <n>
+//		persist         on|off
+//		state_file      <path>
+//		on_corrupt_state refuse|start_empty
 //		service <image_id> <image_name> {
 //			algorithm     round_robin|least_connections
 //			external_port <port>
@@ -179,6 +182,31 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body %q: want a size such as 1MiB or 65536", v)
 			}
 			a.MaxBody = int64(size)
+		case "persist":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if v != "on" && v != "off" {
+				return d.Errf("persist %q: use on or off", v)
+			}
+			on := v == "on"
+			a.Persist = &on
+		case "state_file":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			a.StateFile = v
+		case "on_corrupt_state":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if v != "refuse" && v != "start_empty" {
+				return d.Errf("on_corrupt_state %q: use refuse or start_empty", v)
+			}
+			a.OnCorruptState = v
 		case "service":
 			svc, err := parseService(d, a.Services)
 			if err != nil {

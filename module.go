@@ -6,8 +6,10 @@ package imagelb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -93,6 +95,19 @@ type App struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 	// The most containers one service may have. Default: 1000.
 	MaxContainers int `json:"max_containers,omitempty"`
+	// Whether the registry is kept on disk, so that it survives restarts
+	// and crashes: every acknowledged change is synced to state_file before
+	// the answer is sent. false keeps it in memory only. Default: true.
+	Persist *bool `json:"persist,omitempty"`
+	// The file the registry is kept in. Read at the first start of the
+	// process; changing it takes a restart. Default:
+	// {data directory}/imagelb/registry.json.
+	StateFile string `json:"state_file,omitempty"`
+	// What to do when the state file cannot be read back: "refuse" (Caddy
+	// does not start, and says why and how to recover) or "start_empty"
+	// (the bad file is renamed NAME.corrupt-TIMESTAMP and kept, and the
+	// registry starts empty). Default: refuse.
+	OnCorruptState string `json:"on_corrupt_state,omitempty"`
 	// Services declared in the configuration. A static service removed
 	// from the configuration is removed on reload; services registered
 	// through the API are not touched.
@@ -171,13 +186,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	val, _, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
-		return registryHolder{registry.New(opts)}, nil
+	val, loaded, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
+		return a.openRegistry(opts)
 	})
 	if err != nil {
 		return err
 	}
-	a.reg = val.(registryHolder).Registry
+	holder := val.(*registryHolder)
+	a.reg = holder.Registry
+	if loaded && holder.stateFile != a.stateFile() {
+		a.logger.Warn("persist and state_file take effect at the next start of the process",
+			zap.String("in_use", holder.stateFile), zap.String("configured", a.stateFile()))
+	}
 	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
 		return checkerHolder{health.NewChecker(a.reg)}, nil
 	})
@@ -229,6 +249,12 @@ func (a *App) resolveOptions() error {
 	if a.MaxBody == 0 {
 		a.MaxBody = admin.DefaultMaxBody
 	}
+	switch a.OnCorruptState {
+	case "", "refuse", "start_empty":
+	default:
+		return fmt.Errorf("on_corrupt_state %q: use refuse or start_empty", a.OnCorruptState)
+	}
+
 	return nil
 }
 
@@ -425,10 +451,62 @@ func (h checkerHolder) Destruct() error {
 }
 
 // registryHolder lets the registry live in a caddy.UsagePool.
-type registryHolder struct{ *registry.Registry }
+type registryHolder struct {
+	*registry.Registry
+	stateFile string // "" when memory only
+}
 
 // Destruct is called when the last configuration using the registry is gone.
-func (registryHolder) Destruct() error { return nil }
+func (*registryHolder) Destruct() error { return nil }
+
+// stateFile is where this config wants the registry kept, or "" for memory only.
+func (a *App) stateFile() string {
+	if a.Persist != nil && !*a.Persist {
+		return ""
+	}
+	if a.StateFile != "" {
+		return a.StateFile
+	}
+	return filepath.Join(caddy.AppDataDir(), "imagelb", "registry.json")
+}
+
+// openRegistry creates the process's registry and, unless persistence is
+// off, restores it from the state file and keeps it there from now on.
+func (a *App) openRegistry(opts registry.Options) (*registryHolder, error) {
+	reg := registry.New(opts)
+	path := a.stateFile()
+	if path == "" {
+		a.logger.Info("registry is kept in memory only (persist off)")
+		return &registryHolder{Registry: reg}, nil
+	}
+	store := &registry.FileStore{Path: path}
+	st, err := store.Load()
+	var corrupt *registry.CorruptStateError
+	switch {
+	case errors.As(err, &corrupt) && a.OnCorruptState == "start_empty":
+		aside, rerr := store.SetAside()
+		if rerr != nil {
+			return nil, fmt.Errorf("%v; moving it aside failed too: %v", err, rerr)
+		}
+		a.logger.Error("registry state is corrupt: starting empty; the bad file is kept",
+			zap.String("state_file", path), zap.String("kept_as", aside), zap.Error(err))
+	case errors.As(err, &corrupt):
+		return nil, fmt.Errorf("%v. Caddy did not start and changed nothing. To recover: restore the file "+
+			"from a backup; or move it away to start with an empty registry (the orchestrator then registers "+
+			"its containers again); or set the imagelb option on_corrupt_state start_empty, which keeps the "+
+			"bad file as %s.corrupt-TIMESTAMP and starts empty", err, path)
+	case err != nil:
+		return nil, fmt.Errorf("loading registry state from %s: %v", path, err)
+	case st != nil:
+		if err := reg.Restore(st); err != nil {
+			return nil, fmt.Errorf("restoring registry state from %s: %v (move the file away to start empty)", path, err)
+		}
+		a.logger.Info("registry restored", zap.String("state_file", path),
+			zap.Int("services", len(st.Services)), zap.Time("saved_at", st.SavedAt))
+	}
+	reg.SetStore(store)
+	return &registryHolder{Registry: reg, stateFile: path}, nil
+}
 
 // currentRegistry returns the registry of the running app, or nil.
 func currentRegistry() *registry.Registry {

@@ -316,6 +316,8 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 		status = http.StatusConflict
 	case registry.KindTooLarge:
 		status = http.StatusRequestEntityTooLarge
+	case registry.KindStorage:
+		status = http.StatusInternalServerError
 	}
 	if len(re.Fields) > 0 {
 		WriteJSON(w, status, map[string]any{"detail": re.Fields})

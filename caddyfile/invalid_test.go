@@ -41,6 +41,28 @@ func TestCaddyfileInvalid(t *testing.T) {
 			line:    3,
 		},
 		{
+			name: "persist maybe",
+			src: `{
+	imagelb {
+		persist maybe
+	}
+}
+`,
+			wantErr: `persist "maybe"`,
+			line:    3,
+		},
+		{
+			name: "unknown on_corrupt_state",
+			src: `{
+	imagelb {
+		on_corrupt_state ignore
+	}
+}
+`,
+			wantErr: `on_corrupt_state "ignore"`,
+			line:    3,
+		},
+		{
 			name: "unknown algorithm",
 			src: `{
 	imagelb {

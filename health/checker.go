@@ -184,14 +184,18 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 		close(done)
 	}()
 	defer c.recoverPanic("health check loop")
+	// the first round checks everything at once (bounded by MaxConcurrent):
+	// statuses restored from storage are not trusted
+	first := true
 	for {
 		cfg, _, _ := c.settings()
 		roundStart := time.Now()
 		ts := c.targets(0)
 		spacing := time.Duration(0)
-		if len(ts) > 0 {
+		if len(ts) > 0 && !first {
 			spacing = cfg.Interval / time.Duration(len(ts))
 		}
+		first = false
 		offset := time.Duration(0)
 		if spacing > 0 {
 			offset = rand.N(spacing)

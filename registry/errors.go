@@ -15,6 +15,7 @@ const (
 	KindNotFound                 // 404
 	KindConflict                 // 409
 	KindTooLarge                 // 413
+	KindStorage                  // 500: applied, but not durable
 )
 
 // FieldError is one validation failure, located like FastAPI locates them:

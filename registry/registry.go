@@ -16,9 +16,10 @@ const numShards = 64
 // one (copying only the shard they change) and publish it atomically; the
 // request path reads the current one without locking.
 type snapshot struct {
-	shards [numShards]map[int64]*Service
-	ports  map[int]int64 // external port -> image_id
-	count  int           // number of services
+	shards  [numShards]map[int64]*Service
+	ports   map[int]int64 // external port -> image_id
+	count   int           // number of services
+	version uint64        // incremented by every change
 }
 
 func (s *snapshot) lookup(id int64) *Service {
@@ -44,13 +45,17 @@ type Registry struct {
 	snap    atomic.Pointer[snapshot]
 	started time.Time
 
-	mu   sync.Mutex // serializes writers
-	opts Options
+	mu    sync.Mutex // serializes writers
+	opts  Options
+	store Store // nil: memory only
+
+	commits committer
 }
 
 // New returns an empty registry with the given options.
 func New(opts Options) *Registry {
 	r := &Registry{started: now()}
+	r.commits.cond = sync.NewCond(&r.commits.mu)
 	r.opts = opts.withDefaults()
 	s := &snapshot{ports: map[int]int64{}}
 	for i := range s.shards {
@@ -142,18 +147,35 @@ func (r *Registry) PortMappings() []PortMapping {
 	return out
 }
 
+// update runs change under the writers' lock and publishes the snapshot it
+// returns (nil: nothing changed). With wait, it then returns only when the
+// change is durable in the store, sharing the flush with concurrent writers.
+func (r *Registry) update(wait bool, change func(snap *snapshot) (*snapshot, error)) error {
+	r.mu.Lock()
+	cur := r.snap.Load()
+	next, err := change(cur)
+	if err != nil || next == nil || next == cur {
+		r.mu.Unlock()
+		return err
+	}
+	next.version = cur.version + 1
+	r.snap.Store(next)
+	r.mu.Unlock()
+	if !wait {
+		return nil
+	}
+	return r.makeDurable(next.version)
+}
+
 // Register creates the service or replaces its container set atomically.
 // Containers that stay (same container_id) keep their counters; containers
 // that leave finish the requests they have in flight.
-func (r *Registry) Register(spec ServiceSpec) (*Service, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	next, svc, err := r.register(r.snap.Load(), spec)
-	if err != nil {
-		return nil, err
-	}
-	r.snap.Store(next)
-	return svc, nil
+func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
+	err = r.update(true, func(snap *snapshot) (next *snapshot, err error) {
+		next, svc, err = r.register(snap, spec)
+		return next, err
+	})
+	return svc, err
 }
 
 // register returns snap with spec registered, and the new service version.
@@ -283,53 +305,48 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 }
 
 // Remove deletes a service and returns its last version.
-func (r *Registry) Remove(imageID int64) (*Service, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	snap := r.snap.Load()
-	old := snap.lookup(imageID)
-	if old == nil {
-		return nil, unknownImage(imageID)
-	}
-	r.snap.Store(snap.replace(old, nil))
-	return old, nil
+func (r *Registry) Remove(imageID int64) (old *Service, err error) {
+	err = r.update(true, func(snap *snapshot) (*snapshot, error) {
+		if old = snap.lookup(imageID); old == nil {
+			return nil, unknownImage(imageID)
+		}
+		return snap.replace(old, nil), nil
+	})
+	return old, err
 }
 
 // PutContainer adds or replaces one container of a service.
-func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (*Container, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	snap := r.snap.Load()
-	old := snap.lookup(imageID)
-	if old == nil {
-		return nil, unknownImage(imageID)
-	}
-	if spec.Host == "" {
-		spec.Host = r.opts.DefaultHost
-	}
-	cs := slices.Clone(old.Containers)
-	var stats *ContainerStats
-	i := slices.IndexFunc(cs, func(c *Container) bool { return c.ContainerID == spec.ContainerID })
-	if i >= 0 {
-		stats = cs[i].Stats
-	} else if r.opts.MaxContainers > 0 && len(cs) >= r.opts.MaxContainers {
-		return nil, invalid("service %d already has the maximum of %d containers", imageID, r.opts.MaxContainers)
-	}
-	c := newContainer(spec, stats)
-	if i >= 0 {
-		cs[i] = c
-	} else {
-		cs = append(cs, c)
-	}
-	r.snap.Store(snap.replace(old, old.withContainers(cs)))
-	return c, nil
+func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container, err error) {
+	err = r.update(true, func(snap *snapshot) (*snapshot, error) {
+		old := snap.lookup(imageID)
+		if old == nil {
+			return nil, unknownImage(imageID)
+		}
+		if spec.Host == "" {
+			spec.Host = r.opts.DefaultHost
+		}
+		cs := slices.Clone(old.Containers)
+		var stats *ContainerStats
+		i := slices.IndexFunc(cs, func(c *Container) bool { return c.ContainerID == spec.ContainerID })
+		if i >= 0 {
+			stats = cs[i].Stats
+		} else if r.opts.MaxContainers > 0 && len(cs) >= r.opts.MaxContainers {
+			return nil, invalid("service %d already has the maximum of %d containers", imageID, r.opts.MaxContainers)
+		}
+		c = newContainer(spec, stats)
+		if i >= 0 {
+			cs[i] = c
+		} else {
+			cs = append(cs, c)
+		}
+		return snap.replace(old, old.withContainers(cs)), nil
+	})
+	return c, err
 }
 
 // PatchContainer changes the status and/or weight of one container.
 func (r *Registry) PatchContainer(imageID int64, containerID string, p ContainerPatch) (*Container, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.patch(imageID, containerID, func(c *ContainerSpec) bool {
+	return r.patch(true, imageID, containerID, func(c *ContainerSpec) bool {
 		if p.Status != nil {
 			c.Status = *p.Status
 		}
@@ -342,38 +359,39 @@ func (r *Registry) PatchContainer(imageID int64, containerID string, p Container
 
 // CompareAndSwapStatus sets a container's status to to if it is from, and
 // reports whether it changed. Health checks use it so that every change is
-// applied, logged and announced exactly once.
+// applied, logged and announced exactly once. It does not wait for the
+// store: health is re-checked after a restart anyway.
 func (r *Registry) CompareAndSwapStatus(imageID int64, containerID string, from, to Status) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	_, err := r.patch(imageID, containerID, func(c *ContainerSpec) bool {
+	changed := false
+	_, _ = r.patch(false, imageID, containerID, func(c *ContainerSpec) bool {
 		if c.Status != from || from == to {
 			return false
 		}
-		c.Status = to
+		c.Status, changed = to, true
 		return true
 	})
-	return err == nil
+	return changed
 }
-
-var errUnchanged = fmt.Errorf("unchanged")
 
 // patch applies change to a copy of one container and publishes it; change
 // returns false to leave everything as it is.
-func (r *Registry) patch(imageID int64, containerID string, change func(*ContainerSpec) bool) (*Container, error) {
-	snap := r.snap.Load()
-	old, i, err := snap.findContainer(imageID, containerID)
-	if err != nil {
-		return nil, err
-	}
-	spec := old.Containers[i].ContainerSpec
-	if !change(&spec) {
-		return old.Containers[i], errUnchanged
-	}
-	cs := slices.Clone(old.Containers)
-	cs[i] = newContainer(spec, cs[i].Stats)
-	r.snap.Store(snap.replace(old, old.withContainers(cs)))
-	return cs[i], nil
+func (r *Registry) patch(wait bool, imageID int64, containerID string, change func(*ContainerSpec) bool) (c *Container, err error) {
+	err = r.update(wait, func(snap *snapshot) (*snapshot, error) {
+		old, i, err := snap.findContainer(imageID, containerID)
+		if err != nil {
+			return nil, err
+		}
+		spec := old.Containers[i].ContainerSpec
+		if !change(&spec) {
+			c = old.Containers[i]
+			return nil, nil
+		}
+		cs := slices.Clone(old.Containers)
+		cs[i] = newContainer(spec, cs[i].Stats)
+		c = cs[i]
+		return snap.replace(old, old.withContainers(cs)), nil
+	})
+	return c, err
 }
 
 // findContainer returns the service and the index of one of its containers.
@@ -390,18 +408,17 @@ func (snap *snapshot) findContainer(imageID int64, containerID string) (*Service
 }
 
 // RemoveContainer deletes one container of a service and returns it.
-func (r *Registry) RemoveContainer(imageID int64, containerID string) (*Container, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	snap := r.snap.Load()
-	old, i, err := snap.findContainer(imageID, containerID)
-	if err != nil {
-		return nil, err
-	}
-	removed := old.Containers[i]
-	cs := slices.Delete(slices.Clone(old.Containers), i, i+1)
-	r.snap.Store(snap.replace(old, old.withContainers(cs)))
-	return removed, nil
+func (r *Registry) RemoveContainer(imageID int64, containerID string) (removed *Container, err error) {
+	err = r.update(true, func(snap *snapshot) (*snapshot, error) {
+		old, i, err := snap.findContainer(imageID, containerID)
+		if err != nil {
+			return nil, err
+		}
+		removed = old.Containers[i]
+		cs := slices.Delete(slices.Clone(old.Containers), i, i+1)
+		return snap.replace(old, old.withContainers(cs)), nil
+	})
+	return removed, err
 }
 
 // ApplyStatic makes the statically configured services match specs: each is
@@ -409,32 +426,31 @@ func (r *Registry) RemoveContainer(imageID int64, containerID string) (*Containe
 // earlier configuration but is no longer in specs is removed. Services
 // registered through the API are left alone. It applies all or nothing, and
 // readers see either the registry before or the one after, nothing between.
+// It does not wait for the store: the configuration is applied again at start.
 func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	before := r.snap.Load()
-	next := before
-	keep := make(map[int64]bool, len(specs))
-	for _, spec := range specs {
-		spec.Static = true
-		if old := next.lookup(spec.ImageID); old != nil && !old.Static {
-			continue // taken over through the API; the API's registration wins
+	return r.update(false, func(before *snapshot) (*snapshot, error) {
+		next := before
+		keep := make(map[int64]bool, len(specs))
+		for _, spec := range specs {
+			spec.Static = true
+			if old := next.lookup(spec.ImageID); old != nil && !old.Static {
+				continue // taken over through the API; the API's registration wins
+			}
+			var err error
+			if next, _, err = r.register(next, spec); err != nil {
+				return nil, fmt.Errorf("static service %d: %w", spec.ImageID, err)
+			}
+			keep[spec.ImageID] = true
 		}
-		var err error
-		if next, _, err = r.register(next, spec); err != nil {
-			return fmt.Errorf("static service %d: %w", spec.ImageID, err)
-		}
-		keep[spec.ImageID] = true
-	}
-	for _, shard := range before.shards {
-		for id, svc := range shard {
-			if svc.Static && !keep[id] {
-				next = next.replace(next.lookup(id), nil)
+		for _, shard := range before.shards {
+			for id, svc := range shard {
+				if svc.Static && !keep[id] {
+					next = next.replace(next.lookup(id), nil)
+				}
 			}
 		}
-	}
-	r.snap.Store(next)
-	return nil
+		return next, nil
+	})
 }
 
 func unknownImage(id int64) *Error {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -21,21 +22,8 @@ import (
 // runs examples/Caddyfile on free ports, and walks the README's curl flow:
 // health, register, list, proxy, stats, port mapping, dynamic upstreams.
 func TestXcaddyBinaryRunsExample(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds Caddy with xcaddy")
-	}
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin, root := xcaddyBinary(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "caddy")
-	build := exec.Command("go", "tool", "xcaddy", "build", "v2.11.9",
-		"--with", "github.com/imagelb/caddy-imagelb@v0.0.0="+root, "--output", bin)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("xcaddy build: %v\n%s", err, out)
-	}
 	out, err := exec.Command(bin, "list-modules").Output()
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +139,51 @@ func TestXcaddyBinaryRunsExample(t *testing.T) {
 	if st["total_requests"] != 4.0 || st["failed_requests"] != 0.0 {
 		t.Fatalf("stats: %v", st)
 	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+	buildDir  string
+)
+
+// xcaddyBinary builds Caddy with the plugin once per test run, exactly as
+// users do, and returns the binary and the module root.
+func xcaddyBinary(t *testing.T) (bin, root string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds Caddy with xcaddy")
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "imagelb-xcaddy-")
+		if buildErr != nil {
+			return
+		}
+		builtBin = filepath.Join(buildDir, "caddy")
+		build := exec.Command("go", "tool", "xcaddy", "build", "v2.11.9",
+			"--with", "github.com/imagelb/caddy-imagelb@v0.0.0="+root, "--output", builtBin)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("xcaddy build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin, root
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 func freePort(t *testing.T) int {

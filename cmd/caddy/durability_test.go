@@ -1,0 +1,282 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// proc is a running Caddy binary.
+type proc struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// running lists the processes started by runCaddy, ended by endAll.
+var (
+	runningMu sync.Mutex
+	running   []*proc
+)
+
+// endAll kills whatever runCaddy started and is still running.
+func endAll() {
+	runningMu.Lock()
+	defer runningMu.Unlock()
+	for _, p := range running {
+		if gone, _ := p.exited(); !gone {
+			_ = p.cmd.Process.Kill()
+			err := <-p.done
+			p.done <- err
+		}
+	}
+	running = nil
+}
+
+// runCaddy starts "caddy run" and waits until url answers, or until the
+// process exits (then exited reports it).
+func runCaddy(t *testing.T, bin, config, dataDir, url string) *proc {
+	t.Helper()
+	p := &proc{logs: new(syncBuffer), done: make(chan error, 1)}
+	p.cmd = exec.Command(bin, "run", "--config", config)
+	p.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+dataDir)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	runningMu.Lock()
+	running = append(running, p)
+	runningMu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-p.done:
+			p.done <- err // keep it for exited()
+			return p
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy did not answer %s:\n%s", url, p.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling until the server listens
+	}
+}
+
+// exited reports whether the process has ended, and its error.
+func (p *proc) exited() (bool, error) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return true, err
+	default:
+		return false, nil
+	}
+}
+
+// kill9 ends the process with SIGKILL: no shutdown code runs.
+func (p *proc) kill9(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	err := <-p.done
+	p.done <- err
+}
+
+// stop ends the process cleanly (SIGINT).
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := <-p.done
+	p.done <- err
+	if err != nil {
+		t.Fatalf("clean stop: %v\n%s", err, p.logs.String())
+	}
+}
+
+func call(t *testing.T, method, url, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	return resp.StatusCode, m
+}
+
+// TestDurability runs the xcaddy-built binary through what the registry must
+// survive: kill -9 right after acknowledged changes, a clean restart, a
+// "caddy reload", and a corrupt state file.
+func TestDurability(t *testing.T) {
+	bin, _ := xcaddyBinary(t)
+	dir := t.TempDir()
+	t.Cleanup(endAll)
+	adminPort, sitePort, backendPort := freePort(t), freePort(t), freePort(t)
+	config := func(name, extra string) string {
+		path := filepath.Join(dir, name)
+		cfg := fmt.Sprintf(`{
+	admin localhost:%d
+	imagelb {
+		health_interval 1h
+		%s
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+http://127.0.0.1:%d {
+	respond "backend"
+}
+`, adminPort, extra, sitePort, backendPort)
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	cfg := config("Caddyfile", "")
+	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
+	adm := fmt.Sprintf("http://localhost:%d/imagelb", adminPort)
+	health := site + "/health"
+	stateFile := filepath.Join(dir, "caddy", "imagelb", "registry.json")
+
+	p := runCaddy(t, bin, cfg, dir, health)
+	if st, _ := call(t, "POST", fmt.Sprintf("%s/services/1/register?image_name=web&external_port=%d", adm, freePort(t)),
+		fmt.Sprintf(`[{"container_id":"a","port":%d},{"container_id":"b","port":%d}]`, backendPort, backendPort)); st != 200 {
+		t.Fatalf("register: %d", st)
+	}
+	if st, _ := call(t, "PATCH", adm+"/services/1/containers/b", `{"weight":5,"status":"draining"}`); st != 200 {
+		t.Fatalf("patch: %d", st)
+	}
+	p.kill9(t)
+
+	t.Run("kill -9 after register and patch", func(t *testing.T) {
+		p = runCaddy(t, bin, cfg, dir, health)
+		st, svc := call(t, "GET", adm+"/services/1", "")
+		if st != 200 {
+			t.Fatalf("image 1 lost: %d", st)
+		}
+		cs := svc["containers"].([]any)
+		b := cs[1].(map[string]any)
+		if len(cs) != 2 || b["weight"] != 5.0 || b["status"] != "draining" || svc["external_port"] == nil {
+			t.Fatalf("restored %v", svc)
+		}
+		if st, _ := call(t, "GET", site+"/api/v1/proxy/1/x", ""); st != 200 {
+			t.Fatalf("proxy after restart: %d", st)
+		}
+	})
+
+	t.Run("kill -9 after delete", func(t *testing.T) {
+		if st, _ := call(t, "DELETE", adm+"/services/1", ""); st != 200 {
+			t.Fatalf("delete: %d", st)
+		}
+		p.kill9(t)
+		p = runCaddy(t, bin, cfg, dir, health)
+		if st, _ := call(t, "GET", adm+"/services/1", ""); st != 404 {
+			t.Fatalf("deleted image is back: %d", st)
+		}
+	})
+
+	t.Run("clean restart", func(t *testing.T) {
+		call(t, "POST", adm+"/services/2/register?image_name=api", fmt.Sprintf(`[{"container_id":"a","port":%d}]`, backendPort))
+		p.stop(t)
+		p = runCaddy(t, bin, cfg, dir, health)
+		if st, _ := call(t, "GET", adm+"/services/2", ""); st != 200 {
+			t.Fatalf("image 2 lost over a clean restart: %d", st)
+		}
+	})
+
+	t.Run("caddy reload keeps registry and counters", func(t *testing.T) {
+		for i := 0; i < 3; i++ {
+			if st, _ := call(t, "GET", site+"/api/v1/proxy/2/", ""); st != 200 {
+				t.Fatalf("proxy: %d", st)
+			}
+		}
+		cfg2 := config("Caddyfile2", "health_timeout 2s")
+		reload := exec.Command(bin, "reload", "--config", cfg2, "--address", fmt.Sprintf("localhost:%d", adminPort))
+		if out, err := reload.CombinedOutput(); err != nil {
+			t.Fatalf("caddy reload: %v\n%s", err, out)
+		}
+		_, stats := call(t, "GET", adm+"/stats?image_id=2", "")
+		if stats["total_requests"] != 3.0 {
+			t.Fatalf("counters after reload: %v", stats)
+		}
+	})
+
+	t.Run("corrupt state file", func(t *testing.T) {
+		p.stop(t)
+		data, err := os.ReadFile(stateFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		truncated := data[:len(data)/2]
+		if err := os.WriteFile(stateFile, truncated, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p = runCaddy(t, bin, cfg, dir, health)
+		gone, err := p.exited()
+		if !gone || err == nil {
+			t.Fatalf("caddy started on a corrupt state file:\n%s", p.logs.String())
+		}
+		logs := p.logs.String()
+		for _, want := range []string{stateFile, "corrupt", "on_corrupt_state start_empty"} {
+			if !strings.Contains(logs, want) {
+				t.Fatalf("the error does not say %q:\n%s", want, logs)
+			}
+		}
+		if now, _ := os.ReadFile(stateFile); !bytes.Equal(now, truncated) {
+			t.Fatal("the corrupt file was changed by the failed start")
+		}
+
+		p = runCaddy(t, bin, config("Caddyfile3", "on_corrupt_state start_empty"), dir, health)
+		if gone, _ := p.exited(); gone {
+			t.Fatalf("caddy did not start with on_corrupt_state start_empty:\n%s", p.logs.String())
+		}
+		if _, list := call(t, "GET", adm+"/services", ""); list["total"] != 0.0 {
+			t.Fatalf("registry not empty: %v", list)
+		}
+		kept, _ := filepath.Glob(stateFile + ".corrupt-*")
+		if len(kept) != 1 {
+			t.Fatalf("bad file not kept aside: %v", kept)
+		}
+		if aside, _ := os.ReadFile(kept[0]); !bytes.Equal(aside, truncated) {
+			t.Fatal("the kept file differs from the corrupt one")
+		}
+	})
+}

@@ -1,0 +1,228 @@
+package registry
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Store keeps the registry's state durably. It is the one seam between the
+// registry and where its state lives: the local file store below today, a
+// distributed store (etcd) later, without touching the request path.
+type Store interface {
+	// Load returns the last committed state, or nil when nothing was ever
+	// committed. A state that cannot be read back is a *CorruptStateError.
+	Load() (*State, error)
+	// Commit durably replaces the stored state: when it returns nil the
+	// state survives a crash; when it fails the previous state is intact.
+	Commit(*State) error
+	// Describe names where the state lives, for messages to the user.
+	Describe() string
+}
+
+// Watcher is implemented by stores that other writers share (several Caddy
+// nodes on one etcd): Watch calls fn with each state committed elsewhere
+// until stop is called. The local file store has no other writers.
+type Watcher interface {
+	Watch(fn func(*State)) (stop func())
+}
+
+// StateFormat is the version of the state's encoding.
+const StateFormat = 1
+
+// State is the durable part of the registry: what the orchestrator
+// registered and the statuses and weights it pushed. Counters and health
+// check history are runtime state and are not stored.
+type State struct {
+	Format   int             `json:"format"`
+	Version  uint64          `json:"version"`
+	SavedAt  time.Time       `json:"saved_at"`
+	Services []ServiceRecord `json:"services"`
+	// Checksum is the SHA-256 of the JSON encoding of Services, so that a
+	// file damaged in a way that still parses is caught too.
+	Checksum string `json:"checksum"`
+}
+
+// ServiceRecord is a stored service.
+type ServiceRecord struct {
+	ImageID      int64             `json:"image_id"`
+	ImageName    string            `json:"image_name"`
+	Algorithm    Algorithm         `json:"algorithm"`
+	ExternalPort int               `json:"external_port,omitempty"`
+	Static       bool              `json:"static,omitempty"`
+	Containers   []ContainerRecord `json:"containers"`
+}
+
+// ContainerRecord is a stored container.
+type ContainerRecord struct {
+	ContainerID string `json:"container_id"`
+	Name        string `json:"name,omitempty"`
+	Host        string `json:"host"`
+	Port        int    `json:"port"`
+	Status      Status `json:"status"`
+	Weight      int    `json:"weight"`
+}
+
+// CorruptStateError reports stored state that cannot be read back.
+type CorruptStateError struct {
+	Where string
+	Err   error
+}
+
+func (e *CorruptStateError) Error() string {
+	return fmt.Sprintf("registry state in %s is corrupt: %v", e.Where, e.Err)
+}
+
+func (e *CorruptStateError) Unwrap() error { return e.Err }
+
+// EncodeState returns the stored form of a state, with its checksum set.
+func EncodeState(st *State) ([]byte, error) {
+	services, err := json.Marshal(st.Services)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(services)
+	st.Format, st.Checksum = StateFormat, hex.EncodeToString(sum[:])
+	return json.MarshalIndent(st, "", "\t")
+}
+
+// DecodeState parses the stored form of a state and verifies it.
+func DecodeState(data []byte) (*State, error) {
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("decoding: %v", err)
+	}
+	if st.Format != StateFormat {
+		return nil, fmt.Errorf("unknown format %d (this build reads format %d)", st.Format, StateFormat)
+	}
+	services, err := json.Marshal(st.Services)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(services)
+	if hex.EncodeToString(sum[:]) != st.Checksum {
+		return nil, errors.New("checksum mismatch: the file was changed or damaged after it was written")
+	}
+	return &st, nil
+}
+
+// state returns the durable part of a snapshot.
+func (s *snapshot) state() *State {
+	st := &State{Version: s.version, SavedAt: now().UTC(), Services: make([]ServiceRecord, 0, s.count)}
+	for _, shard := range s.shards {
+		for _, svc := range shard {
+			rec := ServiceRecord{ImageID: svc.ImageID, ImageName: svc.ImageName, Algorithm: svc.Algorithm,
+				ExternalPort: svc.ExternalPort, Static: svc.Static, Containers: make([]ContainerRecord, len(svc.Containers))}
+			for i, c := range svc.Containers {
+				rec.Containers[i] = ContainerRecord{ContainerID: c.ContainerID, Name: c.Name, Host: c.Host,
+					Port: c.Port, Status: c.Status, Weight: c.Weight}
+			}
+			st.Services = append(st.Services, rec)
+		}
+	}
+	sortRecords(st.Services)
+	return st
+}
+
+// SetStore makes the registry durable in store: from now on every
+// acknowledged change is committed there before the change returns.
+func (r *Registry) SetStore(store Store) {
+	r.mu.Lock()
+	r.store = store
+	r.mu.Unlock()
+}
+
+// Restore replaces the registry's content with a stored state (at start,
+// before any traffic). Statuses come back as last stored; the health
+// checker re-checks every container at once.
+func (r *Registry) Restore(st *State) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := r.snap.Load()
+	for _, rec := range st.Services {
+		spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: rec.Algorithm,
+			ExternalPort: rec.ExternalPort, Static: rec.Static}
+		for _, c := range rec.Containers {
+			if msg := CheckHost(c.Host); msg != "" {
+				return fmt.Errorf("service %d container %q: %s", rec.ImageID, c.ContainerID, msg)
+			}
+			if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight {
+				return fmt.Errorf("service %d container %q: invalid port, status or weight", rec.ImageID, c.ContainerID)
+			}
+			spec.Containers = append(spec.Containers, ContainerSpec{ContainerID: c.ContainerID, Name: c.Name,
+				Host: c.Host, Port: c.Port, Status: c.Status, Weight: c.Weight})
+		}
+		if _, ok := ParseAlgorithm(string(spec.Algorithm)); !ok {
+			return fmt.Errorf("service %d: unknown algorithm %q", rec.ImageID, spec.Algorithm)
+		}
+		var err error
+		if next, _, err = r.register(next, spec); err != nil {
+			return fmt.Errorf("service %d: %v", rec.ImageID, err)
+		}
+	}
+	restored := *next
+	restored.version = st.Version
+	r.snap.Store(&restored)
+	r.commits.mu.Lock()
+	r.commits.durable = st.Version
+	r.commits.mu.Unlock()
+	return nil
+}
+
+func sortRecords(rs []ServiceRecord) {
+	slices.SortFunc(rs, func(a, b ServiceRecord) int { return cmpInt64(a.ImageID, b.ImageID) })
+}
+
+// committer implements group commit: a writer waiting for its change to be
+// durable either flushes (writing the latest snapshot, which holds every
+// change published so far) or, when a flush is already running, waits for
+// the next one, which a waiter then starts for everyone who arrived meanwhile.
+type committer struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	flushing bool
+	durable  uint64 // the highest version known to be committed
+}
+
+// makeDurable returns when the snapshot of the given version (or a later one)
+// is committed to the store, or with the error of the flush that tried.
+func (r *Registry) makeDurable(version uint64) error {
+	store := r.currentStore()
+	if store == nil {
+		return nil
+	}
+	c := &r.commits
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.durable < version {
+		if c.flushing {
+			c.cond.Wait()
+			continue
+		}
+		c.flushing = true
+		c.mu.Unlock()
+		snap := r.snap.Load()
+		err := store.Commit(snap.state())
+		c.mu.Lock()
+		c.flushing = false
+		c.cond.Broadcast()
+		if err != nil {
+			return &Error{Kind: KindStorage, Detail: fmt.Sprintf(
+				"the change is applied but could not be saved to %s: %v; it is saved with the next successful change",
+				store.Describe(), err)}
+		}
+		c.durable = max(c.durable, snap.version)
+	}
+	return nil
+}
+
+func (r *Registry) currentStore() Store {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.store
+}
