@@ -56,8 +56,9 @@ func Running() int64 { return running.Load() }
 
 // Checker checks the containers of one registry.
 type Checker struct {
-	reg    *registry.Registry
-	client *http.Client
+	reg         *registry.Registry
+	client      *http.Client
+	transitions sync.Mutex // orders status changes and their announcements
 
 	mu       sync.Mutex
 	cfg      Config
@@ -138,6 +139,7 @@ func (c *Checker) Stop() {
 	}
 	stop()
 	<-done
+	c.client.CloseIdleConnections()
 }
 
 // Wake starts the next round now (after a config change, for example).
@@ -216,6 +218,8 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
+			}
+			if ctx.Err() != nil {
 				timer.Stop()
 				return
 			}
@@ -277,6 +281,8 @@ func (c *Checker) CheckNow(ctx context.Context, imageID int64) (Report, error) {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
 			wg.Wait()
 			return Report{}, ctx.Err()
 		}
@@ -288,6 +294,9 @@ func (c *Checker) CheckNow(ctx context.Context, imageID int64) (Report, error) {
 		}()
 	}
 	wg.Wait()
+	if ctx.Err() != nil {
+		return Report{}, ctx.Err()
+	}
 	rep := Report{Checked: len(results), Results: results}
 	for _, r := range results {
 		if r.passed {
@@ -309,6 +318,12 @@ func (c *Checker) checkOne(ctx context.Context, t target) Result {
 		LatencyMS: float64(latency.Microseconds()) / 1000, passed: errText == ""}
 	if errText != "" {
 		res.Error = &errText
+	}
+	if ctx.Err() != nil {
+		// the caller gave up or the checker is stopping: that says
+		// nothing about the container, so nothing is recorded
+		res.PreviousStatus, res.Status = t.c.Status, t.c.Status
+		return res
 	}
 	res.PreviousStatus, res.Status = c.apply(cfg, t, errText)
 	return res
@@ -393,8 +408,11 @@ func (c *Checker) PassiveFailure(imageID int64, ctr *registry.Container) {
 }
 
 // transition changes a status with a compare-and-swap, so that each change
-// is logged and announced exactly once however many checks race.
+// is logged and announced exactly once however many checks race; changes
+// are announced in the order they were made.
 func (c *Checker) transition(imageID int64, containerID string, from, to registry.Status, reason string) {
+	c.transitions.Lock()
+	defer c.transitions.Unlock()
 	if !c.reg.CompareAndSwapStatus(imageID, containerID, from, to) {
 		return
 	}

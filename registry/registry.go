@@ -201,6 +201,9 @@ func (r *Registry) register(snap *snapshot, spec ServiceSpec) (*snapshot, *Servi
 		if old != nil {
 			if prev := old.Container(cs.ContainerID); prev != nil {
 				stats = prev.Stats
+				if prev.Status != cs.Status {
+					stats.ResetChecks() // a new status: health streaks start afresh
+				}
 			}
 		}
 		containers[i] = newContainer(cs, stats)
@@ -344,7 +347,9 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 	return c, err
 }
 
-// PatchContainer changes the status and/or weight of one container.
+// PatchContainer changes the status and/or weight of one container. A
+// status set by the orchestrator starts the health-check streaks afresh, so
+// thresholds count only checks made after it.
 func (r *Registry) PatchContainer(imageID int64, containerID string, p ContainerPatch) (*Container, error) {
 	return r.patch(true, imageID, containerID, func(c *ContainerSpec) bool {
 		if p.Status != nil {
@@ -387,6 +392,9 @@ func (r *Registry) patch(wait bool, imageID int64, containerID string, change fu
 			return nil, nil
 		}
 		cs := slices.Clone(old.Containers)
+		if spec.Status != cs[i].Status {
+			cs[i].Stats.ResetChecks()
+		}
 		cs[i] = newContainer(spec, cs[i].Stats)
 		c = cs[i]
 		return snap.replace(old, old.withContainers(cs)), nil
