@@ -199,7 +199,7 @@ func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyh
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
 	if len(svc.Available()) == 0 {
 		svc.State.Begin()
-		svc.State.End(true, 0)
+		svc.State.Finish(http.StatusServiceUnavailable, true, 0)
 		admin.WriteError(w, http.StatusServiceUnavailable,
 			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
 		return nil
@@ -219,7 +219,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	statusWriters.Put(sw)
 
 	if err == nil {
-		q.finish(status >= 500, false)
+		q.finish(status, status >= 500, false)
 		return nil
 	}
 	var herr caddyhttp.HandlerError
@@ -227,7 +227,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if errors.As(err, &herr) && herr.StatusCode != 0 {
 		code = herr.StatusCode
 	}
-	q.finish(code >= 500, code == http.StatusBadGateway || code == http.StatusGatewayTimeout)
+	q.finish(code, code >= 500, code == http.StatusBadGateway || code == http.StatusGatewayTimeout)
 	if status != 0 || code == 499 {
 		return nil // the client has its answer, or is gone
 	}

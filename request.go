@@ -53,34 +53,37 @@ func requestFrom(r *http.Request) *request {
 func (q *request) begin(c *registry.Container) {
 	now := time.Now()
 	if q.cur != nil {
-		q.endAttempt(true, true, now)
+		q.endAttempt(0, true, true, now)
 	}
 	c.Stats.Begin()
 	q.cur, q.curStart = c, now
 	q.tried = append(q.tried, c.Stats)
 }
 
-func (q *request) endAttempt(failed, unreachable bool, now time.Time) {
-	q.cur.Stats.End(failed, now.Sub(q.curStart))
+func (q *request) endAttempt(status int, failed, unreachable bool, now time.Time) {
+	if unreachable {
+		status = 0
+	}
+	q.cur.Stats.Finish(status, failed, now.Sub(q.curStart))
 	if unreachable && q.checker != nil {
 		q.checker.PassiveFailure(q.imageID, q.cur)
 	}
 	q.cur = nil
 }
 
-// finish settles the request: the last attempt and the request itself
-// failed when the client got an error or a 5xx; unreachable says the
-// last container was not reached (no response at all).
-func (q *request) finish(failed, unreachable bool) {
+// finish settles the request: the client got status; the last attempt and
+// the request itself failed when that is an error or a 5xx; unreachable
+// says the last container was not reached (no response at all).
+func (q *request) finish(status int, failed, unreachable bool) {
 	if q.finished {
 		return
 	}
 	q.finished = true
 	now := time.Now()
 	if q.cur != nil {
-		q.endAttempt(failed, unreachable, now)
+		q.endAttempt(status, failed, unreachable, now)
 	}
-	q.svc.End(failed, now.Sub(q.start))
+	q.svc.Finish(status, failed, now.Sub(q.start))
 }
 
 // settleWhenDone arranges for a request that no imagelb handler owns (a
@@ -91,14 +94,14 @@ func (q *request) finish(failed, unreachable bool) {
 func (q *request) settleWhenDone(ctx context.Context) {
 	q.statusSrc, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	context.AfterFunc(ctx, func() {
-		failed, unreachable := true, true
+		status, failed, unreachable := http.StatusBadGateway, true, true
 		if q.statusSrc != nil {
 			if v, ok := q.statusSrc.Get("http.reverse_proxy.status_code"); ok {
 				if code, ok := v.(int); ok {
-					failed, unreachable = code >= 500, false
+					status, failed, unreachable = code, code >= 500, false
 				}
 			}
 		}
-		q.finish(failed, unreachable)
+		q.finish(status, failed, unreachable)
 	})
 }

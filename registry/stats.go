@@ -16,8 +16,14 @@ type Counters struct {
 	Failures atomic.Int64
 	// InFlight is the number of requests or attempts not finished yet.
 	InFlight atomic.Int64
-	// Latency is the distribution of finished requests' or attempts' durations.
+	// Classes counts finished requests or attempts by the class of their
+	// status: index 1 to 5 for 1xx to 5xx, 0 for no response at all.
+	Classes [6]atomic.Int64
+	// Latency is the distribution of every finished duration since the
+	// start (the Prometheus histogram).
 	Latency Histogram
+
+	recent atomic.Pointer[window] // the last minute; allocated on first use
 }
 
 // Begin counts one request or attempt.
@@ -26,13 +32,40 @@ func (c *Counters) Begin() {
 	c.InFlight.Add(1)
 }
 
-// End finishes a request or attempt started with Begin.
+// End finishes a request or attempt started with Begin, with no status.
 func (c *Counters) End(failed bool, d time.Duration) {
+	c.Finish(0, failed, d)
+}
+
+// Finish finishes a request or attempt started with Begin, which got the
+// given status (0: none).
+func (c *Counters) Finish(status int, failed bool, d time.Duration) {
 	c.InFlight.Add(-1)
 	if failed {
 		c.Failures.Add(1)
 	}
+	class := status / 100
+	if class < 0 || class > 5 {
+		class = 0
+	}
+	c.Classes[class].Add(1)
 	c.Latency.Observe(d)
+	w := c.recent.Load()
+	if w == nil {
+		c.recent.CompareAndSwap(nil, new(window))
+		w = c.recent.Load()
+	}
+	w.observe(now(), d)
+}
+
+// Recent returns the latency quantiles (in ms) and the request rate (per
+// second) of the last minute; ok is false when nothing finished in it.
+func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bool) {
+	w := c.recent.Load()
+	if w == nil {
+		return make([]float64, len(qs)), 0, false
+	}
+	return w.summary(now(), qs)
 }
 
 // ServiceState is the runtime state of a service shared by all its versions.
@@ -102,12 +135,13 @@ func (c *ContainerStats) Health() (time.Time, string) {
 }
 
 // Histogram is a fixed-bucket latency histogram made of atomics: recording is
-// one atomic add and never allocates. Bucket i holds durations up to
+// two atomic adds and never allocates. Bucket i holds durations up to
 // bucketBound(i); the bounds grow by about 19% per bucket from 50µs to
 // about 12.5 minutes (longer durations count in the last bucket), so a
 // quantile is exact to within one bucket.
 type Histogram struct {
 	buckets [numBuckets]atomic.Uint64
+	sum     atomic.Int64 // nanoseconds
 }
 
 const (
@@ -135,16 +169,35 @@ func bucketOf(d time.Duration) int {
 // Observe records one duration.
 func (h *Histogram) Observe(d time.Duration) {
 	h.buckets[bucketOf(d)].Add(1)
+	h.sum.Add(int64(d))
+}
+
+// NumBuckets is the number of buckets of a Histogram.
+const NumBuckets = numBuckets
+
+// BucketBound is the upper bound of bucket i.
+func BucketBound(i int) time.Duration { return bucketBound(i) }
+
+// Snapshot returns the count of each bucket and the sum of all durations.
+func (h *Histogram) Snapshot() (counts [numBuckets]uint64, sum time.Duration) {
+	for i := range h.buckets {
+		counts[i] = h.buckets[i].Load()
+	}
+	return counts, time.Duration(h.sum.Load())
 }
 
 // Quantiles returns the upper bounds of the buckets holding the given
 // quantiles (0 < q ≤ 1), in milliseconds; ok is false when nothing was observed.
 func (h *Histogram) Quantiles(qs ...float64) (ms []float64, ok bool) {
-	var counts [numBuckets]uint64
+	counts, _ := h.Snapshot()
+	return quantiles(&counts, qs)
+}
+
+// quantiles computes quantiles from bucket counts.
+func quantiles(counts *[numBuckets]uint64, qs []float64) (ms []float64, ok bool) {
 	var total uint64
-	for i := range h.buckets {
-		counts[i] = h.buckets[i].Load()
-		total += counts[i]
+	for _, n := range counts {
+		total += n
 	}
 	ms = make([]float64, len(qs))
 	if total == 0 {
@@ -165,4 +218,63 @@ func (h *Histogram) Quantiles(qs ...float64) (ms []float64, ok bool) {
 		}
 	}
 	return ms, true
+}
+
+// The recent window: the last minute in slots of slotSeconds, each slot a
+// small histogram of its own, recycled when its time comes round again.
+const (
+	windowSlots = 6
+	slotSeconds = 10
+)
+
+type window struct {
+	slots [windowSlots]windowSlot
+}
+
+type windowSlot struct {
+	epoch   atomic.Int64 // unix time / slotSeconds of the data in the slot
+	count   atomic.Uint32
+	buckets [numBuckets]atomic.Uint32
+}
+
+// observe records d at time at. A slot found holding data of an older
+// epoch is cleared first; an observation racing with the clearing may be
+// lost, which the recent figures (not the counters) can afford.
+func (w *window) observe(at time.Time, d time.Duration) {
+	epoch := at.Unix() / slotSeconds
+	s := &w.slots[epoch%windowSlots]
+	if old := s.epoch.Load(); old != epoch && s.epoch.CompareAndSwap(old, epoch) {
+		s.count.Store(0)
+		for i := range s.buckets {
+			s.buckets[i].Store(0)
+		}
+	}
+	s.count.Add(1)
+	s.buckets[bucketOf(d)].Add(1)
+}
+
+// summary merges the slots of the last minute.
+func (w *window) summary(at time.Time, qs []float64) (ms []float64, perSecond float64, ok bool) {
+	epoch := at.Unix() / slotSeconds
+	var counts [numBuckets]uint64
+	var total uint64
+	oldest := epoch
+	for i := range w.slots {
+		s := &w.slots[i]
+		e := s.epoch.Load()
+		if e <= epoch-windowSlots || e > epoch {
+			continue
+		}
+		oldest = min(oldest, e)
+		total += uint64(s.count.Load())
+		for j := range s.buckets {
+			counts[j] += uint64(s.buckets[j].Load())
+		}
+	}
+	ms, ok = quantiles(&counts, qs)
+	span := at.Sub(time.Unix(oldest*slotSeconds, 0)).Seconds()
+	if total > 0 && span > 0 {
+		perSecond = float64(total) / span
+	}
+	return ms, perSecond, ok
 }

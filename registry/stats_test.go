@@ -215,11 +215,11 @@ func TestRegistryStats(t *testing.T) {
 	request(two, c, true, true)
 	request(two, c, false, false) // in flight
 	request(two, c, false, true)
-	clock = base.Add(90 * time.Second)
+	clock = base.Add(30 * time.Second)
 
 	v := r.Stats(r.Services())
-	if v.UptimeSeconds != 90 {
-		t.Fatalf("uptime = %v, want 90", v.UptimeSeconds)
+	if v.UptimeSeconds != 30 {
+		t.Fatalf("uptime = %v, want 30", v.UptimeSeconds)
 	}
 	if len(v.Services) != 3 || v.Services[0].ImageID != 1 || v.Services[1].ImageID != 2 || v.Services[2].ImageID != 3 {
 		t.Fatalf("services = %+v", v.Services)
@@ -262,6 +262,16 @@ func TestRegistryStats(t *testing.T) {
 	}
 	if l := s3.LatencyMS; l.P50 != nil || l.P95 != nil || l.P99 != nil || len(s3.Containers) != 0 {
 		t.Fatalf("unmeasured service 3 = %+v", s3)
+	}
+	// 3 requests of service 1 finished in the 30 s since the window began
+	if s1.RequestsPerSecond != 0.1 || ca.RequestsPerSecond != float64(2)/30 && ca.RequestsPerSecond != 0.067 {
+		t.Fatalf("rates: service 1 %v/s, container a %v/s", s1.RequestsPerSecond, ca.RequestsPerSecond)
+	}
+	// a minute and a half later the window is empty; the counters are not
+	clock = base.Add(120 * time.Second)
+	v = r.Stats(r.Services())
+	if s := v.Services[0]; s.LatencyMS.P50 != nil || s.RequestsPerSecond != 0 || s.TotalRequests != 4 {
+		t.Fatalf("old window still shown: %+v", s)
 	}
 
 	// Stats of a subset add up that subset only.

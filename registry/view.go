@@ -1,6 +1,9 @@
 package registry
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // ContainerView is the API's JSON form of a container.
 type ContainerView struct {
@@ -87,12 +90,13 @@ type Latency struct {
 	P99 *float64 `json:"p99"`
 }
 
-func latencyOf(h *Histogram) Latency {
-	q, ok := h.Quantiles(0.50, 0.95, 0.99)
+// recentOf returns the latency quantiles and the request rate of the last minute.
+func recentOf(c *Counters) (Latency, float64) {
+	q, perSecond, ok := c.Recent(0.50, 0.95, 0.99)
 	if !ok {
-		return Latency{}
+		return Latency{}, 0
 	}
-	return Latency{P50: &q[0], P95: &q[1], P99: &q[2]}
+	return Latency{P50: &q[0], P95: &q[1], P99: &q[2]}, math.Round(perSecond*1000) / 1000
 }
 
 // ContainerStatsView is a container's entry in the statistics.
@@ -102,6 +106,8 @@ type ContainerStatsView struct {
 	TotalRequests     int64   `json:"total_requests"`
 	FailedRequests    int64   `json:"failed_requests"`
 	ActiveConnections int64   `json:"active_connections"`
+	// RequestsPerSecond and LatencyMS cover the last minute.
+	RequestsPerSecond float64 `json:"requests_per_second"`
 	LatencyMS         Latency `json:"latency_ms"`
 }
 
@@ -114,6 +120,7 @@ type ServiceStatsView struct {
 	FailedRequests    int64                `json:"failed_requests"`
 	ActiveConnections int64                `json:"active_connections"`
 	HealthyContainers int                  `json:"healthy_containers"`
+	RequestsPerSecond float64              `json:"requests_per_second"`
 	LatencyMS         Latency              `json:"latency_ms"`
 	Containers        []ContainerStatsView `json:"containers"`
 }
@@ -124,6 +131,7 @@ type StatsView struct {
 	TotalRequests     int64              `json:"total_requests"`
 	FailedRequests    int64              `json:"failed_requests"`
 	ActiveConnections int64              `json:"active_connections"`
+	RequestsPerSecond float64            `json:"requests_per_second"`
 	Services          []ServiceStatsView `json:"services"`
 }
 
@@ -140,22 +148,24 @@ func (r *Registry) Stats(services []*Service) StatsView {
 			FailedRequests:    s.State.Failures.Load(),
 			ActiveConnections: s.State.InFlight.Load(),
 			HealthyContainers: s.HealthyCount(),
-			LatencyMS:         latencyOf(&s.State.Latency),
 			Containers:        make([]ContainerStatsView, len(s.Containers)),
 		}
+		sv.LatencyMS, sv.RequestsPerSecond = recentOf(&s.State.Counters)
 		for i, c := range s.Containers {
-			sv.Containers[i] = ContainerStatsView{
+			cv := ContainerStatsView{
 				ContainerID:       c.ContainerID,
 				Status:            c.Status,
 				TotalRequests:     c.Stats.Requests.Load(),
 				FailedRequests:    c.Stats.Failures.Load(),
 				ActiveConnections: c.Stats.InFlight.Load(),
-				LatencyMS:         latencyOf(&c.Stats.Latency),
 			}
+			cv.LatencyMS, cv.RequestsPerSecond = recentOf(&c.Stats.Counters)
+			sv.Containers[i] = cv
 		}
 		v.TotalRequests += sv.TotalRequests
 		v.FailedRequests += sv.FailedRequests
 		v.ActiveConnections += sv.ActiveConnections
+		v.RequestsPerSecond += sv.RequestsPerSecond
 		v.Services = append(v.Services, sv)
 	}
 	return v
