@@ -101,11 +101,11 @@ func recentOf(c *Counters) (Latency, float64) {
 
 // ContainerStatsView is a container's entry in the statistics.
 type ContainerStatsView struct {
-	ContainerID       string  `json:"container_id"`
-	Status            Status  `json:"status"`
-	TotalRequests     int64   `json:"total_requests"`
-	FailedRequests    int64   `json:"failed_requests"`
-	ActiveConnections int64   `json:"active_connections"`
+	ContainerID       string `json:"container_id"`
+	Status            Status `json:"status"`
+	TotalRequests     int64  `json:"total_requests"`
+	FailedRequests    int64  `json:"failed_requests"`
+	ActiveConnections int64  `json:"active_connections"`
 	// RequestsPerSecond and LatencyMS cover the last minute.
 	RequestsPerSecond float64 `json:"requests_per_second"`
 	LatencyMS         Latency `json:"latency_ms"`
