@@ -52,6 +52,9 @@ type Handler struct {
 	// get 403) or off (management routes 404; /health and the proxy are
 	// still served). Default: on.
 	API string `json:"api,omitempty"`
+	// Serve the dashboard at /api/v1/ui/ on this site (it is always on
+	// the admin endpoint, at /imagelb/ui/). Default: off.
+	Dashboard bool `json:"dashboard,omitempty"`
 
 	app    *App
 	reg    *registry.Registry
@@ -82,7 +85,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.app = appIface.(*App)
 	h.reg = h.app.reg
 	h.api = &admin.API{Prefix: apiPrefix, MaxBody: h.app.MaxBody, Registry: func() *registry.Registry { return h.reg },
-		HealthCheck: h.app.checkNow}
+		HealthCheck: h.app.checkNow, Logger: h.app.logger.Named("api")}
+	if h.Dashboard {
+		h.api.UI = uiHandler(apiPrefix + "/ui/")
+	}
 
 	transport := &reverseproxy.HTTPTransport{
 		ResponseHeaderTimeout: caddy.Duration(h.app.timeout),
@@ -220,6 +226,10 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 
 	if err == nil {
 		q.finish(status, status >= 500, false)
+		if c := h.logger.Check(zap.DebugLevel, "proxied"); c != nil && q.last != nil {
+			c.Write(zap.Int64("image_id", svc.ImageID), zap.String("container_id", q.last.ContainerID),
+				zap.String("upstream", q.last.DialAddr()), zap.Int("status", status), zap.Int("attempts", len(q.tried)))
+		}
 		return nil
 	}
 	var herr caddyhttp.HandlerError
@@ -241,7 +251,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts): %v", svc.ImageID, len(q.tried), unwrapHandlerError(err))
 	}
 	if c := h.logger.Check(zap.WarnLevel, "proxy failed"); c != nil {
-		c.Write(zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Error(err))
+		fields := []zap.Field{zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Int("attempts", len(q.tried)), zap.Error(err)}
+		if q.last != nil {
+			fields = append(fields, zap.String("container_id", q.last.ContainerID), zap.String("upstream", q.last.DialAddr()))
+		}
+		c.Write(fields...)
 	}
 	admin.WriteError(w, code, detail)
 	return nil
@@ -297,6 +311,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //
 //	imagelb {
 //		api on|read_only|off
+//		dashboard
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -321,6 +336,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "dashboard":
+			if h.Dashboard {
+				return d.Err("dashboard already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Dashboard = true
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}

@@ -174,6 +174,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading events app: %v", err)
 	}
 	a.events = eventsApp.(*caddyevents.App)
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	if err := a.resolveOptions(); err != nil {
 		return err
 	}
@@ -205,7 +208,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.checker = val.(checkerHolder).Checker
-	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow}
+	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow,
+		Logger: a.logger.Named("api"), UI: uiHandler("/imagelb/ui/")}
 	return nil
 }
 

@@ -27,6 +27,7 @@ type request struct {
 	checker   *health.Checker   // told of connection failures and timeouts
 	start     time.Time
 	cur       *registry.Container // the container of the attempt in progress
+	last      *registry.Container // the container of the latest attempt
 	curStart  time.Time
 	tried     []*registry.ContainerStats
 	triedBuf  [4]*registry.ContainerStats
@@ -56,7 +57,7 @@ func (q *request) begin(c *registry.Container) {
 		q.endAttempt(0, true, true, now)
 	}
 	c.Stats.Begin()
-	q.cur, q.curStart = c, now
+	q.cur, q.last, q.curStart = c, c, now
 	q.tried = append(q.tried, c.Stats)
 }
 

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 
+	"go.uber.org/zap"
+
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -35,6 +37,18 @@ type API struct {
 	MaxBody int64
 	// HealthCheck runs on-demand health checks; nil answers 501.
 	HealthCheck HealthChecker
+	// Logger logs the changes made through the API; nil logs nothing.
+	Logger *zap.Logger
+	// UI serves the dashboard below Prefix+"/ui/"; nil serves none.
+	UI http.Handler
+}
+
+// logChange logs an applied change at info level.
+func (a *API) logChange(msg string, c *call, fields ...zap.Field) {
+	if a.Logger == nil {
+		return
+	}
+	a.Logger.Info(msg, append([]zap.Field{zap.Int64("image_id", c.imageID), zap.String("remote", c.r.RemoteAddr)}, fields...)...)
 }
 
 // call is one management request being served.
@@ -74,13 +88,42 @@ var routes = []route{
 // Owns reports whether the request's path is one of the API's routes
 // (whatever the method).
 func (a *API) Owns(r *http.Request) bool {
+	if a.isUI(r) {
+		return true
+	}
 	_, _, ok := a.match(r)
 	return ok
+}
+
+// isUI reports whether the request is for the dashboard.
+func (a *API) isUI(r *http.Request) bool {
+	return a.UI != nil && (r.URL.Path == a.Prefix+"/ui" || strings.HasPrefix(r.URL.Path, a.Prefix+"/ui/"))
+}
+
+// serveUI serves the dashboard's files (GET and HEAD only).
+func (a *API) serveUI(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on the dashboard; use GET", r.Method))
+		return
+	}
+	if r.URL.Path == a.Prefix+"/ui" {
+		http.Redirect(w, r, a.Prefix+"/ui/", http.StatusPermanentRedirect)
+		return
+	}
+	// the page loads nothing from elsewhere, and may not
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	a.UI.ServeHTTP(w, r)
 }
 
 // ServeHTTP serves a management request; a path that is not a route gets a
 // JSON 404, a route with the wrong method a JSON 405.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.isUI(r) {
+		a.serveUI(w, r)
+		return
+	}
 	rt, args, ok := a.match(r)
 	if !ok {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("no such route: %s", r.URL.Path))
@@ -178,6 +221,7 @@ func (a *API) deleteService(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.logChange("service removed", c, zap.String("image_name", svc.ImageName), zap.Int("containers", len(svc.Containers)))
 	return svc.View(), nil
 }
 
@@ -194,6 +238,8 @@ func (a *API) register(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.logChange("service registered", c, zap.String("image_name", svc.ImageName),
+		zap.String("algorithm", string(svc.Algorithm)), zap.Int("containers", len(svc.Containers)))
 	return svc.View(), nil
 }
 
@@ -210,6 +256,7 @@ func (a *API) putContainer(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.logChange("container registered", c, zap.String("container_id", ctr.ContainerID), zap.String("upstream", ctr.DialAddr()))
 	return ctr.View(c.imageID), nil
 }
 
@@ -226,6 +273,8 @@ func (a *API) patchContainer(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.logChange("container changed", c, zap.String("container_id", ctr.ContainerID),
+		zap.String("status", string(ctr.Status)), zap.Int("weight", ctr.Weight))
 	return ctr.View(c.imageID), nil
 }
 
@@ -234,6 +283,7 @@ func (a *API) deleteContainer(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.logChange("container removed", c, zap.String("container_id", ctr.ContainerID))
 	return ctr.View(c.imageID), nil
 }
 

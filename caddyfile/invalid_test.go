@@ -63,6 +63,17 @@ func TestCaddyfileInvalid(t *testing.T) {
 			line:    3,
 		},
 		{
+			name: "dashboard with an argument",
+			src: `:80 {
+	imagelb {
+		dashboard yes
+	}
+}
+`,
+			wantErr: "wrong argument count",
+			line:    3,
+		},
+		{
 			name: "unknown algorithm",
 			src: `{
 	imagelb {
@@ -514,11 +525,11 @@ func TestCaddyfileInvalid(t *testing.T) {
 			name: "handler unknown subdirective",
 			src: `:3000 {
 	imagelb {
-		dashboard on
+		metrics on
 	}
 }
 `,
-			wantErr: "unrecognized subdirective 'dashboard'",
+			wantErr: "unrecognized subdirective 'metrics'",
 			line:    3,
 		},
 		{

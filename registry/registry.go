@@ -50,6 +50,33 @@ type Registry struct {
 	store Store // nil: memory only
 
 	commits committer
+	ops     [numOps]atomic.Int64
+}
+
+// Op names a kind of acknowledged change, for the operation counters.
+type Op int
+
+// The acknowledged changes.
+const (
+	OpRegister Op = iota
+	OpRemove
+	OpPutContainer
+	OpPatchContainer
+	OpRemoveContainer
+	numOps
+)
+
+var opNames = [numOps]string{"register", "remove", "put_container", "patch_container", "remove_container"}
+
+func (o Op) String() string { return opNames[o] }
+
+// Operations returns how many changes of each kind were applied.
+func (r *Registry) Operations() map[Op]int64 {
+	m := make(map[Op]int64, numOps)
+	for op := range numOps {
+		m[op] = r.ops[op].Load()
+	}
+	return m
 }
 
 // New returns an empty registry with the given options.
@@ -175,6 +202,7 @@ func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
 		next, svc, err = r.register(snap, spec)
 		return next, err
 	})
+	r.count(OpRegister, svc != nil)
 	return svc, err
 }
 
@@ -315,6 +343,7 @@ func (r *Registry) Remove(imageID int64) (old *Service, err error) {
 		}
 		return snap.replace(old, nil), nil
 	})
+	r.count(OpRemove, err == nil || KindOf(err) == KindStorage)
 	return old, err
 }
 
@@ -344,14 +373,22 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 		}
 		return snap.replace(old, old.withContainers(cs)), nil
 	})
+	r.count(OpPutContainer, err == nil || KindOf(err) == KindStorage)
 	return c, err
+}
+
+// count counts an applied change.
+func (r *Registry) count(op Op, applied bool) {
+	if applied {
+		r.ops[op].Add(1)
+	}
 }
 
 // PatchContainer changes the status and/or weight of one container. A
 // status set by the orchestrator starts the health-check streaks afresh, so
 // thresholds count only checks made after it.
 func (r *Registry) PatchContainer(imageID int64, containerID string, p ContainerPatch) (*Container, error) {
-	return r.patch(true, imageID, containerID, func(c *ContainerSpec) bool {
+	c, err := r.patch(true, imageID, containerID, func(c *ContainerSpec) bool {
 		if p.Status != nil {
 			c.Status = *p.Status
 		}
@@ -360,6 +397,8 @@ func (r *Registry) PatchContainer(imageID int64, containerID string, p Container
 		}
 		return true
 	})
+	r.count(OpPatchContainer, err == nil || KindOf(err) == KindStorage)
+	return c, err
 }
 
 // CompareAndSwapStatus sets a container's status to to if it is from, and
@@ -426,6 +465,7 @@ func (r *Registry) RemoveContainer(imageID int64, containerID string) (removed *
 		cs := slices.Delete(slices.Clone(old.Containers), i, i+1)
 		return snap.replace(old, old.withContainers(cs)), nil
 	})
+	r.count(OpRemoveContainer, err == nil || KindOf(err) == KindStorage)
 	return removed, err
 }
 

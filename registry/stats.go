@@ -80,6 +80,8 @@ type ContainerStats struct {
 
 	// consecutive results of active health checks
 	passes, fails atomic.Int64
+	// ChecksPassed and ChecksFailed count active health checks by result.
+	ChecksPassed, ChecksFailed atomic.Int64
 
 	mu              sync.Mutex
 	lastHealthCheck time.Time
@@ -92,9 +94,11 @@ type ContainerStats struct {
 // number of consecutive passes and failures, one of which is zero.
 func (c *ContainerStats) RecordCheck(pass bool) (passes, fails int64) {
 	if pass {
+		c.ChecksPassed.Add(1)
 		c.fails.Store(0)
 		return c.passes.Add(1), 0
 	}
+	c.ChecksFailed.Add(1)
 	c.passes.Store(0)
 	return 0, c.fails.Add(1)
 }

@@ -1,0 +1,133 @@
+package imagelb
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+// metrics exports the registry's own counters to Prometheus when scraped.
+// Nothing is counted twice and the request path pays nothing for it: the
+// figures are the atomics the registry keeps anyway, read at scrape time
+// from the current snapshot, so a removed container's series vanish with it.
+// It is registered into each config's metrics registry (Caddy makes a new
+// one per load), so the series appear on the admin /metrics and wherever
+// the user's metrics handler is.
+var metrics = newCollector()
+
+type collector struct {
+	requests, failures, inFlight, duration                              *prometheus.Desc
+	ctrRequests, ctrFailures, ctrInFlight, ctrDuration, healthy, checks *prometheus.Desc
+	operations, services, containers                                    *prometheus.Desc
+}
+
+func newCollector() *collector {
+	img := []string{"image_id"}
+	ctr := []string{"image_id", "container_id"}
+	d := prometheus.NewDesc
+	return &collector{
+		requests:    d("imagelb_requests_total", "Client requests proxied for an image, by status class (none: no response).", append(img, "code"), nil),
+		failures:    d("imagelb_request_failures_total", "Client requests for an image answered with a 5xx or not at all.", img, nil),
+		inFlight:    d("imagelb_requests_in_flight", "Client requests for an image not finished yet.", img, nil),
+		duration:    d("imagelb_request_duration_seconds", "Duration of client requests for an image, retries included.", img, nil),
+		ctrRequests: d("imagelb_container_requests_total", "Attempts sent to a container, by status class (none: no response).", append(ctr, "code"), nil),
+		ctrFailures: d("imagelb_container_failures_total", "Attempts sent to a container that failed (no response, or a 5xx).", ctr, nil),
+		ctrInFlight: d("imagelb_container_requests_in_flight", "Attempts in flight at a container.", ctr, nil),
+		ctrDuration: d("imagelb_container_request_duration_seconds", "Duration of attempts sent to a container.", ctr, nil),
+		healthy:     d("imagelb_container_healthy", "1 if the container's status is healthy, else 0.", ctr, nil),
+		checks:      d("imagelb_health_checks_total", "Active health checks of a container, by result (pass, fail).", append(ctr, "result"), nil),
+		operations:  d("imagelb_registry_operations_total", "Changes applied to the registry, by operation (register, remove, put_container, patch_container, remove_container).", []string{"operation"}, nil),
+		services:    d("imagelb_services", "Services registered.", nil, nil),
+		containers:  d("imagelb_containers", "Containers registered, by status.", []string{"status"}, nil),
+	}
+}
+
+// Describe sends the descriptors of every metric.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
+		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers} {
+		ch <- d
+	}
+}
+
+// classNames labels the status classes of registry.Counters.Classes.
+var classNames = [6]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// bucketStep thins the registry's fine buckets (19% apart) to the
+// Prometheus histogram's (about 2.8x apart), which is exact: the counts are
+// cumulative at each exported bound.
+const bucketStep = 6
+
+// Collect reads the current registry.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	reg := currentRegistry()
+	if reg == nil {
+		return
+	}
+	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
+	byStatus := map[registry.Status]int{}
+	svcs := reg.Services()
+	for _, s := range svcs {
+		id := strconv.FormatInt(s.ImageID, 10)
+		c.counters(ch, c.requests, c.failures, c.inFlight, c.duration, &s.State.Counters, id)
+		for _, ctr := range s.Containers {
+			byStatus[ctr.Status]++
+			st := ctr.Stats
+			c.counters(ch, c.ctrRequests, c.ctrFailures, c.ctrInFlight, c.ctrDuration, &st.Counters, id, ctr.ContainerID)
+			healthy := 0.0
+			if ctr.Status == registry.StatusHealthy {
+				healthy = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.healthy, gauge, healthy, id, ctr.ContainerID)
+			ch <- prometheus.MustNewConstMetric(c.checks, counter, float64(st.ChecksPassed.Load()), id, ctr.ContainerID, "pass")
+			ch <- prometheus.MustNewConstMetric(c.checks, counter, float64(st.ChecksFailed.Load()), id, ctr.ContainerID, "fail")
+		}
+	}
+	for op, n := range reg.Operations() {
+		ch <- prometheus.MustNewConstMetric(c.operations, counter, float64(n), op.String())
+	}
+	ch <- prometheus.MustNewConstMetric(c.services, gauge, float64(len(svcs)))
+	for _, st := range []registry.Status{registry.StatusHealthy, registry.StatusUnhealthy, registry.StatusStarting, registry.StatusDraining} {
+		ch <- prometheus.MustNewConstMetric(c.containers, gauge, float64(byStatus[st]), string(st))
+	}
+}
+
+// counters sends the request counters of a service or a container.
+func (c *collector) counters(ch chan<- prometheus.Metric, requests, failures, inFlight, duration *prometheus.Desc,
+	k *registry.Counters, labels ...string) {
+	for class := range k.Classes {
+		if n := k.Classes[class].Load(); n > 0 {
+			ch <- prometheus.MustNewConstMetric(requests, prometheus.CounterValue, float64(n), append(labels, classNames[class])...)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(failures, prometheus.CounterValue, float64(k.Failures.Load()), labels...)
+	ch <- prometheus.MustNewConstMetric(inFlight, prometheus.GaugeValue, float64(k.InFlight.Load()), labels...)
+	counts, sum := k.Latency.Snapshot()
+	buckets := make(map[float64]uint64, registry.NumBuckets/bucketStep+1)
+	var cumulative, total uint64
+	for i, n := range counts {
+		cumulative += n
+		if i%bucketStep == bucketStep-1 && i < registry.NumBuckets-1 {
+			buckets[registry.BucketBound(i).Seconds()] = cumulative
+		}
+	}
+	total = cumulative
+	ch <- prometheus.MustNewConstHistogram(duration, total, sum.Seconds(), buckets, labels...)
+}
+
+// registerMetrics adds the collector to a config's metrics registry.
+func registerMetrics(r *prometheus.Registry) error {
+	if r == nil {
+		return nil
+	}
+	err := r.Register(metrics)
+	if _, already := err.(prometheus.AlreadyRegisteredError); already {
+		return nil
+	}
+	return err
+}
+
+// Interface guards
+var _ prometheus.Collector = (*collector)(nil)

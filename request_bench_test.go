@@ -1,0 +1,64 @@
+package imagelb
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+// BenchmarkStatsCost puts the cost of the statistics on the request path
+// (counting a request for its image and its attempt for a container, with
+// latency histograms and the last-minute window) next to the cost of a whole
+// proxied request through Caddy, measured in the same run, and reports the
+// share. Metrics cost nothing per request: they are read at scrape time.
+func BenchmarkStatsCost(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts Caddy")
+	}
+	port := freePort(b)
+	tester := caddytest.NewTester(b)
+	tester.InitServer(siteConfig(port, "health_interval 1h\n\t\tpersist off"), "caddyfile")
+	be := newBackend(b, "a")
+	register(b, adminURL+"/imagelb", 140, "", container("a", be), container("b", be))
+	url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/140/", port)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+
+	reg := registry.New(registry.Options{})
+	svc, err := reg.Register(registry.ServiceSpec{ImageID: 1, ImageName: "x",
+		Containers: []registry.ContainerSpec{{ContainerID: "a", Host: "127.0.0.1", Port: 1, Status: registry.StatusHealthy, Weight: 1}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctr := svc.Containers[0]
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		resp, err := hc.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	proxied := time.Since(start)
+	b.StopTimer()
+
+	start = time.Now()
+	for i := 0; i < b.N; i++ {
+		q := newRequest(svc, nil)
+		q.begin(ctr)
+		q.finish(200, false, false)
+	}
+	accounting := time.Since(start)
+
+	b.ReportMetric(float64(accounting.Nanoseconds())/float64(b.N), "stats-ns/req")
+	b.ReportMetric(100*accounting.Seconds()/proxied.Seconds(), "stats-%")
+}
