@@ -172,16 +172,9 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
 // serveProxy serves /api/v1/proxy/{image_id}/{path...}: the container gets
 // /{path...} with the query string unchanged.
 func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	rest := strings.TrimPrefix(r.URL.EscapedPath(), proxyPrefix)
-	rest = strings.TrimPrefix(rest, "/")
-	idRaw, tail, _ := strings.Cut(rest, "/")
-	if idRaw == "" {
-		admin.WriteError(w, http.StatusNotFound, "missing image_id: use /api/v1/proxy/{image_id}/{path}")
-		return nil
-	}
-	id, err := registry.ParseImageID(idRaw)
-	if err != nil {
-		admin.WriteError(w, http.StatusUnprocessableEntity, fmt.Sprintf("image_id must be a positive integer, got %q", idRaw))
+	id, target, status, detail := parseProxyPath(r.URL.EscapedPath())
+	if status != 0 {
+		admin.WriteError(w, status, detail)
 		return nil
 	}
 	svc := h.reg.Lookup(id)
@@ -190,13 +183,35 @@ func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyh
 		return nil
 	}
 	u := *r.URL
-	u.RawPath = "/" + tail
-	u.Path, err = url.PathUnescape(u.RawPath)
-	if err != nil {
-		admin.WriteError(w, http.StatusBadRequest, fmt.Sprintf("malformed path: %v", err))
-		return nil
-	}
+	u.RawPath = target
+	u.Path, _ = url.PathUnescape(target) // parseProxyPath checked it
 	return h.proxy(w, r, next, svc, &u)
+}
+
+// parseProxyPath splits the escaped path of a proxy request,
+// /api/v1/proxy/{image_id}[/{path...}], into the image id and the escaped
+// path the container gets ("/" at least). The image id is the first
+// segment exactly as sent: an encoded slash or a dot segment in it is no
+// id, so no path can reach another image than the one it names. A non-zero
+// status is the error to answer with.
+func parseProxyPath(escaped string) (id int64, target string, status int, detail string) {
+	rest, ok := strings.CutPrefix(escaped, proxyPrefix)
+	if !ok || (rest != "" && rest[0] != '/') {
+		return 0, "", http.StatusNotFound, "not a proxy path: use /api/v1/proxy/{image_id}/{path}"
+	}
+	idRaw, tail, _ := strings.Cut(strings.TrimPrefix(rest, "/"), "/")
+	if idRaw == "" {
+		return 0, "", http.StatusNotFound, "missing image_id: use /api/v1/proxy/{image_id}/{path}"
+	}
+	id, err := registry.ParseImageID(idRaw)
+	if err != nil {
+		return 0, "", http.StatusUnprocessableEntity, fmt.Sprintf("image_id must be a positive integer, got %q", idRaw)
+	}
+	target = "/" + tail
+	if _, err := url.PathUnescape(target); err != nil {
+		return 0, "", http.StatusBadRequest, fmt.Sprintf("malformed path: %v", err)
+	}
+	return id, target, 0, ""
 }
 
 // proxy sends the request to one of the service's containers through the
