@@ -49,6 +49,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		default_host    <host>
 //		max_body        <size>
 //		max_containers  <n>
+//		allowed_upstreams <cidr|ip|hostname>...
 //		persist         on|off
 //		state_file      <path>
 //		on_corrupt_state refuse|start_empty
@@ -72,13 +73,22 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if opt != "service" {
+		if opt != "service" && opt != "allowed_upstreams" {
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
 			seen[opt] = true
 		}
 		switch opt {
+		case "allowed_upstreams":
+			rules := d.RemainingArgs()
+			if len(rules) == 0 {
+				return d.ArgErr()
+			}
+			if _, err := registry.NewGuard(rules); err != nil {
+				return d.Err(err.Error())
+			}
+			a.AllowedUpstreams = append(a.AllowedUpstreams, rules...)
 		case "health_interval", "health_timeout", "timeout", "fail_duration":
 			v, err := singleArg(d)
 			if err != nil {

@@ -91,6 +91,14 @@ type App struct {
 	PortRange string `json:"port_range,omitempty"`
 	// The host of containers registered without one. Default: 127.0.0.1.
 	DefaultHost string `json:"default_host,omitempty"`
+	// The hosts containers may be registered with: CIDRs ("10.0.0.0/8"), IP
+	// addresses, and hostnames ("db.internal", "*.svc.cluster.local"). A
+	// hostname that is not listed is resolved at registration and every
+	// address it has must fall in a listed CIDR. Link-local and cloud
+	// metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254) are
+	// refused unless a range at least as specific is listed. Default: any
+	// host but those.
+	AllowedUpstreams []string `json:"allowed_upstreams,omitempty"`
 	// The largest management request body in bytes. Default: 1048576 (1 MiB).
 	MaxBody int64 `json:"max_body,omitempty"`
 	// The most containers one service may have. Default: 1000.
@@ -343,7 +351,11 @@ func (a *App) registryOptions() (registry.Options, error) {
 	if !ok {
 		return registry.Options{}, fmt.Errorf("algorithm %q: use round_robin or least_connections (alias least_conn)", a.Algorithm)
 	}
-	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers}
+	guard, err := registry.NewGuard(a.AllowedUpstreams)
+	if err != nil {
+		return registry.Options{}, err
+	}
+	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers, Guard: guard}
 	if a.DefaultHost != "" {
 		if msg := registry.CheckHost(a.DefaultHost); msg != "" {
 			return opts, fmt.Errorf("default_host: %s", msg)

@@ -74,6 +74,17 @@ func TestCaddyfileInvalid(t *testing.T) {
 			line:    3,
 		},
 		{
+			name: "bad allowed_upstreams",
+			src: `{
+	imagelb {
+		allowed_upstreams 10.0.0.0/33
+	}
+}
+`,
+			wantErr: "not a CIDR",
+			line:    3,
+		},
+		{
 			name: "unknown algorithm",
 			src: `{
 	imagelb {

@@ -37,6 +37,9 @@ type Options struct {
 	PortLo, PortHi int
 	// MaxContainers caps the containers of one service; 0 means no cap.
 	MaxContainers int
+	// Guard decides which hosts containers may have; nil refuses only
+	// the link-local and metadata ranges.
+	Guard *Guard
 }
 
 // Registry is the image-keyed registry. Reads (Lookup, ByPort) are lock-free;
@@ -198,6 +201,9 @@ func (r *Registry) update(wait bool, change func(snap *snapshot) (*snapshot, err
 // Containers that stay (same container_id) keep their counters; containers
 // that leave finish the requests they have in flight.
 func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
+	if err := r.checkHosts(spec.Containers...); err != nil {
+		return nil, err
+	}
 	err = r.update(true, func(snap *snapshot) (next *snapshot, err error) {
 		next, svc, err = r.register(snap, spec)
 		return next, err
@@ -349,6 +355,9 @@ func (r *Registry) Remove(imageID int64) (old *Service, err error) {
 
 // PutContainer adds or replaces one container of a service.
 func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container, err error) {
+	if err := r.checkHosts(spec); err != nil {
+		return nil, err
+	}
 	err = r.update(true, func(snap *snapshot) (*snapshot, error) {
 		old := snap.lookup(imageID)
 		if old == nil {
@@ -375,6 +384,30 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 	})
 	r.count(OpPutContainer, err == nil || KindOf(err) == KindStorage)
 	return c, err
+}
+
+// checkHosts applies the upstream guard to the containers' hosts (the
+// default host for those without one). It runs outside the writers' lock:
+// checking a hostname may mean a DNS lookup.
+func (r *Registry) checkHosts(cs ...ContainerSpec) error {
+	r.mu.Lock()
+	guard, defaultHost := r.opts.Guard, r.opts.DefaultHost
+	r.mu.Unlock()
+	checked := map[string]bool{}
+	for _, c := range cs {
+		host := c.Host
+		if host == "" {
+			host = defaultHost
+		}
+		if checked[host] {
+			continue
+		}
+		checked[host] = true
+		if err := guard.Check(host); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // count counts an applied change.
@@ -476,6 +509,11 @@ func (r *Registry) RemoveContainer(imageID int64, containerID string) (removed *
 // readers see either the registry before or the one after, nothing between.
 // It does not wait for the store: the configuration is applied again at start.
 func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
+	for _, spec := range specs {
+		if err := r.checkHosts(spec.Containers...); err != nil {
+			return fmt.Errorf("static service %d: %w", spec.ImageID, err)
+		}
+	}
 	return r.update(false, func(before *snapshot) (*snapshot, error) {
 		next := before
 		keep := make(map[int64]bool, len(specs))
