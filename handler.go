@@ -35,6 +35,10 @@ const (
 	proxyPrefix = "/api/v1/proxy"
 )
 
+// keepIdlePerHost is how many idle connections the handler keeps to each
+// container.
+const keepIdlePerHost = 1024
+
 // Management API modes of the handler.
 const (
 	APIOn       = "on"
@@ -93,6 +97,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	transport := &reverseproxy.HTTPTransport{
 		ResponseHeaderTimeout: caddy.Duration(h.app.timeout),
 		DialTimeout:           caddy.Duration(min(h.app.timeout, 5*time.Second)),
+		// Caddy keeps 32 idle connections per upstream by default, so
+		// past 32 concurrent requests per container every response
+		// closes a connection and the next request dials a new one
+		// (bench/results: the collapse at 256 connections). Keep as many
+		// as the traffic needs.
+		KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: keepIdlePerHost},
 	}
 	h.rp = &reverseproxy.Handler{
 		TransportRaw:     caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),

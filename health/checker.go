@@ -58,7 +58,8 @@ func Running() int64 { return running.Load() }
 type Checker struct {
 	reg         *registry.Registry
 	client      *http.Client
-	transitions sync.Mutex // orders status changes and their announcements
+	transitions sync.Mutex    // orders status changes and their announcements
+	ejections   atomic.Uint64 // numbers passive ejections
 
 	mu       sync.Mutex
 	cfg      Config
@@ -369,6 +370,7 @@ func (c *Checker) apply(cfg Config, t target, errText string) (before, after reg
 		return t.c.Status, t.c.Status // removed or replaced meanwhile
 	}
 	cur.Stats.SetHealth(time.Now(), errText)
+	cur.Stats.PassiveEjection.Store(0) // an active check has the last word now
 	passes, fails := cur.Stats.RecordCheck(errText == "")
 	before = cur.Status
 	switch {
@@ -391,8 +393,10 @@ func (c *Checker) apply(cfg Config, t target, errText string) (before, after reg
 
 // PassiveFailure counts a failed attempt to reach a container while
 // proxying (a connection failure or a timeout); past MaxFails within
-// FailDuration the container is made unhealthy at once, until enough
-// active checks pass again.
+// FailDuration the container is made unhealthy at once. It comes back
+// after FailDuration (as with Caddy's passive checks and Envoy's ejection
+// time), or sooner when enough active checks pass; an active check that
+// fails meanwhile keeps it out.
 func (c *Checker) PassiveFailure(imageID int64, ctr *registry.Container) {
 	cfg, _, _ := c.settings()
 	if cfg.MaxFails <= 0 {
@@ -403,18 +407,29 @@ func (c *Checker) PassiveFailure(imageID int64, ctr *registry.Container) {
 		return
 	}
 	ctr.Stats.ResetChecks()
-	c.transition(imageID, ctr.ContainerID, registry.StatusHealthy, registry.StatusUnhealthy,
-		fmt.Sprintf("passive: %d failed attempts within %s", n, cfg.FailDuration))
+	if !c.transition(imageID, ctr.ContainerID, registry.StatusHealthy, registry.StatusUnhealthy,
+		fmt.Sprintf("passive: %d failed attempts within %s", n, cfg.FailDuration)) {
+		return
+	}
+	token := c.ejections.Add(1)
+	ctr.Stats.PassiveEjection.Store(token)
+	time.AfterFunc(cfg.FailDuration, func() {
+		// only if nothing has judged the container since
+		if ctr.Stats.PassiveEjection.CompareAndSwap(token, 0) {
+			c.transition(imageID, ctr.ContainerID, registry.StatusUnhealthy, registry.StatusHealthy,
+				fmt.Sprintf("passive: ejection of %s over", cfg.FailDuration))
+		}
+	})
 }
 
 // transition changes a status with a compare-and-swap, so that each change
 // is logged and announced exactly once however many checks race; changes
 // are announced in the order they were made.
-func (c *Checker) transition(imageID int64, containerID string, from, to registry.Status, reason string) {
+func (c *Checker) transition(imageID int64, containerID string, from, to registry.Status, reason string) bool {
 	c.transitions.Lock()
 	defer c.transitions.Unlock()
 	if !c.reg.CompareAndSwapStatus(imageID, containerID, from, to) {
-		return
+		return false
 	}
 	c.mu.Lock()
 	onChange, logger := c.onChange, c.logger
@@ -426,4 +441,5 @@ func (c *Checker) transition(imageID int64, containerID string, from, to registr
 	if onChange != nil {
 		onChange(Change{ImageID: imageID, ContainerID: containerID, From: from, To: to, Reason: reason})
 	}
+	return true
 }

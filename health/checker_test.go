@@ -1133,3 +1133,50 @@ func TestPassiveEjectionThenActiveRecovery(t *testing.T) {
 		})
 	}
 }
+
+// TestPassiveEjectionExpires: a passively ejected container comes back by
+// itself after FailDuration, unless an active check judged it meanwhile.
+func TestPassiveEjectionExpires(t *testing.T) {
+	t.Run("expires", func(t *testing.T) {
+		reg := registry.New(registry.Options{})
+		register(t, reg, 1, ctrAt("c", 1, registry.StatusHealthy))
+		c, rec, _ := newChecker(t, reg, Config{MaxFails: 1, FailDuration: 50 * time.Millisecond})
+		c.PassiveFailure(1, container(t, reg, 1, "c"))
+		if got := statusOf(t, reg, 1, "c"); got != registry.StatusUnhealthy {
+			t.Fatalf("status %s after a passive failure", got)
+		}
+		eventually(t, "the ejection to expire", func() bool { return statusOf(t, reg, 1, "c") == registry.StatusHealthy })
+		if all := rec.all(); len(all) != 2 || !strings.Contains(all[1].Reason, "ejection of 50ms over") {
+			t.Fatalf("changes %+v", all)
+		}
+	})
+	t.Run("a failing active check keeps it out", func(t *testing.T) {
+		b := newBackend(t, 500)
+		reg := registry.New(registry.Options{})
+		register(t, reg, 1, ctrAt("c", b.port(), registry.StatusHealthy))
+		c, _, _ := newChecker(t, reg, Config{MaxFails: 1, FailDuration: time.Hour})
+		ctr := container(t, reg, 1, "c")
+		c.PassiveFailure(1, ctr)
+		if ctr.Stats.PassiveEjection.Load() == 0 {
+			t.Fatal("no ejection recorded")
+		}
+		checkNow(t, c, 1)
+		if ctr.Stats.PassiveEjection.Load() != 0 || statusOf(t, reg, 1, "c") != registry.StatusUnhealthy {
+			t.Fatal("a failing active check must cancel the ejection's expiry and keep the container out")
+		}
+	})
+	t.Run("the orchestrator's status cancels it", func(t *testing.T) {
+		reg := registry.New(registry.Options{})
+		register(t, reg, 1, ctrAt("c", 1, registry.StatusHealthy))
+		c, _, _ := newChecker(t, reg, Config{MaxFails: 1, FailDuration: time.Hour})
+		ctr := container(t, reg, 1, "c")
+		c.PassiveFailure(1, ctr)
+		st := registry.StatusUnhealthy
+		if _, err := reg.PatchContainer(1, "c", registry.ContainerPatch{Status: &st}); err != nil {
+			t.Fatal(err)
+		}
+		if ctr.Stats.PassiveEjection.Load() != 0 {
+			t.Fatal("a PATCHed status must cancel the ejection's expiry")
+		}
+	})
+}

@@ -431,6 +431,9 @@ func (r *Registry) PatchContainer(imageID int64, containerID string, p Container
 		return true
 	})
 	r.count(OpPatchContainer, err == nil || KindOf(err) == KindStorage)
+	if c != nil && p.Status != nil {
+		c.Stats.ResetChecks() // the orchestrator's word starts the judgement afresh
+	}
 	return c, err
 }
 

@@ -82,6 +82,9 @@ type ContainerStats struct {
 	passes, fails atomic.Int64
 	// ChecksPassed and ChecksFailed count active health checks by result.
 	ChecksPassed, ChecksFailed atomic.Int64
+	// PassiveEjection identifies the passive ejection in force (0: none),
+	// so that its expiry does not undo a later judgement.
+	PassiveEjection atomic.Uint64
 
 	mu              sync.Mutex
 	lastHealthCheck time.Time
@@ -103,11 +106,13 @@ func (c *ContainerStats) RecordCheck(pass bool) (passes, fails int64) {
 	return 0, c.fails.Add(1)
 }
 
-// ResetChecks forgets the consecutive check results, so that a container
-// ejected by passive checks needs fresh passing checks to come back.
+// ResetChecks forgets the consecutive check results and any passive
+// ejection in force: a new judgement (a passive ejection, a status set by the
+// orchestrator) starts afresh.
 func (c *ContainerStats) ResetChecks() {
 	c.passes.Store(0)
 	c.fails.Store(0)
+	c.PassiveEjection.Store(0)
 }
 
 // RecordPassiveFailure counts a failed attempt at time at and returns how

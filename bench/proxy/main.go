@@ -33,6 +33,8 @@ import (
 
 var (
 	quick    = flag.Bool("quick", false, "one round at 32 connections, fewer scale points")
+	conns    = flag.String("conns", "32,256", "connection counts to compare at")
+	noScale  = flag.Bool("no-scale", false, "skip the scale table")
 	rounds   = flag.Int("rounds", 3, "alternating rounds per comparison")
 	duration = flag.Duration("duration", 5*time.Second, "wrk duration per run")
 	out      = flag.String("out", "bench/results/proxy.md", "where the markdown table goes")
@@ -109,22 +111,31 @@ func run() error {
 
 	var report strings.Builder
 	fmt.Fprintf(&report, "# Proxy benchmark\n\n%s\n", machine())
-	conns := []int{32, 256}
-	if *quick {
-		conns = []int{32}
+	var counts []int
+	for _, f := range strings.Split(*conns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("-conns %q: %v", *conns, err)
+		}
+		counts = append(counts, n)
 	}
-	for _, c := range conns {
+	if *quick {
+		counts = counts[:1]
+	}
+	for _, c := range counts {
 		rows, err := e.compare(c)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(&report, "\n## %d connections (wrk -t1 -c%d -d%s, median of %d alternating rounds)\n\n%s", c, c, *duration, *rounds, table(rows))
 	}
-	scale, err := e.scale()
-	if err != nil {
-		return err
+	if !*noScale {
+		scale, err := e.scale()
+		if err != nil {
+			return err
+		}
+		report.WriteString(scale)
 	}
-	report.WriteString(scale)
 	fmt.Print(report.String())
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
 		return err
@@ -169,7 +180,10 @@ func (e *env) compare(conns int) ([]row, error) {
 	}
 	results := make(map[string][]result)
 	for r := 0; r < *rounds; r++ {
-		for _, t := range targets {
+		// rotate the order each round so that no target always runs
+		// right after the same neighbour
+		order := append(slices.Clone(targets[r%len(targets):]), targets[:r%len(targets)]...)
+		for _, t := range order {
 			pid := 0
 			if t.pid != nil {
 				pid = t.pid()
@@ -192,8 +206,8 @@ func (e *env) compare(conns int) ([]row, error) {
 // ports of the proxies under test
 var (
 	caddyStockPort, imagelbPort, dynamicPort, tunedPort, nginxPort, haproxyPort = freePort(), freePort(), freePort(), freePort(), freePort(), freePort()
-	adminPort                                                                    = freePort()
-	caddyPID, nginxPID, haproxyPID                                               int
+	adminPort                                                                   = freePort()
+	caddyPID, nginxPID, haproxyPID                                              int
 )
 
 func (e *env) targets() []target {
