@@ -91,18 +91,22 @@ func (q *request) finish(status int, failed, unreachable bool) {
 // reverse_proxy with "dynamic imagelb" on an ordinary site) to be settled
 // when the server is done with it: net/http cancels the request's context
 // after the handler chain returns. The final status is the one reverse_proxy
-// recorded in its status_code placeholder; no status means no response.
+// recorded in its status_code placeholder. Without one, the last attempt got
+// no response — but whether the container failed or the client went away
+// cannot be told from here, so it counts as failed in the statistics and is
+// not held against the container (retried attempts are: reverse_proxy
+// retries only after a transport failure).
 func (q *request) settleWhenDone(ctx context.Context) {
 	q.statusSrc, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	context.AfterFunc(ctx, func() {
-		status, failed, unreachable := http.StatusBadGateway, true, true
+		status, failed := 0, true
 		if q.statusSrc != nil {
 			if v, ok := q.statusSrc.Get("http.reverse_proxy.status_code"); ok {
 				if code, ok := v.(int); ok {
-					status, failed, unreachable = code, code >= 500, false
+					status, failed = code, code >= 500
 				}
 			}
 		}
-		q.finish(status, failed, unreachable)
+		q.finish(status, failed, false)
 	})
 }

@@ -153,6 +153,7 @@ type target struct {
 
 type result struct {
 	rps, p50, p99, cpuPer10k float64
+	errors                   bool // wrk saw non-2xx answers or socket errors
 }
 
 type row struct {
@@ -231,7 +232,7 @@ func (e *env) startCaddy() (func(), error) {
 	cfg := fmt.Sprintf(`{
 	admin localhost:%d
 	log default {
-		level ERROR
+		level WARN
 	}
 	imagelb {
 		persist off
@@ -270,6 +271,7 @@ http://127.0.0.1:%d {
 		return nil, err
 	}
 	cmd, err := e.startEnv([]string{"XDG_DATA_HOME=" + e.dir, "XDG_CONFIG_HOME=" + e.dir}, e.caddy, "run", "--config", path)
+
 	if err != nil {
 		return nil, err
 	}
@@ -496,8 +498,11 @@ func wrk(url string, conns, pid int, script string) (result, error) {
 			r.cpuPer10k = cpu / n * 10000
 		}
 	}
-	if bytes.Contains(out, []byte("Non-2xx")) || bytes.Contains(out, []byte("Socket errors")) {
-		log.Printf("warning: %s: %s", url, firstLines(out))
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "Non-2xx") || strings.Contains(line, "Socket errors") {
+			log.Printf("warning: %s: %s", url, strings.TrimSpace(line))
+			r.errors = true
+		}
 	}
 	return r, nil
 }
@@ -656,8 +661,10 @@ func (e *env) start(name string, args ...string) (*exec.Cmd, error) {
 func (e *env) startEnv(extraEnv []string, name string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), extraEnv...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	// keep what the programs say, to look into errors wrk reports
+	if logs, err := os.Create(filepath.Join(os.TempDir(), "imagelb-bench-"+filepath.Base(name)+".log")); err == nil {
+		cmd.Stdout, cmd.Stderr = logs, logs
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
