@@ -39,7 +39,7 @@ var (
 	duration = flag.Duration("duration", 5*time.Second, "wrk duration per run")
 	out      = flag.String("out", "bench/results/proxy.md", "where the markdown table goes")
 	backend  = flag.String("backend", "", "internal: serve as a backend on this address")
-	profile  = flag.String("profile", "", "write a CPU profile of imagelb under load to this file (and .alloc)")
+	noProf   = flag.Bool("no-profile", false, "skip the CPU and allocation profiles")
 )
 
 func main() {
@@ -128,6 +128,13 @@ func run() error {
 			return err
 		}
 		fmt.Fprintf(&report, "\n## %d connections (wrk -t1 -c%d -d%s, median of %d alternating rounds)\n\n%s", c, c, *duration, *rounds, table(rows))
+	}
+	if !*noProf {
+		prof, err := e.profiles()
+		if err != nil {
+			return err
+		}
+		report.WriteString(prof)
 	}
 	if !*noScale {
 		scale, err := e.scale()
@@ -342,6 +349,60 @@ backend be
 		return nil, err
 	}
 	return func() { stop(cmd) }, nil
+}
+
+// profiles takes CPU and allocation profiles of Caddy (from its admin
+// endpoint's /debug/pprof) while wrk loads the imagelb handler, and returns
+// the top entries; the profile files stay in the temp dir for go tool pprof.
+func (e *env) profiles() (string, error) {
+	stop, err := e.startCaddy()
+	if err != nil {
+		return "", err
+	}
+	defer stop()
+	dir := os.TempDir() // profiles are not committed; the tops below are
+	url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/1/", imagelbPort)
+	var b strings.Builder
+	b.WriteString("\n## Profiles of the imagelb handler under load (wrk -c256)\n\n")
+	for _, p := range []struct{ name, path, top string }{
+		{"cpu", "/debug/pprof/profile?seconds=4", "-top"},
+		{"allocs", "/debug/pprof/allocs", "-top"},
+	} {
+		done := make(chan error, 1)
+		go func() { _, err := wrk(url, 256, 0, ""); done <- err }()
+		time.Sleep(500 * time.Millisecond) // let the load ramp up before sampling
+		if p.name == "allocs" {
+			time.Sleep(3 * time.Second)
+		}
+		resp, err := http.Get(fmt.Sprintf("http://localhost:%d%s", adminPort, p.path))
+		if err != nil {
+			return "", err
+		}
+		file := filepath.Join(dir, "imagelb-"+p.name+".pprof")
+		f, err := os.Create(file)
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(f, resp.Body)
+		resp.Body.Close()
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+		if err := <-done; err != nil {
+			return "", err
+		}
+		args := []string{"tool", "pprof", p.top, "-nodecount=25"}
+		if p.name == "allocs" {
+			args = append(args, "-sample_index=alloc_space")
+		}
+		top, err := exec.Command("go", append(args, e.caddy, file)...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("pprof: %v\n%s", err, top)
+		}
+		fmt.Fprintf(&b, "### %s (%s; `go tool pprof %s %s`)\n\n```\n%s```\n\n", p.name, file, strings.Join(args[2:], " "), "caddy", top)
+	}
+	return b.String(), nil
 }
 
 // scale registers 1, 100, 10,000 and 100,000 images (2 containers each)
