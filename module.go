@@ -514,8 +514,13 @@ func (a *App) openRegistry(opts registry.Options) (*registryHolder, error) {
 	case err != nil:
 		return nil, fmt.Errorf("loading registry state from %s: %v", path, err)
 	case st != nil:
-		if err := reg.Restore(st); err != nil {
+		dropped, err := reg.Restore(st)
+		if err != nil {
 			return nil, fmt.Errorf("restoring registry state from %s: %v (move the file away to start empty)", path, err)
+		}
+		for _, d := range dropped {
+			a.logger.Warn("container left out of the restored registry: allowed_upstreams refuses it",
+				zap.String("state_file", path), zap.String("container", d))
 		}
 		a.logger.Info("registry restored", zap.String("state_file", path),
 			zap.Int("services", len(st.Services)), zap.Time("saved_at", st.SavedAt))

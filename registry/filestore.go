@@ -77,6 +77,12 @@ func (f *FileStore) Commit(st *State) error {
 // overwritten, and returns the new name.
 func (f *FileStore) SetAside() (string, error) {
 	aside := fmt.Sprintf("%s.corrupt-%s", f.Path, now().UTC().Format("20060102T150405Z"))
+	for i := 2; ; i++ { // never overwrite one set aside earlier
+		if _, err := os.Lstat(aside); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		aside = fmt.Sprintf("%s.corrupt-%s-%d", f.Path, now().UTC().Format("20060102T150405Z"), i)
+	}
 	return aside, os.Rename(f.Path, aside)
 }
 

@@ -87,12 +87,16 @@ func New(opts Options) *Registry {
 	r := &Registry{started: now()}
 	r.commits.cond = sync.NewCond(&r.commits.mu)
 	r.opts = opts.withDefaults()
+	r.snap.Store(emptySnapshot())
+	return r
+}
+
+func emptySnapshot() *snapshot {
 	s := &snapshot{ports: map[int]int64{}}
 	for i := range s.shards {
 		s.shards[i] = map[int64]*Service{}
 	}
-	r.snap.Store(s)
-	return r
+	return s
 }
 
 func (o Options) withDefaults() Options {

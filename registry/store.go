@@ -139,39 +139,77 @@ func (r *Registry) SetStore(store Store) {
 
 // Restore replaces the registry's content with a stored state (at start,
 // before any traffic). Statuses come back as last stored; the health
-// checker re-checks every container at once.
-func (r *Registry) Restore(st *State) error {
+// checker re-checks every container at once. The state is validated like a
+// registration; a container whose host the upstream guard now refuses (the
+// operator tightened allowed_upstreams) is left out and named in dropped,
+// so that it gets no traffic while the rest of the registry comes back.
+func (r *Registry) Restore(st *State) (dropped []string, err error) {
+	specs := make([]ServiceSpec, 0, len(st.Services))
+	for _, rec := range st.Services {
+		spec, err := rec.spec()
+		if err != nil {
+			return nil, fmt.Errorf("service %d: %v", rec.ImageID, err)
+		}
+		kept := spec.Containers[:0]
+		for _, c := range spec.Containers {
+			if err := r.checkHosts(c); err != nil {
+				dropped = append(dropped, fmt.Sprintf("service %d container %q: %v", rec.ImageID, c.ContainerID, err))
+				continue
+			}
+			kept = append(kept, c)
+		}
+		spec.Containers = kept
+		specs = append(specs, spec)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	next := r.snap.Load()
-	for _, rec := range st.Services {
-		spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: rec.Algorithm,
-			ExternalPort: rec.ExternalPort, Static: rec.Static}
-		for _, c := range rec.Containers {
-			if msg := CheckHost(c.Host); msg != "" {
-				return fmt.Errorf("service %d container %q: %s", rec.ImageID, c.ContainerID, msg)
-			}
-			if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight {
-				return fmt.Errorf("service %d container %q: invalid port, status or weight", rec.ImageID, c.ContainerID)
-			}
-			spec.Containers = append(spec.Containers, ContainerSpec{ContainerID: c.ContainerID, Name: c.Name,
-				Host: c.Host, Port: c.Port, Status: c.Status, Weight: c.Weight})
-		}
-		if _, ok := ParseAlgorithm(string(spec.Algorithm)); !ok {
-			return fmt.Errorf("service %d: unknown algorithm %q", rec.ImageID, spec.Algorithm)
-		}
+	next := emptySnapshot()
+	for _, spec := range specs {
 		var err error
 		if next, _, err = r.register(next, spec); err != nil {
-			return fmt.Errorf("service %d: %v", rec.ImageID, err)
+			return nil, fmt.Errorf("service %d: %v", spec.ImageID, err)
 		}
 	}
-	restored := *next
-	restored.version = st.Version
-	r.snap.Store(&restored)
+	next.version = st.Version
+	r.snap.Store(next)
 	r.commits.mu.Lock()
 	r.commits.durable = st.Version
 	r.commits.mu.Unlock()
-	return nil
+	return dropped, nil
+}
+
+// spec validates a stored service as strictly as a registration.
+func (rec ServiceRecord) spec() (ServiceSpec, error) {
+	alg, ok := ParseAlgorithm(string(rec.Algorithm))
+	if !ok {
+		return ServiceSpec{}, fmt.Errorf("unknown algorithm %q", rec.Algorithm)
+	}
+	if rec.ImageID <= 0 || rec.ImageName == "" || len(rec.ImageName) > MaxNameLength {
+		return ServiceSpec{}, fmt.Errorf("invalid image_id or image_name")
+	}
+	if rec.ExternalPort < 0 || rec.ExternalPort > 65535 {
+		return ServiceSpec{}, fmt.Errorf("invalid external_port %d", rec.ExternalPort)
+	}
+	spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: alg,
+		ExternalPort: rec.ExternalPort, Static: rec.Static}
+	seen := map[string]bool{}
+	for _, c := range rec.Containers {
+		switch {
+		case c.ContainerID == "" || len(c.ContainerID) > MaxIDLength || len(c.Name) > MaxNameLength:
+			return spec, fmt.Errorf("container %q: invalid container_id or name", c.ContainerID)
+		case seen[c.ContainerID]:
+			return spec, fmt.Errorf("container %q: duplicate container_id", c.ContainerID)
+		case CheckHost(c.Host) != "":
+			return spec, fmt.Errorf("container %q: %s", c.ContainerID, CheckHost(c.Host))
+		}
+		if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight {
+			return spec, fmt.Errorf("container %q: invalid port, status or weight", c.ContainerID)
+		}
+		seen[c.ContainerID] = true
+		spec.Containers = append(spec.Containers, ContainerSpec{ContainerID: c.ContainerID, Name: c.Name,
+			Host: c.Host, Port: c.Port, Status: c.Status, Weight: c.Weight})
+	}
+	return spec, nil
 }
 
 func sortRecords(rs []ServiceRecord) {
