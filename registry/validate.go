@@ -162,6 +162,10 @@ func DecodeContainer(imageID int64, containerID string, body []byte) (ContainerS
 	if firstByte(body) != '{' {
 		return ContainerSpec{}, invalid("request body must be a JSON object describing the container")
 	}
+	if !json.Valid(body) {
+		var v any
+		return ContainerSpec{}, jsonError(json.Unmarshal(body, &v)) // the same message as a registration's
+	}
 	if len(fe) > 0 {
 		return ContainerSpec{}, fe.err()
 	}
