@@ -283,3 +283,19 @@ func TestRegistryStats(t *testing.T) {
 		t.Fatalf("stats of nothing = %+v (services must be an empty list, not null)", empty)
 	}
 }
+
+// BenchmarkCounters is the per-request cost of the statistics: a request
+// counted for its service and an attempt for its container, with the
+// all-time histogram and the last-minute window.
+func BenchmarkCounters(b *testing.B) {
+	var svc, ctr Counters
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			svc.Begin()
+			ctr.Begin()
+			ctr.Finish(200, false, 700*time.Microsecond)
+			svc.Finish(200, false, 750*time.Microsecond)
+		}
+	})
+}
