@@ -207,54 +207,12 @@ func TestKilledBackendUnderLoad(t *testing.T) {
 	bs := []*healthBackend{newHealthBackend(t, "a"), newHealthBackend(t, "b"), newHealthBackend(t, "c")}
 	register(t, site+"/api/v1", 105, "", container("a", bs[0].backend), container("b", bs[1].backend), container("c", bs[2].backend))
 
-	var (
-		served  atomic.Int64
-		errs    = make(chan string, 100)
-		stop    = make(chan struct{})
-		wg      sync.WaitGroup
-		killed  = make(chan struct{})
-		hc      = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-		clients = 8
-	)
-	for i := 0; i < clients; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := hc.Get(site + "/api/v1/proxy/105/x")
-				if err != nil {
-					errs <- err.Error()
-					return
-				}
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errs <- fmt.Sprintf("status %d", resp.StatusCode)
-					return
-				}
-				served.Add(1)
-			}
-		}()
-	}
-	eventually(t, "load running", func() bool { return served.Load() >= 100 })
-	go func() {
-		bs[1].srv.Listener.Close()
-		bs[1].srv.CloseClientConnections()
-		close(killed)
-	}()
-	<-killed
-	after := served.Load()
-	eventually(t, "load after the kill", func() bool { return served.Load() >= after+500 })
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Error("client saw:", e)
-	}
+	l := startLoad(site+"/api/v1/proxy/105/x", 8, nil)
+	l.waitServed(t, "load running", 100)
+	bs[1].srv.Listener.Close()
+	bs[1].srv.CloseClientConnections()
+	l.waitServed(t, "load after the kill", 500)
+	l.finish(t)
 	if s, _ := containerStatus(t, 105, "b"); s != "unhealthy" {
 		t.Fatalf("killed container is %s", s)
 	}

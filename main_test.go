@@ -2,16 +2,19 @@ package imagelb
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -264,4 +267,72 @@ http://127.0.0.1:%d {
 	imagelb
 }
 `, global, port)
+}
+
+// load is a set of clients sending GETs to one URL in a loop until
+// finished: the concurrent load of the reload and failure tests.
+type load struct {
+	served  atomic.Int64 // answered 200
+	excused atomic.Int64 // failures that excuse said are not ours
+	errs    chan string
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startLoad starts clients; excuse, when not nil, is asked about each
+// transport error (with whether the connection was reused) and returns true
+// for those the test counts apart instead of failing on.
+func startLoad(url string, clients int, excuse func(err error, reused bool) bool) *load {
+	l := &load{errs: make(chan string, clients), stop: make(chan struct{})}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+	for i := 0; i < clients; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				var reused bool
+				trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
+				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, url, nil)
+				resp, err := hc.Do(req)
+				if err != nil {
+					if excuse != nil && excuse(err, reused) {
+						l.excused.Add(1)
+						continue
+					}
+					l.errs <- err.Error()
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					l.errs <- fmt.Sprintf("status %d", resp.StatusCode)
+					return
+				}
+				l.served.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+// waitServed waits until n more requests were answered.
+func (l *load) waitServed(t *testing.T, what string, n int64) {
+	t.Helper()
+	before := l.served.Load()
+	eventually(t, what, func() bool { return l.served.Load() >= before+n })
+}
+
+// finish stops the clients and fails the test on any error they saw.
+func (l *load) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	close(l.errs)
+	for e := range l.errs {
+		t.Error("client saw:", e)
+	}
 }

@@ -1,16 +1,11 @@
 package imagelb
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/http/httptrace"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 )
@@ -35,66 +30,23 @@ func TestReloadsUnderLoad(t *testing.T) {
 	register(t, site+"/api/v1", 110, "", container("a", a), container("b", b), map[string]any{"container_id": "c", "port": b.port})
 	mustDo(t, "PATCH", site+"/api/v1/services/110/containers/c", map[string]any{"status": "draining", "weight": 7}, 200, nil)
 
-	var (
-		served  atomic.Int64
-		dropped atomic.Int64 // fresh connections closed or reset by the old server going away
-		errs    = make(chan string, 64)
-		stop    = make(chan struct{})
-		wg      sync.WaitGroup
-		hc      = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
-	)
-	for i := 0; i < 8; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				var reused bool
-				trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
-				req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
-					http.MethodGet, site+"/api/v1/proxy/110/x", nil)
-				resp, err := hc.Do(req)
-				if err != nil {
-					if !reused && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
-						dropped.Add(1)
-						continue
-					}
-					errs <- err.Error()
-					return
-				}
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errs <- fmt.Sprintf("status %d", resp.StatusCode)
-					return
-				}
-				served.Add(1)
-			}
-		}()
-	}
+	l := startLoad(site+"/api/v1/proxy/110/x", 8, func(err error, reused bool) bool {
+		// fresh connections closed or reset by the old server going away
+		return !reused && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
+	})
 	for i := 0; i < 3; i++ {
-		before := served.Load()
-		eventually(t, "requests flowing", func() bool { return served.Load() >= before+100 })
+		l.waitServed(t, "requests flowing", 100)
 		startCaddyNoReset(t, siteConfig(port, fmt.Sprintf("health_interval %dh", i+2)))
 	}
-	before := served.Load()
-	eventually(t, "requests flowing after the last reload", func() bool { return served.Load() >= before+100 })
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Error("client saw:", e)
-	}
+	l.waitServed(t, "requests flowing after the last reload", 100)
+	l.finish(t)
 	migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
 	t.Logf("%d requests served across 3 reloads; %d fresh connections closed or reset by the old server going away "+
-		"(Caddy/Go/Linux, see above; net.ipv4.tcp_migrate_req=%s)", served.Load(), dropped.Load(), strings.TrimSpace(string(migrate)))
+		"(Caddy/Go/Linux, see above; net.ipv4.tcp_migrate_req=%s)", l.served.Load(), l.excused.Load(), strings.TrimSpace(string(migrate)))
 
 	st := getStats(t, 110).Services[0]
-	if st.TotalRequests != served.Load() || st.FailedRequests != 0 {
-		t.Fatalf("counters across reloads: %d requests counted, %d served", st.TotalRequests, served.Load())
+	if st.TotalRequests != l.served.Load() || st.FailedRequests != 0 {
+		t.Fatalf("counters across reloads: %d requests counted, %d served", st.TotalRequests, l.served.Load())
 	}
 	var svc struct {
 		Containers []struct {
