@@ -15,13 +15,13 @@ import (
 // a server fails, and the registry (services, pushed statuses, counters) is
 // the same object before and after.
 //
-// Two kinds of failure are Caddy's, Go's and Linux's, not ours, and are
-// counted apart: a connection the old server accepted whose request it reads
-// after its graceful shutdown began is closed unanswered (net/http
-// server.go, the shuttingDown check after readRequest): EOF on a fresh
-// connection; and a connection queued on the old SO_REUSEPORT socket when it
-// closes is reset unless net.ipv4.tcp_migrate_req=1. The README says how to
-// live with both.
+// Failures below the plugin are counted apart: connections reset because
+// they were queued on the old SO_REUSEPORT socket when it closed (unless
+// net.ipv4.tcp_migrate_req=1), and a few fresh connections closed unanswered
+// (EOF) before any handler runs, whose cause is still open (the durability
+// issue; the prime suspect is net/http's Server.Shutdown dropping a
+// connection whose first request it reads after shutdown began). The README
+// says how to live with both.
 func TestReloadsUnderLoad(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, siteConfig(port, "health_interval 1h"))
