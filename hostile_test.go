@@ -487,23 +487,7 @@ func TestOversizedAndHostileInput(t *testing.T) {
 	for mount, base := range mounts {
 		for _, tc := range cases {
 			t.Run(mount+"/"+tc.name, func(t *testing.T) {
-				var body any
-				if tc.body != "" {
-					body = tc.body
-				}
-				status, raw := do(t, tc.method, base+tc.path, body)
-				if status != tc.status {
-					t.Fatalf("status %d, want %d: %.300s", status, tc.status, raw)
-				}
-				var e struct {
-					Detail json.RawMessage `json:"detail"`
-				}
-				if err := json.Unmarshal(raw, &e); err != nil || len(e.Detail) == 0 {
-					t.Fatalf("answer has no JSON detail: %.300s", raw)
-				}
-				if !strings.Contains(string(e.Detail), tc.detail) {
-					t.Fatalf("detail %.300s does not mention %q", e.Detail, tc.detail)
-				}
+				wantError(t, tc.method, base+tc.path, tc.body, tc.status, tc.detail)
 			})
 		}
 	}

@@ -336,3 +336,26 @@ func (l *load) finish(t *testing.T) {
 		t.Error("client saw:", e)
 	}
 }
+
+// wantError sends a request and checks that the answer has the status and a
+// JSON detail mentioning detail.
+func wantError(t *testing.T, method, url, body string, status int, detail string) {
+	t.Helper()
+	var b any
+	if body != "" {
+		b = body
+	}
+	got, raw := do(t, method, url, b)
+	if got != status {
+		t.Fatalf("status %d, want %d: %.300s", got, status, raw)
+	}
+	var e struct {
+		Detail json.RawMessage `json:"detail"`
+	}
+	if err := json.Unmarshal(raw, &e); err != nil || len(e.Detail) == 0 {
+		t.Fatalf("answer has no JSON detail: %.300s", raw)
+	}
+	if !strings.Contains(string(e.Detail), detail) {
+		t.Fatalf("detail %.300s does not mention %q", e.Detail, detail)
+	}
+}
