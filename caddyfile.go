@@ -1,7 +1,10 @@
 package imagelb
 
 import (
+	"math"
 	"strconv"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -188,7 +191,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			size, err := humanize.ParseBytes(v)
-			if err != nil || size == 0 {
+			if err != nil || size == 0 || size > math.MaxInt64 {
 				return d.Errf("max_body %q: want a size such as 1MiB or 65536", v)
 			}
 			a.MaxBody = int64(size)
@@ -247,6 +250,9 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (StaticService, 
 			return s, d.Errf("service %d already specified", id)
 		}
 	}
+	if args[1] == "" || len(args[1]) > registry.MaxNameLength || hasControl(args[1]) {
+		return s, d.Errf("service image_name %q must be 1-%d characters without control characters", args[1], registry.MaxNameLength)
+	}
 	s.ImageID, s.ImageName = id, args[1]
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -294,6 +300,9 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 	if len(args) != 2 {
 		return c, d.Err("container needs an id and an address: container <container_id> <host:port>")
 	}
+	if args[0] == "" || len(args[0]) > registry.MaxIDLength || hasControl(args[0]) {
+		return c, d.Errf("container id %q must be 1-%d characters without control characters", args[0], registry.MaxIDLength)
+	}
 	c.ContainerID = args[0]
 	for _, p := range prev {
 		if p.ContainerID == c.ContainerID {
@@ -321,6 +330,9 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 			if err != nil {
 				return c, err
 			}
+			if len(v) > registry.MaxNameLength || hasControl(v) {
+				return c, d.Errf("container name %q must be at most %d characters without control characters", v, registry.MaxNameLength)
+			}
 			c.Name = v
 		case "weight":
 			n, err := intArg(d, 0, 1000)
@@ -342,6 +354,17 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 		}
 	}
 	return c, nil
+}
+
+// hasControl reports whether s has a control character or invalid UTF-8,
+// which the API refuses in every field too.
+func hasControl(s string) bool {
+	for _, r := range s {
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return true
+		}
+	}
+	return false
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -558,10 +559,14 @@ func durationOption(configured time.Duration, env string, def time.Duration) (ti
 // parseSeconds parses "30" as 30 seconds and anything else as a Caddy duration.
 func parseSeconds(v string) (time.Duration, error) {
 	if f, err := strconv.ParseFloat(v, 64); err == nil {
-		if f <= 0 {
+		ns := f * float64(time.Second)
+		switch {
+		case math.IsNaN(f) || ns < 1:
 			return 0, fmt.Errorf("must be positive")
+		case ns >= math.MaxInt64:
+			return 0, fmt.Errorf("too long")
 		}
-		return time.Duration(f * float64(time.Second)), nil
+		return time.Duration(ns), nil
 	}
 	d, err := caddy.ParseDuration(v)
 	if err == nil && d <= 0 {

@@ -155,7 +155,7 @@ func TestParseSeconds(t *testing.T) {
 			t.Errorf("parseSeconds(%q) = %s, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "0", "-1", "x", "10 s"} {
+	for _, in := range []string{"", "0", "-1", "x", "10 s", "1e300", "NaN", "Inf", "99999999999999999999999", "0.0000000001"} {
 		if _, err := parseSeconds(in); err == nil {
 			t.Errorf("parseSeconds(%q) should fail", in)
 		}
