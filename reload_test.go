@@ -17,11 +17,11 @@ import (
 //
 // Failures below the plugin are counted apart: connections reset because
 // they were queued on the old SO_REUSEPORT socket when it closed (unless
-// net.ipv4.tcp_migrate_req=1), and a few fresh connections closed unanswered
-// (EOF) before any handler runs, whose cause is still open (the durability
-// issue; the prime suspect is net/http's Server.Shutdown dropping a
-// connection whose first request it reads after shutdown began). The README
-// says how to live with both.
+// net.ipv4.tcp_migrate_req=1), and a few fresh connections the old server
+// accepted in the last milliseconds before the reload stopped it, whose
+// request it read after its graceful shutdown began and so dropped unanswered
+// (net/http server.go, the shuttingDown check after readRequest); stock
+// Caddy does the same. The README says how to live with both.
 func TestReloadsUnderLoad(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, siteConfig(port, "health_interval 1h"))
