@@ -112,6 +112,16 @@ func (l *handoffListener) await(conn net.Conn) {
 	conn.Close() // nobody serves this address any more
 }
 
+// pass gives a connection to a newer listener, or closes it if that one
+// closed meanwhile.
+func (l *handoffListener) pass(conn net.Conn, to *handoffListener) {
+	select {
+	case to.ready <- conn:
+	case <-to.closed:
+		conn.Close()
+	}
+}
+
 func newestHandoff(key string) *handoffListener {
 	handoffs.Lock()
 	defer handoffs.Unlock()
@@ -122,6 +132,11 @@ func newestHandoff(key string) *handoffListener {
 func (l *handoffListener) Accept() (net.Conn, error) {
 	select {
 	case conn := <-l.ready:
+		// a newer server may have come up while the connection waited
+		if newer := newestHandoff(l.key); newer != nil && newer != l {
+			go l.pass(conn, newer)
+			return l.Accept()
+		}
 		return conn, nil
 	case err := <-l.failed:
 		l.failed <- err // for later calls
