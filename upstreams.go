@@ -3,6 +3,7 @@ package imagelb
 import (
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -67,7 +68,7 @@ func (u *UpstreamSource) Validate() error {
 	if u.ImageID == "" {
 		return fmt.Errorf("image_id is required: dynamic imagelb <image_id>")
 	}
-	if !hasPlaceholder(u.ImageID) {
+	if !strings.ContainsRune(u.ImageID, '{') {
 		id, err := registry.ParseImageID(u.ImageID)
 		if err != nil {
 			return fmt.Errorf("image_id %q: must be a positive integer or a placeholder", u.ImageID)
@@ -145,15 +146,6 @@ func (u *UpstreamSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("unrecognized subdirective '%s': dynamic imagelb takes only an image_id", d.Val())
 	}
 	return nil
-}
-
-func hasPlaceholder(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '{' {
-			return true
-		}
-	}
-	return false
 }
 
 // Interface guards

@@ -239,7 +239,7 @@ func TestLeastConnections(t *testing.T) {
 				c[i].Stats.Begin()
 			}
 			for c[i].Stats.InFlight.Load() > int64(n) {
-				c[i].Stats.End(false, time.Millisecond)
+				c[i].Stats.Finish(0, false, time.Millisecond)
 			}
 		}
 	}

@@ -171,7 +171,7 @@ func TestRegisterReplacesAtomically(t *testing.T) {
 	a, b := v1.Container("a"), v1.Container("b")
 	a.Stats.Begin() // a request in flight on a container about to leave
 	b.Stats.Begin()
-	b.Stats.End(true, time.Millisecond)
+	b.Stats.Finish(0, true, time.Millisecond)
 	b.Stats.Begin()
 	v1.State.Begin()
 
@@ -206,7 +206,7 @@ func TestRegisterReplacesAtomically(t *testing.T) {
 	if got := ids(v1.Containers); !slices.Equal(got, []string{"a", "b"}) {
 		t.Fatalf("old version changed: %v", got)
 	}
-	a.Stats.End(false, time.Millisecond)
+	a.Stats.Finish(0, false, time.Millisecond)
 	if a.Stats.InFlight.Load() != 0 || a.Stats.Requests.Load() != 1 {
 		t.Fatal("departed container could not finish its request")
 	}
@@ -948,7 +948,7 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 					c.Stats.Begin()
 					// Another version may be published between Begin and End.
 					_ = r.Lookup(id)
-					c.Stats.End(failed, time.Duration(rng.IntN(1000))*time.Microsecond)
+					c.Stats.Finish(0, failed, time.Duration(rng.IntN(1000))*time.Microsecond)
 					ctl := ct[c.Stats]
 					if ctl == nil {
 						ctl = &tally{}
@@ -960,7 +960,7 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 					}
 					tried = append(tried, c.Stats)
 				}
-				svc.State.End(failed, time.Millisecond)
+				svc.State.Finish(0, failed, time.Millisecond)
 				stl := st[svc.State]
 				if stl == nil {
 					stl = &tally{}

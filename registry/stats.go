@@ -32,11 +32,6 @@ func (c *Counters) Begin() {
 	c.InFlight.Add(1)
 }
 
-// End finishes a request or attempt started with Begin, with no status.
-func (c *Counters) End(failed bool, d time.Duration) {
-	c.Finish(0, failed, d)
-}
-
 // Finish finishes a request or attempt started with Begin, which got the
 // given status (0: none).
 func (c *Counters) Finish(status int, failed bool, d time.Duration) {

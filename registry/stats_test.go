@@ -137,15 +137,15 @@ func TestCountersBeginEnd(t *testing.T) {
 		c.Begin()
 		c.Begin()
 		c.Begin()
-		c.End(false, time.Millisecond)
-		c.End(true, 3*time.Millisecond)
+		c.Finish(0, false, time.Millisecond)
+		c.Finish(0, true, 3*time.Millisecond)
 		if r, f, n := c.Requests.Load(), c.Failures.Load(), c.InFlight.Load(); r != 3 || f != 1 || n != 1 {
 			t.Fatalf("requests/failures/in flight = %d/%d/%d, want 3/1/1", r, f, n)
 		}
 		if q, ok := c.Latency.Quantiles(1); !ok || q[0] < 3 || q[0] > 3*bucketGrowth {
 			t.Fatalf("latency max = %v", q)
 		}
-		c.End(false, time.Millisecond)
+		c.Finish(0, false, time.Millisecond)
 		if c.InFlight.Load() != 0 || c.Requests.Load() != 3 {
 			t.Fatal("End changed the request count or left one in flight")
 		}
@@ -154,7 +154,7 @@ func TestCountersBeginEnd(t *testing.T) {
 		var s ServiceState
 		s.Begin()
 		s.Begin()
-		s.End(true, time.Millisecond)
+		s.Finish(0, true, time.Millisecond)
 		if r, f, n := s.Requests.Load(), s.Failures.Load(), s.InFlight.Load(); r != 2 || f != 1 || n != 1 {
 			t.Fatalf("requests/failures/in flight = %d/%d/%d, want 2/1/1", r, f, n)
 		}
@@ -167,7 +167,7 @@ func TestCountersBeginEnd(t *testing.T) {
 			wg.Go(func() {
 				for i := 0; i < each; i++ {
 					c.Begin()
-					c.End(i%4 == 0, time.Duration(i)*time.Microsecond)
+					c.Finish(0, i%4 == 0, time.Duration(i)*time.Microsecond)
 				}
 			})
 		}
@@ -203,8 +203,8 @@ func TestRegistryStats(t *testing.T) {
 		svc.State.Begin()
 		c.Stats.Begin()
 		if finish {
-			c.Stats.End(failed, 4*time.Millisecond)
-			svc.State.End(failed, 5*time.Millisecond)
+			c.Stats.Finish(0, failed, 4*time.Millisecond)
+			svc.State.Finish(0, failed, 5*time.Millisecond)
 		}
 	}
 	a, b, c := one.Container("a"), one.Container("b"), two.Container("c")

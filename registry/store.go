@@ -119,8 +119,7 @@ func (s *snapshot) state() *State {
 			rec := ServiceRecord{ImageID: svc.ImageID, ImageName: svc.ImageName, Algorithm: svc.Algorithm,
 				ExternalPort: svc.ExternalPort, Static: svc.Static, Containers: make([]ContainerRecord, len(svc.Containers))}
 			for i, c := range svc.Containers {
-				rec.Containers[i] = ContainerRecord{ContainerID: c.ContainerID, Name: c.Name, Host: c.Host,
-					Port: c.Port, Status: c.Status, Weight: c.Weight}
+				rec.Containers[i] = ContainerRecord(c.ContainerSpec)
 			}
 			st.Services = append(st.Services, rec)
 		}
@@ -206,8 +205,7 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 			return spec, fmt.Errorf("container %q: invalid port, status or weight", c.ContainerID)
 		}
 		seen[c.ContainerID] = true
-		spec.Containers = append(spec.Containers, ContainerSpec{ContainerID: c.ContainerID, Name: c.Name,
-			Host: c.Host, Port: c.Port, Status: c.Status, Weight: c.Weight})
+		spec.Containers = append(spec.Containers, ContainerSpec(c))
 	}
 	return spec, nil
 }

@@ -158,7 +158,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	// Counters and health history are runtime state: not stored.
 	b := r.Lookup(1).Container("b").Stats
 	b.Begin()
-	b.End(true, time.Millisecond)
+	b.Finish(0, true, time.Millisecond)
 	b.SetHealth(time.Now(), "connection refused")
 	// An acknowledged change makes everything above durable.
 	if _, err := r.PutContainer(5, ctr("x", 1)); KindOf(err) != KindNotFound {

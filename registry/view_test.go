@@ -15,7 +15,7 @@ func TestServiceViewJSON(t *testing.T) {
 	a := svc.Container("a")
 	a.Stats.Begin()
 	a.Stats.Begin()
-	a.Stats.End(true, time.Millisecond)
+	a.Stats.Finish(0, true, time.Millisecond)
 	svc.State.Begin()
 
 	// No health check yet, no port: nulls.
