@@ -2,8 +2,11 @@ package imagelb
 
 import (
 	"errors"
+	"io"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,16 +22,26 @@ func init() {
 // then shuts the old one down gracefully; Go's http.Server drops, unanswered,
 // a connection whose first request it reads after its shutdown began, so
 // connections the old server accepted in the last milliseconds are lost.
-// This wrapper hands a connection to a server only once the client's first
-// bytes have arrived, and to the newest server listening on the address at
-// that moment: the old server gets only connections it can answer at once,
-// and everything that arrives later goes to the new one.
 //
-//	servers {
-//		listener_wrappers {
-//			imagelb_handoff
-//		}
-//	}
+// This wrapper closes that window in three steps:
+//
+//   - it hands a connection to a server only once the client's first bytes
+//     have arrived, and to the newest server listening on the address;
+//
+//   - when the old server reads a connection's first bytes after a newer
+//     server came up, the read returns end-of-file to the old server and
+//     the connection, bytes and all, goes to the newer one;
+//
+//   - a new server's listener is ready only once every connection whose first
+//     bytes the old server already read has moved on (its next read once
+//     those bytes are used up, a write or a close), that is, past the point
+//     where the old server would drop it.
+//
+//     servers {
+//     listener_wrappers {
+//     imagelb_handoff
+//     }
+//     }
 //
 // Put it first when other wrappers (tls, proxy_protocol) are listed.
 type Handoff struct {
@@ -36,6 +49,11 @@ type Handoff struct {
 	// Default: 10s.
 	FirstByteTimeout caddy.Duration `json:"first_byte_timeout,omitempty"`
 }
+
+// settleLimit bounds how long a new listener waits for the old server's
+// connections to move past their first request: a handler that neither
+// reads nor writes for this long is certainly running.
+const settleLimit = 250 * time.Millisecond
 
 // CaddyModule returns the Caddy module information.
 func (Handoff) CaddyModule() caddy.ModuleInfo {
@@ -45,11 +63,13 @@ func (Handoff) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// handoffs maps a listen address to its newest wrapped listener.
+// handoffs maps a listen address to its open wrapped listeners, oldest
+// first. A failed reload closes the newest, and the one before it is the
+// newest again.
 var handoffs = struct {
 	sync.Mutex
-	newest map[string]*handoffListener
-}{newest: map[string]*handoffListener{}}
+	open map[string][]*handoffListener
+}{open: map[string][]*handoffListener{}}
 
 // WrapListener wraps a server's listener.
 func (h Handoff) WrapListener(ln net.Listener) net.Listener {
@@ -58,10 +78,17 @@ func (h Handoff) WrapListener(ln net.Listener) net.Listener {
 		timeout = 10 * time.Second
 	}
 	l := &handoffListener{Listener: ln, key: ln.Addr().String(), timeout: timeout,
-		ready: make(chan net.Conn), closed: make(chan struct{}), failed: make(chan error, 1)}
+		ready: make(chan *handoffConn), closed: make(chan struct{}), failed: make(chan error, 1)}
 	handoffs.Lock()
-	handoffs.newest[l.key] = l
+	var older *handoffListener
+	if open := handoffs.open[l.key]; len(open) > 0 {
+		older = open[len(open)-1]
+	}
+	handoffs.open[l.key] = append(handoffs.open[l.key], l)
 	handoffs.Unlock()
+	if older != nil {
+		older.settle(settleLimit)
+	}
 	go l.acceptLoop()
 	return l
 }
@@ -70,10 +97,13 @@ type handoffListener struct {
 	net.Listener
 	key       string
 	timeout   time.Duration
-	ready     chan net.Conn // connections with their first bytes, for this listener's server
-	failed    chan error    // the socket's Accept error
+	ready     chan *handoffConn // connections with their first bytes, for this listener's server
+	failed    chan error        // the socket's Accept error
 	closed    chan struct{}
 	closeOnce sync.Once
+	// connections whose first bytes this listener's server read and that
+	// have not been seen to move on since
+	pending atomic.Int64
 }
 
 func (l *handoffListener) acceptLoop() {
@@ -98,51 +128,65 @@ func (l *handoffListener) await(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	pc := &prefixConn{Conn: conn, prefix: buf[:n]}
-	for _, target := range []*handoffListener{newestHandoff(l.key), l} {
-		if target == nil {
-			continue
-		}
-		select {
-		case target.ready <- pc:
-			return
-		case <-target.closed:
-		}
+	hc := &handoffConn{Conn: conn, prefix: buf[:n]}
+	if newest := newestHandoff(l.key); newest != nil {
+		pass(hc, newest)
+	} else {
+		pass(hc, l) // closed: no listener is left
 	}
-	conn.Close() // nobody serves this address any more
 }
 
-// pass gives a connection to a newer listener, or closes it if that one
-// closed meanwhile.
-func (l *handoffListener) pass(conn net.Conn, to *handoffListener) {
-	select {
-	case to.ready <- conn:
-	case <-to.closed:
-		conn.Close()
+// settle waits, at most limit, until no connection of this listener's
+// server sits between the read of its first bytes and its next step.
+func (l *handoffListener) settle(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for wait := 20 * time.Microsecond; l.pending.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(wait)
+		wait = min(2*wait, time.Millisecond)
 	}
+}
+
+// pass gives a connection to another listener, or to the newest one if that
+// one closes meanwhile; it closes the connection when no listener is left.
+func pass(conn *handoffConn, to *handoffListener) {
+	for to != nil {
+		select {
+		case to.ready <- conn:
+			return
+		case <-to.closed:
+			to = newestHandoff(to.key)
+		}
+	}
+	conn.Conn.Close() // nobody serves this address any more
 }
 
 func newestHandoff(key string) *handoffListener {
 	handoffs.Lock()
 	defer handoffs.Unlock()
-	return handoffs.newest[key]
+	if open := handoffs.open[key]; len(open) > 0 {
+		return open[len(open)-1]
+	}
+	return nil
 }
 
 // Accept returns the next connection whose first bytes have arrived.
 func (l *handoffListener) Accept() (net.Conn, error) {
-	select {
-	case conn := <-l.ready:
-		// a newer server may have come up while the connection waited
-		if newer := newestHandoff(l.key); newer != nil && newer != l {
-			go l.pass(conn, newer)
-			return l.Accept()
+	for {
+		select {
+		case conn := <-l.ready:
+			// a newer server may have come up while the connection waited
+			if newer := newestHandoff(l.key); newer != nil && newer != l {
+				go pass(conn, newer)
+				continue
+			}
+			conn.l = l
+			return conn, nil
+		case err := <-l.failed:
+			l.failed <- err // for later calls
+			return nil, err
+		case <-l.closed:
+			return nil, net.ErrClosed
 		}
-		return conn, nil
-	case err := <-l.failed:
-		l.failed <- err // for later calls
-		return nil, err
-	case <-l.closed:
-		return nil, net.ErrClosed
 	}
 }
 
@@ -150,12 +194,15 @@ func (l *handoffListener) Accept() (net.Conn, error) {
 // bytes go to a newer listener of the address if there is one.
 func (l *handoffListener) Close() error {
 	l.closeOnce.Do(func() {
-		close(l.closed)
 		handoffs.Lock()
-		if handoffs.newest[l.key] == l {
-			delete(handoffs.newest, l.key)
+		open := slices.DeleteFunc(handoffs.open[l.key], func(o *handoffListener) bool { return o == l })
+		if len(open) == 0 {
+			delete(handoffs.open, l.key)
+		} else {
+			handoffs.open[l.key] = open
 		}
 		handoffs.Unlock()
+		close(l.closed)
 	})
 	err := l.Listener.Close()
 	if errors.Is(err, net.ErrClosed) {
@@ -164,19 +211,102 @@ func (l *handoffListener) Close() error {
 	return err
 }
 
-// prefixConn is a connection whose first bytes were already read.
-type prefixConn struct {
+// A handoffConn's steps, as seen by the server that accepted it.
+const (
+	connFresh   int32 = iota // the server has not read yet
+	connPending              // the server read the first bytes, nothing since
+	connMoving               // the server did something after the first read
+	connHanded               // the connection went to a newer server
+)
+
+// handoffConn is a connection whose first bytes were already read.
+type handoffConn struct {
 	net.Conn
+	l      *handoffListener // set by Accept
 	prefix []byte
+	step   atomic.Int32
 }
 
-func (c *prefixConn) Read(b []byte) (int, error) {
+func (c *handoffConn) Read(b []byte) (int, error) {
+	switch c.step.Load() {
+	case connFresh:
+		return c.firstRead(b)
+	case connPending:
+		if len(c.prefix) == 0 {
+			c.moveOn() // the server wants more than the client's first bytes
+		}
+	case connHanded:
+		return 0, io.EOF
+	}
 	if len(c.prefix) > 0 {
 		n := copy(b, c.prefix)
 		c.prefix = c.prefix[n:]
 		return n, nil
 	}
 	return c.Conn.Read(b)
+}
+
+// firstRead gives the server the bytes the client sent first (as much as b
+// holds: net/http peeks at 14 bytes first to look for HTTP/2's preface), unless a newer
+// server came up since the connection was accepted: then the server reads
+// end-of-file and the connection goes, unread, to the newer server, which
+// will still be serving when it answers.
+func (c *handoffConn) firstRead(b []byte) (int, error) {
+	// count the connection before looking for a newer listener, so that a
+	// newer listener registering meanwhile either is seen here or waits
+	// for this connection in settle
+	c.l.pending.Add(1)
+	if !c.step.CompareAndSwap(connFresh, connPending) {
+		c.l.pending.Add(-1)
+		return 0, net.ErrClosed
+	}
+	if newer := newestHandoff(c.l.key); newer != nil && newer != c.l {
+		c.step.Store(connHanded)
+		c.l.pending.Add(-1)
+		go pass(&handoffConn{Conn: c.Conn, prefix: c.prefix}, newer)
+		return 0, io.EOF
+	}
+	n := copy(b, c.prefix)
+	c.prefix = c.prefix[n:]
+	return n, nil
+}
+
+// moveOn records that the server went past the first read.
+func (c *handoffConn) moveOn() {
+	if c.step.CompareAndSwap(connPending, connMoving) {
+		c.l.pending.Add(-1)
+	}
+}
+
+func (c *handoffConn) Write(b []byte) (int, error) {
+	for {
+		switch c.step.Load() {
+		case connHanded:
+			return 0, net.ErrClosed
+		case connPending:
+			c.moveOn()
+		case connFresh:
+			c.step.CompareAndSwap(connFresh, connMoving)
+		default:
+			return c.Conn.Write(b)
+		}
+	}
+}
+
+func (c *handoffConn) Close() error {
+	for {
+		switch step := c.step.Load(); step {
+		case connHanded:
+			return nil // the newer server owns the socket now
+		case connPending:
+			c.moveOn()
+		case connFresh:
+			if !c.step.CompareAndSwap(connFresh, connMoving) {
+				continue
+			}
+		}
+		return c.Conn.Close()
+	}
 }
 
 // UnmarshalCaddyfile sets up the wrapper from Caddyfile tokens. Syntax:

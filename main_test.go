@@ -304,7 +304,7 @@ func startLoad(url string, clients int, excuse func(err error, reused bool) bool
 						l.excused.Add(1)
 						continue
 					}
-					l.errs <- err.Error()
+					l.errs <- fmt.Sprintf("%v (reused connection: %v)", err, reused)
 					return
 				}
 				resp.Body.Close()

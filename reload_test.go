@@ -3,7 +3,6 @@ package imagelb
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"syscall"
@@ -15,14 +14,12 @@ import (
 // a server fails, and the registry (services, pushed statuses, counters) is
 // the same object before and after.
 //
-// The site uses the imagelb_handoff listener wrapper. Failures below the
-// plugin are counted apart: connections reset because they were queued on
-// the old SO_REUSEPORT socket when it closed (unless
-// net.ipv4.tcp_migrate_req=1), and, rarely with the wrapper, a fresh
-// connection the old server took just before the reload stopped it and read
-// after its graceful shutdown began, which net/http drops unanswered (the
-// shuttingDown check after readRequest; stock Caddy drops several per
-// reload). The README says how to live with both.
+// The site uses the imagelb_handoff listener wrapper, without which net/http
+// drops fresh connections the old server read after its graceful shutdown
+// began. The one failure below the plugin that is excused is a connection
+// reset because it was queued on the old SO_REUSEPORT socket when it closed,
+// and only where net.ipv4.tcp_migrate_req is not 1 (.ci/run sets it when it
+// can; the README says how).
 func TestReloadsUnderLoad(t *testing.T) {
 	port := freePort(t)
 	cfg := func(interval string) string {
@@ -48,9 +45,10 @@ http://127.0.0.1:%d {
 	register(t, site+"/api/v1", 110, "", container("a", a), container("b", b), map[string]any{"container_id": "c", "port": b.port})
 	mustDo(t, "PATCH", site+"/api/v1/services/110/containers/c", map[string]any{"status": "draining", "weight": 7}, 200, nil)
 
+	migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	migrating := strings.TrimSpace(string(migrate)) == "1"
 	l := startLoad(site+"/api/v1/proxy/110/x", 8, func(err error, reused bool) bool {
-		// fresh connections closed or reset by the old server going away
-		return !reused && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
+		return !migrating && !reused && errors.Is(err, syscall.ECONNRESET)
 	})
 	for i := 0; i < 3; i++ {
 		l.waitServed(t, "requests flowing", 100)
@@ -58,9 +56,8 @@ http://127.0.0.1:%d {
 	}
 	l.waitServed(t, "requests flowing after the last reload", 100)
 	l.finish(t)
-	migrate, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
-	t.Logf("%d requests served across 3 reloads; %d fresh connections closed or reset by the old server going away "+
-		"(Caddy/Go/Linux, see above; net.ipv4.tcp_migrate_req=%s)", l.served.Load(), l.excused.Load(), strings.TrimSpace(string(migrate)))
+	t.Logf("%d requests served across 3 reloads; %d fresh connections reset by the old socket closing "+
+		"(net.ipv4.tcp_migrate_req=%s)", l.served.Load(), l.excused.Load(), strings.TrimSpace(string(migrate)))
 
 	st := getStats(t, 110).Services[0]
 	if st.TotalRequests != l.served.Load() || st.FailedRequests != 0 {

@@ -1,0 +1,119 @@
+package imagelb
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+)
+
+// sameAddr is a second socket that claims the first one's address, as
+// Caddy's reuseport listeners of one address do across a reload.
+type sameAddr struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (s sameAddr) Addr() net.Addr { return s.addr }
+
+func listenHandoff(t *testing.T, addr net.Addr) *handoffListener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr != nil {
+		ln = sameAddr{ln, addr}
+	}
+	l := Handoff{}.WrapListener(ln).(*handoffListener)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// TestHandoffMovesUnreadConnection: a connection the old server accepted but
+// had not read when a newer server came up is answered by the newer server,
+// and the old server reads end-of-file.
+func TestHandoffMovesUnreadConnection(t *testing.T) {
+	old := listenHandoff(t, nil)
+	client, err := net.Dial("tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := io.WriteString(client, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	accepted, err := old.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	newer := listenHandoff(t, old.Addr())
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "newer server got "+r.URL.Path)
+	})}
+	go srv.Serve(newer)
+	defer srv.Close()
+
+	if n, err := accepted.Read(make([]byte, 4096)); n != 0 || err != io.EOF {
+		t.Fatalf("old server's first read = %d, %v; want end-of-file", n, err)
+	}
+	accepted.Close() // what the old server does next; must not close the socket
+	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
+	if err != nil {
+		t.Fatal("client:", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "newer server got /x" {
+		t.Fatalf("client got %q", body)
+	}
+}
+
+// TestHandoffPendingUntilMovedOn: a connection whose first bytes the server
+// read counts as pending (a newer listener waits for it) until the server's
+// next step; a failed reload (the newer listener closing) makes the old one
+// the newest again.
+func TestHandoffPendingUntilMovedOn(t *testing.T) {
+	old := listenHandoff(t, nil)
+	client, err := net.Dial("tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	io.WriteString(client, "ping")
+	accepted, err := old.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// net/http peeks at a few bytes first: the connection stays pending
+	// until the server has used up the client's first bytes and goes on
+	buf := make([]byte, 16)
+	if n, err := accepted.Read(buf[:2]); err != nil || string(buf[:n]) != "pi" {
+		t.Fatalf("first read = %q, %v", buf[:n], err)
+	}
+	if n, err := accepted.Read(buf); err != nil || string(buf[:n]) != "ng" {
+		t.Fatalf("second read = %q, %v", buf[:n], err)
+	}
+	if got := old.pending.Load(); got != 1 {
+		t.Fatalf("pending after the first bytes were read = %d, want 1", got)
+	}
+	if _, err := io.WriteString(accepted, "pong"); err != nil {
+		t.Fatal(err)
+	}
+	if got := old.pending.Load(); got != 0 {
+		t.Fatalf("pending after a write = %d, want 0", got)
+	}
+	if n, err := io.ReadFull(client, buf[:4]); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("client read %q, %v", buf[:n], err)
+	}
+
+	failed := listenHandoff(t, old.Addr())
+	if newestHandoff(old.key) != failed {
+		t.Fatal("the newer listener is not the newest")
+	}
+	failed.Close()
+	if newestHandoff(old.key) != old {
+		t.Fatal("after the newer listener closed, the old one is not the newest again")
+	}
+}
