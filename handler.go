@@ -3,9 +3,11 @@ package imagelb
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -235,12 +237,27 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
 		return nil
 	}
+	if ok, wait := svc.AllowRate(clientIP(r), time.Now()); !ok {
+		svc.State.Begin()
+		svc.State.Finish(http.StatusTooManyRequests, false, 0)
+		rl := svc.Options.RateLimit
+		w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(wait.Seconds())), 1)))
+		admin.WriteError(w, http.StatusTooManyRequests, fmt.Sprintf(
+			"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
+			svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
+		return nil
+	}
+	if !svc.TryBegin() {
+		admin.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"image_id %d has max_in_flight %d requests in flight; try again shortly", svc.ImageID, svc.Options.MaxInFlight))
+		return nil
+	}
 	if target != nil {
 		r2 := *r
 		r2.URL = target
 		r = &r2
 	}
-	q := newRequest(svc, h.app.checker)
+	q := newRequest(r, svc, h.app)
 	caddyhttp.SetVar(r.Context(), requestVar, q)
 	sw := statusWriters.Get().(*statusWriter)
 	sw.ResponseWriter, sw.status = w, 0
@@ -274,6 +291,9 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		detail = fmt.Sprintf("the container of image_id %d did not answer within %s", svc.ImageID, h.app.timeout)
 	default:
 		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts): %v", svc.ImageID, len(q.tried), unwrapHandlerError(err))
+		if q.noRetry {
+			detail += fmt.Sprintf("; the retry budget of image_id %d (%g of requests) allowed no more retries", svc.ImageID, svc.Options.RetryBudget)
+		}
 	}
 	if c := h.logger.Check(zap.WarnLevel, "proxy failed"); c != nil {
 		fields := []zap.Field{zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Int("attempts", len(q.tried)), zap.Error(err)}

@@ -117,6 +117,17 @@ type App struct {
 	// (the bad file is renamed NAME.corrupt-TIMESTAMP and kept, and the
 	// registry starts empty). Default: refuse.
 	OnCorruptState string `json:"on_corrupt_state,omitempty"`
+	// The zone this Caddy runs in: containers of the same zone are
+	// preferred while enough of them are available. Default: none.
+	Zone string `json:"zone,omitempty"`
+	// A request header naming the client's zone (set by a CDN, say); it
+	// wins over Zone for that request. Default: none.
+	ZoneHeader string `json:"zone_header,omitempty"`
+	// The secret that signs sticky-session cookies. Set it (for example
+	// from an environment variable) so that cookies stay valid across
+	// restarts and across Caddy nodes. Default: a random secret per process.
+	StickySecret string `json:"sticky_secret,omitempty"`
+
 	// Services declared in the configuration. A static service removed
 	// from the configuration is removed on reload; services registered
 	// through the API are not touched.
@@ -132,6 +143,7 @@ type App struct {
 	timeout    time.Duration
 	logger     *zap.Logger
 	api        *admin.API
+	stickyKey  []byte
 }
 
 // StaticService is a service declared in the configuration.
@@ -147,6 +159,9 @@ type StaticService struct {
 	ExternalPort int `json:"external_port,omitempty"`
 	// The containers of the service.
 	Containers []StaticContainer `json:"containers,omitempty"`
+	// Traffic-control options, with the API's JSON names: hash_key,
+	// sticky, rate_limit, max_in_flight, slow_start, outlier, retry_budget.
+	registry.ServiceOptions
 }
 
 // StaticContainer is a container of a static service.
@@ -163,6 +178,8 @@ type StaticContainer struct {
 	Status string `json:"status,omitempty"`
 	// Weight, 0-1000; 0 receives no new requests. Default: 1.
 	Weight *int `json:"weight,omitempty"`
+	// The zone the container runs in, for locality preference. Default: none.
+	Zone string `json:"zone,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -217,6 +234,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.checker = val.(checkerHolder).Checker
+	a.stickyKey = stickyKey(a.StickySecret)
 	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow,
 		Logger: a.logger.Named("api"), UI: uiHandler("/imagelb/ui/")}
 	return nil
@@ -403,7 +421,10 @@ func (a *App) staticSpecs() ([]registry.ServiceSpec, error) {
 			ports[s.ExternalPort] = s.ImageID
 		}
 		spec := registry.ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: alg,
-			ExternalPort: s.ExternalPort, Static: true}
+			ExternalPort: s.ExternalPort, Static: true, Options: s.ServiceOptions}
+		if err := spec.Options.Normalize(alg); err != nil {
+			return nil, fmt.Errorf("%s: %v", where, err)
+		}
 		ids := map[string]bool{}
 		for j, c := range s.Containers {
 			cs, err := c.spec()
@@ -423,7 +444,10 @@ func (a *App) staticSpecs() ([]registry.ServiceSpec, error) {
 
 func (c StaticContainer) spec() (registry.ContainerSpec, error) {
 	cs := registry.ContainerSpec{ContainerID: c.ContainerID, Name: c.Name, Host: c.Host, Port: c.Port,
-		Status: registry.StatusHealthy, Weight: registry.DefaultWeight}
+		Status: registry.StatusHealthy, Weight: registry.DefaultWeight, Zone: c.Zone}
+	if len(c.Zone) > registry.MaxNameLength || hasControl(c.Zone) {
+		return cs, fmt.Errorf("zone must be at most %d characters without control characters", registry.MaxNameLength)
+	}
 	if c.ContainerID == "" || len(c.ContainerID) > registry.MaxIDLength {
 		return cs, fmt.Errorf("container_id is required (1-%d characters)", registry.MaxIDLength)
 	}

@@ -8,7 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -22,24 +21,79 @@ const requestVar = "imagelb.request"
 // got it, whatever the number of retries.
 type request struct {
 	imageID   int64
+	service   *registry.Service // the version the request started with
 	svc       *registry.ServiceState
 	pool      *registry.Service // the version whose Available() GetUpstreams returned, in order
-	checker   *health.Checker   // told of connection failures and timeouts
+	app       *App
 	start     time.Time
 	cur       *registry.Container // the container of the attempt in progress
 	last      *registry.Container // the container of the latest attempt
 	curStart  time.Time
 	tried     []*registry.ContainerStats
 	triedBuf  [4]*registry.ContainerStats
+	pick      registry.PickRequest // the request's hash key, sticky pin and zone
 	finished  bool
+	noRetry   bool            // the retry budget refused a retry
+	cookie    int             // 1 + the index of the sticky cookie this request set, 0: none
 	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
 }
 
-func newRequest(svc *registry.Service, checker *health.Checker) *request {
-	q := &request{imageID: svc.ImageID, svc: svc.State, checker: checker, start: time.Now()}
+// newRequest starts the accounting of a request that the caller has counted
+// for the service already (Begin or TryBegin).
+func newRequest(r *http.Request, svc *registry.Service, app *App) *request {
+	q := &request{imageID: svc.ImageID, service: svc, svc: svc.State, app: app, start: time.Now()}
 	q.tried = q.triedBuf[:0]
-	svc.State.Begin()
+	svc.DepositRetry()
+	if svc.Algorithm.UsesKey() {
+		q.pick.Key = hashKey(r, svc)
+	}
+	if svc.Options.Sticky {
+		q.pick.Pinned = verifySticky(app.stickyKey, r, svc.ImageID)
+	}
+	q.pick.Zone = app.Zone
+	if app.ZoneHeader != "" {
+		if z := r.Header.Get(app.ZoneHeader); z != "" {
+			q.pick.Zone = z
+		}
+	}
 	return q
+}
+
+// choose picks the container of the next attempt from svc, or nil: none
+// can take it, or this is a retry and the retry budget is spent.
+func (q *request) choose(svc *registry.Service) *registry.Container {
+	i := q.chooseIndex(svc)
+	if i < 0 {
+		return nil
+	}
+	return svc.Available()[i]
+}
+
+func (q *request) chooseIndex(svc *registry.Service) int {
+	if len(q.tried) > 0 && (q.noRetry || !svc.AllowRetry()) {
+		q.noRetry = true
+		return -1
+	}
+	q.pick.Tried = q.tried
+	return svc.Choose(&q.pick)
+}
+
+// stick sets the sticky cookie pinning the client to the container of the
+// latest attempt, unless the client's cookie names it already. A retry on
+// another container replaces the cookie the request set before.
+func (q *request) stick(w http.ResponseWriter, r *http.Request) {
+	if !q.service.Options.Sticky || q.last == nil || q.last.ContainerID == q.pick.Pinned {
+		return
+	}
+	c := &http.Cookie{Name: stickyCookieName(q.imageID), Value: signSticky(q.app.stickyKey, q.imageID, q.last.ContainerID),
+		Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil}
+	h := w.Header()
+	if q.cookie > 0 && q.cookie <= len(h["Set-Cookie"]) {
+		h["Set-Cookie"][q.cookie-1] = c.String()
+		return
+	}
+	h.Add("Set-Cookie", c.String())
+	q.cookie = len(h["Set-Cookie"])
 }
 
 // requestFrom returns the request accounting stored in the request's vars.
@@ -65,9 +119,11 @@ func (q *request) endAttempt(status int, failed, unreachable bool, now time.Time
 	if unreachable {
 		status = 0
 	}
-	q.cur.Stats.Finish(status, failed, now.Sub(q.curStart))
-	if unreachable && q.checker != nil {
-		q.checker.PassiveFailure(q.imageID, q.cur)
+	d := now.Sub(q.curStart)
+	q.cur.Stats.Finish(status, failed, d)
+	q.service.Observe(q.cur, failed || unreachable, d)
+	if unreachable && q.app.checker != nil {
+		q.app.checker.PassiveFailure(q.imageID, q.cur)
 	}
 	q.cur = nil
 }

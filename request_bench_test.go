@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -51,9 +52,12 @@ func BenchmarkStatsCost(b *testing.B) {
 	proxied := time.Since(start)
 	b.StopTimer()
 
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	app := &App{}
 	start = time.Now()
 	for i := 0; i < b.N; i++ {
-		q := newRequest(svc, nil)
+		svc.State.Begin()
+		q := newRequest(req, svc, app)
 		q.begin(ctr)
 		q.finish(200, false, false)
 	}

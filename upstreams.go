@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -33,8 +32,8 @@ type UpstreamSource struct {
 	// "{http.request.host.labels.2}" or "{http.vars.image}". Required.
 	ImageID string `json:"image_id,omitempty"`
 
-	reg     *registry.Registry
-	checker *health.Checker
+	reg *registry.Registry
+	app *App
 	// preselect is set by the imagelb handler, which pairs the source with
 	// its own policy: the container is chosen here and only it is returned,
 	// so per-request cost does not grow with the container count.
@@ -56,7 +55,8 @@ func (u *UpstreamSource) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading imagelb app: %v", err)
 	}
-	u.reg, u.checker = app.(*App).reg, app.(*App).checker
+	u.app = app.(*App)
+	u.reg = u.app.reg
 	return nil
 }
 
@@ -100,7 +100,8 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	}
 	avail := svc.Available()
 	if q == nil {
-		q = newRequest(svc, u.checker)
+		svc.State.Begin()
+		q = newRequest(r, svc, u.app)
 		caddyhttp.SetVar(r.Context(), requestVar, q)
 		q.settleWhenDone(r.Context())
 	}
@@ -122,7 +123,7 @@ func (u *UpstreamSource) preselected(r *http.Request, q *request) []*reverseprox
 	if svc == nil {
 		return nil
 	}
-	c := svc.Pick(q.tried)
+	c := q.choose(svc)
 	if c == nil {
 		return nil
 	}

@@ -1,84 +1,394 @@
 package registry
 
+import (
+	"math"
+	"math/rand/v2"
+	"time"
+)
+
+// PickRequest is what a pick knows of the request it chooses for. The zero
+// value (no key, no pin, no zone, nothing tried) is a plain pick.
+type PickRequest struct {
+	// Tried are the containers this request already attempted; they are
+	// avoided while another container can take the request.
+	Tried []*ContainerStats
+	// Key is the request's hash key (for ip_hash and consistent_hash);
+	// "" balances the request round robin instead.
+	Key string
+	// Pinned is the container_id a sticky cookie names; "" for none.
+	Pinned string
+	// Zone is the client's zone; "" for no locality preference.
+	Zone string
+}
+
+// randUint64 is the random source of random, power_of_two and
+// least_latency, and of zone spill-over; tests replace it with a seeded one.
+var randUint64 = rand.Uint64
+
+// zoneOverprovisioning is Envoy's overprovisioning factor: a zone with at
+// least 1/1.4 (71%) of its containers available takes all its local
+// traffic; below that, the missing share spills over to other zones.
+const zoneOverprovisioning = 1.4
+
+// slowStartMinShare is the share of its weight a container gets at the
+// start of its slow start (Envoy's min_weight_percent).
+const slowStartMinShare = 0.1
+
+// weightScale turns weights into integers fine enough for slow start.
+const weightScale = 1000
+
+// maxClaimRetries bounds how often a pick starts over because the container
+// it chose was taken meanwhile (an ejected container's single probe).
+const maxClaimRetries = 4
+
 // PickIndex chooses, by the service's algorithm, the index in Available() of
-// the container for a new request or for a retry. Containers whose stats are
-// in tried (the attempts this request already made) are avoided while
-// another one is available. It returns -1 when no container is available,
-// and allocates nothing.
+// the container for a new request or a retry, avoiding the containers in
+// tried while another one is available. It returns -1 when no container can
+// take the request, and allocates nothing.
 func (s *Service) PickIndex(tried []*ContainerStats) int {
-	avail := s.available
-	k := len(avail)
-	if k == 0 {
-		return -1
-	}
-	turn := s.State.rr.Add(1) - 1
-	start := int(turn % uint64(k))
-	switch s.Algorithm {
-	case LeastConnections:
-		if i := leastConnections(avail, turn, tried); i >= 0 {
-			return i
-		}
-		return leastConnections(avail, turn, nil)
-	default: // round robin
-		if len(tried) == 0 {
-			return start
-		}
-		for j := 0; j < k; j++ {
-			i := (start + j) % k
-			if !containsStats(tried, avail[i].Stats) {
-				return i
-			}
-		}
-		return start
-	}
+	return s.Choose(&PickRequest{Tried: tried})
 }
 
 // Pick is PickIndex returning the container itself, or nil.
 func (s *Service) Pick(tried []*ContainerStats) *Container {
-	i := s.PickIndex(tried)
-	if i < 0 {
-		return nil
-	}
-	return s.available[i]
+	return s.ChooseContainer(&PickRequest{Tried: tried})
 }
 
-// leastConnections returns the index of an available container with the
-// fewest requests in flight; -1 when every container is in tried. Among the
-// containers tied for the fewest, turn chooses, so ties rotate exactly
-// whatever the loads of the others.
-func leastConnections(avail []*Container, turn uint64, tried []*ContainerStats) int {
-	ties, least := 0, int64(0)
-	for _, c := range avail {
-		if containsStats(tried, c.Stats) {
+// ChooseContainer is Choose returning the container itself, or nil.
+func (s *Service) ChooseContainer(req *PickRequest) *Container {
+	if i := s.Choose(req); i >= 0 {
+		return s.available[i]
+	}
+	return nil
+}
+
+// Choose is PickIndex for a request with a hash key, a sticky pin or a
+// zone. It allocates nothing.
+func (s *Service) Choose(req *PickRequest) int {
+	if len(s.available) == 0 {
+		return -1
+	}
+	p := picker{svc: s, req: req, excluded: -1}
+	if s.Options.SlowStart > 0 || s.Options.Outlier != nil {
+		p.now = now().UnixNano()
+	}
+	if req.Pinned != "" {
+		for i, c := range s.available {
+			if c.ContainerID == req.Pinned {
+				if p.eligible(c) && p.claim(c) {
+					return i
+				}
+				break
+			}
+		}
+	}
+	p.chooseZone()
+	for range maxClaimRetries {
+		i := p.pick()
+		if i < 0 && p.zone != "" {
+			p.zone = "" // nothing local can take it: any zone
+			i = p.pick()
+		}
+		if i < 0 && len(req.Tried) > 0 && !p.anyTried {
+			p.anyTried = true // everything was tried: try again
+			i = p.pick()
+		}
+		if i < 0 {
+			return -1
+		}
+		if p.claim(s.available[i]) {
+			return i
+		}
+		p.excluded = i
+	}
+	return -1
+}
+
+// picker is one pick: which containers it may choose from.
+type picker struct {
+	svc      *Service
+	req      *PickRequest
+	now      int64  // unix nanoseconds, when slow start or outlier ejection needs it
+	zone     string // choose only in this zone ("": any)
+	anyTried bool   // tried containers may be chosen again
+	excluded int    // an index that must not be chosen (-1: none)
+}
+
+// eligible reports whether c may be chosen.
+func (p *picker) eligible(c *Container) bool {
+	if p.zone != "" && c.Zone != p.zone {
+		return false
+	}
+	if !p.anyTried && containsStats(p.req.Tried, c.Stats) {
+		return false
+	}
+	return p.svc.Options.Outlier == nil || c.Stats.circuit.admits(p.now)
+}
+
+func (p *picker) eligibleAt(i int) bool {
+	return i != p.excluded && p.eligible(p.svc.available[i])
+}
+
+// claim takes c for the request: an ejected container past its cooldown
+// lets exactly one probe request through.
+func (p *picker) claim(c *Container) bool {
+	od := p.svc.Options.Outlier
+	return od == nil || c.Stats.circuit.claim(p.now, time.Duration(od.Cooldown))
+}
+
+// chooseZone restricts the pick to the client's zone when that zone has
+// enough available containers; when it has too few, the missing share of
+// the requests spills over to the other zones.
+func (p *picker) chooseZone() {
+	zone := p.req.Zone
+	if zone == "" {
+		return
+	}
+	total, up := 0, 0
+	for _, c := range p.svc.Containers {
+		if c.Zone == zone {
+			total++
+			if c.Available() && (p.svc.Options.Outlier == nil || c.Stats.circuit.admits(p.now)) {
+				up++
+			}
+		}
+	}
+	if up == 0 {
+		return
+	}
+	share := zoneOverprovisioning * float64(up) / float64(total)
+	if share >= 1 || float64(randUint64()>>11)/(1<<53) < share {
+		p.zone = zone
+	}
+}
+
+// weight is c's effective weight: its weight, scaled down during its slow
+// start.
+func (p *picker) weight(c *Container) int64 {
+	w := int64(c.Weight) * weightScale
+	if ss := int64(p.svc.Options.SlowStart); ss > 0 {
+		if since := c.Stats.healthySince.Load(); since > 0 && p.now-since < ss {
+			share := max(float64(p.now-since)/float64(ss), slowStartMinShare)
+			w = max(int64(float64(w)*share), 1)
+		}
+	}
+	return w
+}
+
+// pick chooses an eligible index by the service's algorithm, or -1.
+func (p *picker) pick() int {
+	s := p.svc
+	switch s.Algorithm {
+	case LeastConnections:
+		return p.leastConnections()
+	case WeightedRoundRobin:
+		return p.smoothWeighted()
+	case Random:
+		return p.random()
+	case PowerOfTwo:
+		return p.powerOfTwo(false)
+	case LeastLatency:
+		return p.powerOfTwo(true)
+	case IPHash, ConsistentHash:
+		if p.req.Key != "" {
+			return p.rendezvous(hashString(p.req.Key))
+		}
+	}
+	return p.roundRobin()
+}
+
+// roundRobin takes the next eligible container in rotation: with every
+// container eligible, n consecutive picks reach each of n exactly once.
+func (p *picker) roundRobin() int {
+	avail := p.svc.available
+	k := len(avail)
+	start := int((p.svc.State.rr.Add(1) - 1) % uint64(k))
+	for j := range k {
+		if i := (start + j) % k; p.eligibleAt(i) {
+			return i
+		}
+	}
+	return -1
+}
+
+// leastConnections returns an eligible container with the fewest requests
+// in flight per unit of weight. Among the containers tied for the fewest,
+// a rotation chooses, so ties rotate exactly whatever the loads of others.
+func (p *picker) leastConnections() int {
+	avail := p.svc.available
+	turn := p.svc.State.rr.Add(1) - 1
+	ties, best := 0, -1
+	var bestLoad, bestW int64
+	for i, c := range avail {
+		if !p.eligibleAt(i) {
 			continue
 		}
-		switch load := c.Stats.InFlight.Load(); {
-		case ties == 0 || load < least:
-			ties, least = 1, load
-		case load == least:
+		load, w := c.Stats.InFlight.Load(), p.weight(c)
+		switch {
+		case best < 0 || load*bestW < bestLoad*w:
+			ties, best, bestLoad, bestW = 1, i, load, w
+		case load*bestW == bestLoad*w:
 			ties++
 		}
 	}
-	if ties == 0 {
+	if best < 0 {
 		return -1
 	}
 	// loads may have moved since the first pass: take the chosen tie, or
-	// failing that the last container seen at the least load
-	want, fallback := int(turn%uint64(ties)), -1
+	// failing that the best container of the first pass
+	want := int(turn % uint64(ties))
 	for i, c := range avail {
-		if containsStats(tried, c.Stats) || c.Stats.InFlight.Load() > least {
+		if !p.eligibleAt(i) || c.Stats.InFlight.Load()*bestW != bestLoad*p.weight(c) {
 			continue
 		}
 		if want == 0 {
 			return i
 		}
 		want--
-		fallback = i
 	}
-	if fallback < 0 {
-		return 0
+	return best
+}
+
+// smoothWeighted is nginx's smooth weighted round robin: every pick adds
+// each container's weight to its current value, takes the highest and
+// subtracts the total from it. Weights 5, 1, 1 give a a b a c a a.
+func (p *picker) smoothWeighted() int {
+	st := p.svc.State
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var total int64
+	best := -1
+	for i, c := range p.svc.available {
+		if !p.eligibleAt(i) {
+			continue
+		}
+		w := p.weight(c)
+		c.Stats.swrr += w
+		total += w
+		if best < 0 || c.Stats.swrr > p.svc.available[best].Stats.swrr {
+			best = i
+		}
 	}
-	return fallback
+	if best >= 0 {
+		p.svc.available[best].Stats.swrr -= total
+	}
+	return best
+}
+
+// random picks an eligible container with probability proportional to its
+// weight.
+func (p *picker) random() int {
+	var total int64
+	for i, c := range p.svc.available {
+		if p.eligibleAt(i) {
+			total += p.weight(c)
+		}
+	}
+	if total == 0 {
+		return -1
+	}
+	r := int64(randUint64() % uint64(total))
+	last := -1
+	for i, c := range p.svc.available {
+		if !p.eligibleAt(i) {
+			continue
+		}
+		if r -= p.weight(c); r < 0 {
+			return i
+		}
+		last = i
+	}
+	return last // weights changed between the passes (slow start)
+}
+
+// powerOfTwo picks two different eligible containers at random and takes
+// the one with the lower cost (Envoy's least request, Finagle's P2C).
+func (p *picker) powerOfTwo(byLatency bool) int {
+	n := 0
+	for i := range p.svc.available {
+		if p.eligibleAt(i) {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return -1
+	case 1:
+		return p.nthEligible(0)
+	}
+	a := int(randUint64() % uint64(n))
+	b := int(randUint64() % uint64(n-1))
+	if b >= a {
+		b++
+	}
+	ia, ib := p.nthEligible(a), p.nthEligible(b)
+	if p.cost(p.svc.available[ib], byLatency) < p.cost(p.svc.available[ia], byLatency) {
+		return ib
+	}
+	return ia
+}
+
+func (p *picker) nthEligible(n int) int {
+	for i := range p.svc.available {
+		if p.eligibleAt(i) {
+			if n == 0 {
+				return i
+			}
+			n--
+		}
+	}
+	return -1
+}
+
+// cost is power_of_two's cost, the requests in flight (plus this one) per
+// unit of weight, multiplied for least_latency by the peak-EWMA response time.
+func (p *picker) cost(c *Container, byLatency bool) float64 {
+	cost := float64(c.Stats.InFlight.Load()+1) / float64(p.weight(c))
+	if byLatency {
+		cost *= c.Stats.latency()
+	}
+	return cost
+}
+
+// rendezvous is weighted rendezvous hashing: each container scores the key,
+// the highest score wins. Adding or removing one of n containers moves only
+// the keys it wins or won, about 1/n of them.
+func (p *picker) rendezvous(key uint64) int {
+	best, bestScore := -1, 0.0
+	for i, c := range p.svc.available {
+		if !p.eligibleAt(i) {
+			continue
+		}
+		// a uniform number in (0, 1) from the pair, then -w/ln(u)
+		u := (float64(mix64(key^c.key)>>11) + 0.5) / (1 << 53)
+		score := -float64(p.weight(c)) / math.Log(u)
+		if best < 0 || score > bestScore {
+			best, bestScore = i, score
+		}
+	}
+	return best
+}
+
+// hashString is 64-bit FNV-1a: stable across processes and nodes, so a key
+// maps to the same container everywhere.
+func hashString(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// mix64 is the SplitMix64 finalizer: it spreads every input bit over the
+// output, so pairs differing in a few bits score independently.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 func containsStats(set []*ContainerStats, s *ContainerStats) bool {

@@ -17,23 +17,36 @@ type Algorithm string
 
 // The balancing algorithms.
 const (
-	RoundRobin       Algorithm = "round_robin"
-	LeastConnections Algorithm = "least_connections"
+	RoundRobin         Algorithm = "round_robin"
+	LeastConnections   Algorithm = "least_connections"
+	WeightedRoundRobin Algorithm = "weighted_round_robin"
+	Random             Algorithm = "random"
+	PowerOfTwo         Algorithm = "power_of_two"
+	IPHash             Algorithm = "ip_hash"
+	ConsistentHash     Algorithm = "consistent_hash"
+	LeastLatency       Algorithm = "least_latency"
 )
+
+// Algorithms lists the algorithm names, for messages.
+const algorithmNames = "round_robin, weighted_round_robin, least_connections (alias least_conn), random, " +
+	"power_of_two, ip_hash, consistent_hash or least_latency"
 
 // ParseAlgorithm returns the algorithm for name, accepting the alias
 // least_conn. The empty name yields the empty algorithm (meaning "the default").
 func ParseAlgorithm(name string) (Algorithm, bool) {
-	switch name {
+	switch a := Algorithm(name); a {
 	case "":
 		return "", true
-	case string(RoundRobin):
-		return RoundRobin, true
-	case string(LeastConnections), "least_conn":
+	case "least_conn":
 		return LeastConnections, true
+	case RoundRobin, LeastConnections, WeightedRoundRobin, Random, PowerOfTwo, IPHash, ConsistentHash, LeastLatency:
+		return a, true
 	}
 	return "", false
 }
+
+// UsesKey reports whether the algorithm balances by a request key.
+func (a Algorithm) UsesKey() bool { return a == IPHash || a == ConsistentHash }
 
 // Status is the status of a container.
 type Status string
@@ -72,6 +85,8 @@ type ContainerSpec struct {
 	Port        int
 	Status      Status
 	Weight      int
+	// Zone is the locality the container runs in; "" for none.
+	Zone string
 }
 
 // Dial returns the network address of the container.
@@ -85,6 +100,7 @@ type ServiceSpec struct {
 	ImageName    string
 	Algorithm    Algorithm // empty: the registry's default
 	ExternalPort int       // 0: none requested
+	Options      ServiceOptions
 	Containers   []ContainerSpec
 	// Static marks a service declared in the configuration rather than
 	// registered through the API.
@@ -103,6 +119,7 @@ type ContainerPatch struct {
 type Container struct {
 	ContainerSpec
 	dial  string
+	key   uint64 // hash of the container_id, for rendezvous hashing
 	Stats *ContainerStats
 }
 
@@ -122,6 +139,7 @@ type Service struct {
 	Algorithm    Algorithm
 	ExternalPort int
 	Static       bool
+	Options      ServiceOptions
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
 	State        *ServiceState
@@ -160,6 +178,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		Algorithm:    spec.Algorithm,
 		ExternalPort: spec.ExternalPort,
 		Static:       spec.Static,
+		Options:      spec.Options,
 		Containers:   containers,
 		State:        state,
 	}
@@ -173,7 +192,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 
 func (s *Service) spec() ServiceSpec {
 	return ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
-		ExternalPort: s.ExternalPort, Static: s.Static}
+		ExternalPort: s.ExternalPort, Static: s.Static, Options: s.Options}
 }
 
 // withContainers returns a new version of s with the given containers.
@@ -185,7 +204,7 @@ func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
 	if stats == nil {
 		stats = new(ContainerStats)
 	}
-	return &Container{ContainerSpec: spec, dial: spec.Dial(), Stats: stats}
+	return &Container{ContainerSpec: spec, dial: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
 }
 
 // Clock is the registry's time source; tests may replace it.

@@ -236,8 +236,9 @@ func (r *Registry) register(snap *snapshot, spec ServiceSpec) (*snapshot, *Servi
 	containers := make([]*Container, len(spec.Containers))
 	for i, cs := range spec.Containers {
 		var stats *ContainerStats
+		var prev *Container
 		if old != nil {
-			if prev := old.Container(cs.ContainerID); prev != nil {
+			if prev = old.Container(cs.ContainerID); prev != nil {
 				stats = prev.Stats
 				if prev.Status != cs.Status {
 					stats.ResetChecks() // a new status: health streaks start afresh
@@ -245,6 +246,11 @@ func (r *Registry) register(snap *snapshot, spec ServiceSpec) (*snapshot, *Servi
 			}
 		}
 		containers[i] = newContainer(cs, stats)
+		if prev != nil {
+			markHealthy(containers[i], prev.Status, true)
+		} else {
+			markHealthy(containers[i], "", false)
+		}
 	}
 	svc := newService(spec, containers, state)
 	return snap.replace(old, svc), svc, nil
@@ -260,6 +266,9 @@ func (r *Registry) checkSpec(spec *ServiceSpec) error {
 	}
 	if spec.Algorithm == "" {
 		spec.Algorithm = r.opts.DefaultAlgorithm
+	}
+	if err := spec.Options.Normalize(spec.Algorithm); err != nil {
+		return err
 	}
 	if r.opts.MaxContainers > 0 && len(spec.Containers) > r.opts.MaxContainers {
 		return invalid("a service may have at most %d containers, got %d", r.opts.MaxContainers, len(spec.Containers))
@@ -380,8 +389,10 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 		}
 		c = newContainer(spec, stats)
 		if i >= 0 {
+			markHealthy(c, cs[i].Status, true)
 			cs[i] = c
 		} else {
+			markHealthy(c, "", false)
 			cs = append(cs, c)
 		}
 		return snap.replace(old, old.withContainers(cs)), nil
@@ -474,8 +485,10 @@ func (r *Registry) patch(wait bool, imageID int64, containerID string, change fu
 		if spec.Status != cs[i].Status {
 			cs[i].Stats.ResetChecks()
 		}
+		prev := cs[i].Status
 		cs[i] = newContainer(spec, cs[i].Stats)
 		c = cs[i]
+		markHealthy(c, prev, true)
 		return snap.replace(old, old.withContainers(cs)), nil
 	})
 	return c, err

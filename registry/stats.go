@@ -67,6 +67,15 @@ func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bo
 type ServiceState struct {
 	Counters
 	rr atomic.Uint64 // rotation counter of round robin and of tie-breaks
+	mu sync.Mutex    // guards the smooth weighted round robin's current weights
+
+	// RateLimited, Shed and RetriesDenied count requests answered 429 by
+	// the rate limit, answered 503 by max_in_flight, and retries refused
+	// by the retry budget.
+	RateLimited, Shed, RetriesDenied atomic.Int64
+
+	retryDeficit atomic.Int64           // retry budget: milli-tokens below the cap
+	limits       atomic.Pointer[limits] // rate limiter, made on first use
 }
 
 // ContainerStats is the runtime state of a container shared by all its versions.
@@ -80,6 +89,12 @@ type ContainerStats struct {
 	// PassiveEjection identifies the passive ejection in force (0: none),
 	// so that its expiry does not undo a later judgement.
 	PassiveEjection atomic.Uint64
+
+	circuit      circuit       // outlier ejection
+	swrr         int64         // smooth weighted round robin's current weight, under ServiceState.mu
+	healthySince atomic.Int64  // unix nanoseconds of the last change to healthy, for slow start
+	ewma         atomic.Uint64 // least_latency's peak-EWMA response time (float64 bits, nanoseconds)
+	ewmaAt       atomic.Int64  // unix nanoseconds of its last update
 
 	mu              sync.Mutex
 	lastHealthCheck time.Time

@@ -56,6 +56,7 @@ type ServiceRecord struct {
 	ExternalPort int               `json:"external_port,omitempty"`
 	Static       bool              `json:"static,omitempty"`
 	Containers   []ContainerRecord `json:"containers"`
+	ServiceOptions
 }
 
 // ContainerRecord is a stored container.
@@ -66,6 +67,7 @@ type ContainerRecord struct {
 	Port        int    `json:"port"`
 	Status      Status `json:"status"`
 	Weight      int    `json:"weight"`
+	Zone        string `json:"zone,omitempty"`
 }
 
 // CorruptStateError reports stored state that cannot be read back.
@@ -117,7 +119,8 @@ func (s *snapshot) state() *State {
 	for _, shard := range s.shards {
 		for _, svc := range shard {
 			rec := ServiceRecord{ImageID: svc.ImageID, ImageName: svc.ImageName, Algorithm: svc.Algorithm,
-				ExternalPort: svc.ExternalPort, Static: svc.Static, Containers: make([]ContainerRecord, len(svc.Containers))}
+				ExternalPort: svc.ExternalPort, Static: svc.Static, Containers: make([]ContainerRecord, len(svc.Containers)),
+				ServiceOptions: svc.Options}
 			for i, c := range svc.Containers {
 				rec.Containers[i] = ContainerRecord(c.ContainerSpec)
 			}
@@ -190,7 +193,10 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 		return ServiceSpec{}, fmt.Errorf("invalid external_port %d", rec.ExternalPort)
 	}
 	spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: alg,
-		ExternalPort: rec.ExternalPort, Static: rec.Static}
+		ExternalPort: rec.ExternalPort, Static: rec.Static, Options: rec.ServiceOptions}
+	if err := spec.Options.Normalize(alg); err != nil {
+		return spec, err
+	}
 	seen := map[string]bool{}
 	for _, c := range rec.Containers {
 		switch {
@@ -201,7 +207,7 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 		case CheckHost(c.Host) != "":
 			return spec, fmt.Errorf("container %q: %s", c.ContainerID, CheckHost(c.Host))
 		}
-		if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight {
+		if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight || len(c.Zone) > MaxNameLength {
 			return spec, fmt.Errorf("container %q: invalid port, status or weight", c.ContainerID)
 		}
 		seen[c.ContainerID] = true

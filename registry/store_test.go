@@ -440,7 +440,7 @@ func TestRestoreRejectsInvalidState(t *testing.T) {
 		{"weight over the maximum", func(rec *ServiceRecord) { rec.Containers[0].Weight = MaxWeight + 1 }, "weight"},
 		{"bad host", func(rec *ServiceRecord) { rec.Containers[0].Host = "http://evil/" }, "host"},
 		{"empty host", func(rec *ServiceRecord) { rec.Containers[0].Host = "" }, "host"},
-		{"unknown algorithm", func(rec *ServiceRecord) { rec.Algorithm = "random" }, "algorithm"},
+		{"unknown algorithm", func(rec *ServiceRecord) { rec.Algorithm = "fastest" }, "algorithm"},
 		{"no image name", func(rec *ServiceRecord) { rec.ImageName = "" }, "image_name"},
 		{"image_id 0", func(rec *ServiceRecord) { rec.ImageID = 0 }, "image_id"},
 	}

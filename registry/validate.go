@@ -22,6 +22,7 @@ type containerInput struct {
 	ImageID     *int64  `json:"image_id"`
 	Status      *string `json:"status"`
 	Weight      *int64  `json:"weight"`
+	Zone        *string `json:"zone"`
 }
 
 // registrationInput is the object form of a registration body.
@@ -30,6 +31,7 @@ type registrationInput struct {
 	Algorithm    *string           `json:"algorithm"`
 	ExternalPort *int64            `json:"external_port"`
 	Containers   []json.RawMessage `json:"containers"`
+	ServiceOptions
 }
 
 type patchInput struct {
@@ -103,6 +105,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 		}
 		items = in.Containers
 		itemLoc = []any{"body", "containers"}
+		spec.Options = in.ServiceOptions
 	default:
 		return spec, invalid("request body must be a JSON array of containers or an object with image_name and containers")
 	}
@@ -125,6 +128,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 		}
 		spec.ExternalPort = int(p)
 	}
+	spec.Options.check(&fe, spec.Algorithm, []any{"body"})
 	if spec.ImageName == "" {
 		fe.add("missing", "image_name is required (query parameter ?image_name=NAME or body field), 1-255 characters", "query", "image_name")
 	} else {
@@ -271,6 +275,10 @@ func decodeContainer(raw json.RawMessage, imageID int64, loc []any, pathID strin
 		}
 		c.Weight = int(*in.Weight)
 	}
+	if in.Zone != nil {
+		c.Zone = *in.Zone
+		checkText(&fe, c.Zone, MaxNameLength, "zone", at("zone")...)
+	}
 	return c, fe
 }
 
@@ -320,7 +328,7 @@ func portMsg(field string, p int64) string {
 }
 
 func unknownAlgorithm(name string) string {
-	return fmt.Sprintf("unknown algorithm %q: use round_robin or least_connections (alias least_conn)", name)
+	return fmt.Sprintf("unknown algorithm %q: use %s", name, algorithmNames)
 }
 
 func unknownStatus(name string) string {

@@ -366,7 +366,7 @@ func TestDecodeRegistrationAccepts(t *testing.T) {
 		},
 		{
 			name:  "unknown fields are ignored",
-			body:  `[{"container_id":"a","port":80,"zone":"eu","extra":{"x":1}}]`,
+			body:  `[{"container_id":"a","port":80,"shard":"eu","extra":{"x":1}}]`,
 			query: named,
 			want:  ServiceSpec{ImageID: 7, ImageName: "app", Containers: []ContainerSpec{ctr("a", 80)}},
 		},
@@ -464,7 +464,7 @@ func TestParseAlgorithmAndStatus(t *testing.T) {
 		{"round_robin", RoundRobin, true},
 		{"least_connections", LeastConnections, true},
 		{"least_conn", LeastConnections, true},
-		{"random", "", false},
+		{"random", Random, true}, {"fastest", "", false},
 		{"ROUND_ROBIN", "", false},
 	} {
 		if got, ok := ParseAlgorithm(tt.in); got != tt.want || ok != tt.ok {

@@ -14,6 +14,8 @@ type ContainerView struct {
 	ImageID           int64   `json:"image_id"`
 	Status            Status  `json:"status"`
 	Weight            int     `json:"weight"`
+	Zone              string  `json:"zone,omitempty"`
+	Ejected           bool    `json:"ejected,omitempty"`
 	ActiveConnections int64   `json:"active_connections"`
 	TotalRequests     int64   `json:"total_requests"`
 	FailedRequests    int64   `json:"failed_requests"`
@@ -33,6 +35,7 @@ type ServiceView struct {
 	FailedRequests    int64           `json:"failed_requests"`
 	ActiveConnections int64           `json:"active_connections"`
 	Static            bool            `json:"static"`
+	ServiceOptions
 }
 
 // View returns the API form of the container of the given image.
@@ -45,6 +48,8 @@ func (c *Container) View(imageID int64) ContainerView {
 		ImageID:           imageID,
 		Status:            c.Status,
 		Weight:            c.Weight,
+		Zone:              c.Zone,
+		Ejected:           c.Stats.Ejected(),
 		ActiveConnections: c.Stats.InFlight.Load(),
 		TotalRequests:     c.Stats.Requests.Load(),
 		FailedRequests:    c.Stats.Failures.Load(),
@@ -71,6 +76,7 @@ func (s *Service) View() ServiceView {
 		FailedRequests:    s.State.Failures.Load(),
 		ActiveConnections: s.State.InFlight.Load(),
 		Static:            s.Static,
+		ServiceOptions:    s.Options,
 	}
 	if s.ExternalPort != 0 {
 		p := s.ExternalPort
@@ -109,20 +115,29 @@ type ContainerStatsView struct {
 	// RequestsPerSecond and LatencyMS cover the last minute.
 	RequestsPerSecond float64 `json:"requests_per_second"`
 	LatencyMS         Latency `json:"latency_ms"`
+	// Ejected and Ejections report outlier ejection.
+	Ejected   bool  `json:"ejected"`
+	Ejections int64 `json:"ejections"`
 }
 
 // ServiceStatsView is a service's entry in the statistics.
 type ServiceStatsView struct {
-	ImageID           int64                `json:"image_id"`
-	ImageName         string               `json:"image_name"`
-	Algorithm         Algorithm            `json:"algorithm"`
-	TotalRequests     int64                `json:"total_requests"`
-	FailedRequests    int64                `json:"failed_requests"`
-	ActiveConnections int64                `json:"active_connections"`
-	HealthyContainers int                  `json:"healthy_containers"`
-	RequestsPerSecond float64              `json:"requests_per_second"`
-	LatencyMS         Latency              `json:"latency_ms"`
-	Containers        []ContainerStatsView `json:"containers"`
+	ImageID           int64     `json:"image_id"`
+	ImageName         string    `json:"image_name"`
+	Algorithm         Algorithm `json:"algorithm"`
+	TotalRequests     int64     `json:"total_requests"`
+	FailedRequests    int64     `json:"failed_requests"`
+	ActiveConnections int64     `json:"active_connections"`
+	HealthyContainers int       `json:"healthy_containers"`
+	RequestsPerSecond float64   `json:"requests_per_second"`
+	LatencyMS         Latency   `json:"latency_ms"`
+	// Requests turned away before reaching a container: by the rate
+	// limit (429) and by max_in_flight (503); and retries the retry
+	// budget refused.
+	RateLimitedRequests int64                `json:"rate_limited_requests"`
+	ShedRequests        int64                `json:"shed_requests"`
+	RetriesDenied       int64                `json:"retries_denied"`
+	Containers          []ContainerStatsView `json:"containers"`
 }
 
 // StatsView is the whole statistics document.
@@ -141,14 +156,17 @@ func (r *Registry) Stats(services []*Service) StatsView {
 	v := StatsView{UptimeSeconds: r.Uptime().Seconds(), Services: make([]ServiceStatsView, 0, len(services))}
 	for _, s := range services {
 		sv := ServiceStatsView{
-			ImageID:           s.ImageID,
-			ImageName:         s.ImageName,
-			Algorithm:         s.Algorithm,
-			TotalRequests:     s.State.Requests.Load(),
-			FailedRequests:    s.State.Failures.Load(),
-			ActiveConnections: s.State.InFlight.Load(),
-			HealthyContainers: s.HealthyCount(),
-			Containers:        make([]ContainerStatsView, len(s.Containers)),
+			ImageID:             s.ImageID,
+			ImageName:           s.ImageName,
+			Algorithm:           s.Algorithm,
+			TotalRequests:       s.State.Requests.Load(),
+			FailedRequests:      s.State.Failures.Load(),
+			ActiveConnections:   s.State.InFlight.Load(),
+			HealthyContainers:   s.HealthyCount(),
+			RateLimitedRequests: s.State.RateLimited.Load(),
+			ShedRequests:        s.State.Shed.Load(),
+			RetriesDenied:       s.State.RetriesDenied.Load(),
+			Containers:          make([]ContainerStatsView, len(s.Containers)),
 		}
 		sv.LatencyMS, sv.RequestsPerSecond = recentOf(&s.State.Counters)
 		for i, c := range s.Containers {
@@ -158,6 +176,8 @@ func (r *Registry) Stats(services []*Service) StatsView {
 				TotalRequests:     c.Stats.Requests.Load(),
 				FailedRequests:    c.Stats.Failures.Load(),
 				ActiveConnections: c.Stats.InFlight.Load(),
+				Ejected:           c.Stats.Ejected(),
+				Ejections:         c.Stats.Ejections(),
 			}
 			cv.LatencyMS, cv.RequestsPerSecond = recentOf(&c.Stats.Counters)
 			sv.Containers[i] = cv
