@@ -21,6 +21,7 @@ type collector struct {
 	requests, failures, inFlight, duration                              *prometheus.Desc
 	ctrRequests, ctrFailures, ctrInFlight, ctrDuration, healthy, checks *prometheus.Desc
 	operations, services, containers                                    *prometheus.Desc
+	turnedAway, retriesDenied, ejected, ejections                       *prometheus.Desc
 }
 
 func newCollector() *collector {
@@ -41,13 +42,19 @@ func newCollector() *collector {
 		operations:  d("imagelb_registry_operations_total", "Changes applied to the registry, by operation (register, remove, put_container, patch_container, remove_container).", []string{"operation"}, nil),
 		services:    d("imagelb_services", "Services registered.", nil, nil),
 		containers:  d("imagelb_containers", "Containers registered, by status.", []string{"status"}, nil),
+		turnedAway: d("imagelb_requests_turned_away_total", "Client requests for an image answered before reaching a container, "+
+			"by reason (rate_limit: 429, max_in_flight: 503).", append(img, "reason"), nil),
+		retriesDenied: d("imagelb_retries_denied_total", "Retries the image's retry budget refused.", img, nil),
+		ejected:       d("imagelb_container_ejected", "1 if outlier ejection keeps the container out of rotation, else 0.", ctr, nil),
+		ejections:     d("imagelb_container_ejections_total", "Times outlier ejection took the container out of rotation.", ctr, nil),
 	}
 }
 
 // Describe sends the descriptors of every metric.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
-		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers} {
+		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers,
+		c.turnedAway, c.retriesDenied, c.ejected, c.ejections} {
 		ch <- d
 	}
 }
@@ -72,6 +79,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range svcs {
 		id := strconv.FormatInt(s.ImageID, 10)
 		c.counters(ch, c.requests, c.failures, c.inFlight, c.duration, &s.State.Counters, id)
+		ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.RateLimited.Load()), id, "rate_limit")
+		ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.Shed.Load()), id, "max_in_flight")
+		ch <- prometheus.MustNewConstMetric(c.retriesDenied, counter, float64(s.State.RetriesDenied.Load()), id)
 		for _, ctr := range s.Containers {
 			byStatus[ctr.Status]++
 			st := ctr.Stats
@@ -83,6 +93,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.healthy, gauge, healthy, id, ctr.ContainerID)
 			ch <- prometheus.MustNewConstMetric(c.checks, counter, float64(st.ChecksPassed.Load()), id, ctr.ContainerID, "pass")
 			ch <- prometheus.MustNewConstMetric(c.checks, counter, float64(st.ChecksFailed.Load()), id, ctr.ContainerID, "fail")
+			ejected := 0.0
+			if st.Ejected() {
+				ejected = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.ejected, gauge, ejected, id, ctr.ContainerID)
+			ch <- prometheus.MustNewConstMetric(c.ejections, counter, float64(st.Ejections()), id, ctr.ContainerID)
 		}
 	}
 	for op, n := range reg.Operations() {
