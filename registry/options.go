@@ -108,17 +108,24 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		}
 		v, err := ParseDuration(s)
 		if err != nil {
-			return err
+			return &DurationError{Value: string(b)}
 		}
 		*d = Duration(v)
 		return nil
 	}
 	secs, err := strconv.ParseFloat(string(b), 64)
 	if err != nil || math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > maxOptionDuration.Seconds()*1000 {
-		return fmt.Errorf("a duration must be a string such as \"30s\" or a number of seconds, got %s", b)
+		return &DurationError{Value: string(b)}
 	}
 	*d = Duration(secs * float64(time.Second))
 	return nil
+}
+
+// DurationError reports a JSON value that is not a duration.
+type DurationError struct{ Value string }
+
+func (e *DurationError) Error() string {
+	return fmt.Sprintf("a duration must be a string such as \"30s\" or a number of seconds, got %s", e.Value)
 }
 
 // ParseDuration parses a Go duration string, or a number of seconds.

@@ -336,7 +336,7 @@ func unknownStatus(name string) string {
 }
 
 func typeMsg(te *json.UnmarshalTypeError) string {
-	field := te.Field
+	field := jsonPath(te.Field)
 	if field == "" {
 		field = "value"
 	}
@@ -368,7 +368,7 @@ func jsonError(err error) error {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
 		loc := []any{"body"}
-		for _, part := range strings.Split(te.Field, ".") {
+		for _, part := range strings.Split(jsonPath(te.Field), ".") {
 			if part != "" {
 				loc = append(loc, part)
 			}
@@ -379,7 +379,24 @@ func jsonError(err error) error {
 	if errors.As(err, &se) {
 		return invalid("malformed JSON at byte %d: %v", se.Offset, err)
 	}
+	var de *DurationError
+	if errors.As(err, &de) {
+		return invalid("%v", err)
+	}
 	return invalid("malformed JSON: %v", err)
+}
+
+// jsonPath drops from a decoder's field path the names of embedded Go
+// structs (ServiceOptions), which are not part of the JSON.
+func jsonPath(field string) string {
+	parts := strings.Split(field, ".")
+	kept := parts[:0]
+	for _, p := range parts {
+		if p != "" && !unicode.IsUpper(rune(p[0])) {
+			kept = append(kept, p)
+		}
+	}
+	return strings.Join(kept, ".")
 }
 
 func firstByte(b []byte) byte {
