@@ -3,6 +3,8 @@ package imagelb
 import (
 	"math"
 	"strconv"
+	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -47,7 +49,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		fail_duration   <duration>
 //		max_retries     <n>
 //		timeout         <duration>
-//		algorithm       round_robin|least_connections
+//		algorithm       <algorithm>
 //		port_range      <lo>-<hi>
 //		default_host    <host>
 //		max_body        <size>
@@ -56,24 +58,56 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		persist         on|off
 //		state_file      <path>
 //		on_corrupt_state refuse|start_empty
+//		zone            <zone>
+//		zone_header     <header>
+//		sticky_secret   <secret>
 //		service <image_id> <image_name> {
-//			algorithm     round_robin|least_connections
+//			algorithm     <algorithm>
 //			external_port <port>
+//			hash_key      ip|header:<name>|cookie:<name>
+//			sticky
+//			rate_limit    <requests>/<interval> [burst <n>] [per service|client_ip]
+//			max_in_flight <n>
+//			slow_start    <duration>
+//			outlier [{
+//				consecutive_failures <n>
+//				error_rate           <0-1>|<percent>%
+//				min_requests         <n>
+//				interval             <duration>
+//				cooldown             <duration>
+//				max_ejected_percent  <1-100>
+//			}]
+//			retry_budget  <0-1>|<percent>%
 //			container <container_id> <host:port> {
 //				name   <name>
 //				weight <0-1000>
 //				status healthy|unhealthy|starting|draining
+//				zone   <zone>
 //			}
 //		}
 //	}
 //
+// <algorithm> is one of round_robin, weighted_round_robin,
+// least_connections (alias least_conn), random, power_of_two, ip_hash,
+// consistent_hash or least_latency.
+//
 // Durations accept plain seconds ("30") as well as Go durations ("30s").
+// The interval of rate_limit may be a bare unit: 100/s is 100/1s. A bare
+// outlier (no block) ejects with the defaults. The durations of the
+// traffic-control options are at most 24h. An option left out keeps its
+// default, so a value that could only mean "the default" (a burst,
+// consecutive_failures, min_requests, interval, cooldown or
+// max_ejected_percent of 0) is refused.
+// sticky_secret may be a placeholder such as {env.IMAGELB_STICKY_SECRET}.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	seen := map[string]bool{}
+	// where each service's hash_key is, for the check against the global
+	// algorithm, which may come after the service
+	hashKeyAt := map[int64]*caddyfile.Dispenser{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		if opt != "service" && opt != "allowed_upstreams" {
@@ -164,7 +198,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			if _, ok := registry.ParseAlgorithm(v); !ok {
-				return d.Errf("algorithm %q: use round_robin or least_connections (alias least_conn)", v)
+				return d.Errf("algorithm %q: use %s", v, algorithmNames)
 			}
 			a.Algorithm = v
 		case "port_range":
@@ -220,38 +254,88 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("on_corrupt_state %q: use refuse or start_empty", v)
 			}
 			a.OnCorruptState = v
-		case "service":
-			svc, err := parseService(d, a.Services)
+		case "zone":
+			v, err := singleArg(d)
 			if err != nil {
 				return err
+			}
+			if err := checkZone(d, v); err != nil {
+				return err
+			}
+			a.Zone = v
+		case "zone_header":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if !httpToken(v) {
+				return d.Errf("zone_header %q: want a request header name, e.g. X-Client-Zone", v)
+			}
+			a.ZoneHeader = v
+		case "sticky_secret":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			if v == "" {
+				return d.Err("sticky_secret is empty: give a secret or a placeholder such as {env.IMAGELB_STICKY_SECRET}")
+			}
+			a.StickySecret = v
+		case "service":
+			svc, at, err := parseService(d, a.Services)
+			if err != nil {
+				return err
+			}
+			if at != nil {
+				hashKeyAt[svc.ImageID] = at
 			}
 			a.Services = append(a.Services, svc)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
 	}
+	// a service without an algorithm takes the global one
+	if alg, _ := registry.ParseAlgorithm(a.Algorithm); alg == registry.IPHash {
+		for _, s := range a.Services {
+			if s.Algorithm == "" && hashKeyAt[s.ImageID] != nil {
+				return hashKeyIPHashErr(hashKeyAt[s.ImageID], s.HashKey, true)
+			}
+		}
+	}
 	return nil
 }
 
+// algorithmNames lists the algorithms registry.ParseAlgorithm accepts.
+const algorithmNames = "round_robin, weighted_round_robin, least_connections (alias least_conn), random, " +
+	"power_of_two, ip_hash, consistent_hash or least_latency"
+
+// Limits of the traffic-control options, as registry.ServiceOptions.Normalize
+// enforces them.
+const (
+	maxOptionCount    = 1_000_000_000
+	maxOptionDuration = 24 * time.Hour
+)
+
 // parseService parses: service <image_id> <image_name> { ... }
-// prev are the services parsed before it.
-func parseService(d *caddyfile.Dispenser, prev []StaticService) (StaticService, error) {
-	var s StaticService
+// prev are the services parsed before it. hashKeyAt is where a hash_key
+// other than ip is (nil if none), for the caller's check against the global
+// algorithm.
+func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService, hashKeyAt *caddyfile.Dispenser, err error) {
 	args := d.RemainingArgs()
 	if len(args) != 2 {
-		return s, d.Err("service needs an image_id and an image_name: service <image_id> <image_name> { ... }")
+		return s, nil, d.Err("service needs an image_id and an image_name: service <image_id> <image_name> { ... }")
 	}
 	id, err := strconv.ParseInt(args[0], 10, 64)
 	if err != nil || id <= 0 {
-		return s, d.Errf("service image_id %q must be a positive integer", args[0])
+		return s, nil, d.Errf("service image_id %q must be a positive integer", args[0])
 	}
 	for _, p := range prev {
 		if p.ImageID == id {
-			return s, d.Errf("service %d already specified", id)
+			return s, nil, d.Errf("service %d already specified", id)
 		}
 	}
 	if args[1] == "" || len(args[1]) > registry.MaxNameLength || hasControl(args[1]) {
-		return s, d.Errf("service image_name %q must be 1-%d characters without control characters", args[1], registry.MaxNameLength)
+		return s, nil, d.Errf("service image_name %q must be 1-%d characters without control characters", args[1], registry.MaxNameLength)
 	}
 	s.ImageID, s.ImageName = id, args[1]
 	seen := map[string]bool{}
@@ -259,7 +343,7 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (StaticService, 
 		opt := d.Val()
 		if opt != "container" {
 			if seen[opt] {
-				return s, d.Errf("%s already specified", opt)
+				return s, nil, d.Errf("%s already specified", opt)
 			}
 			seen[opt] = true
 		}
@@ -267,29 +351,259 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (StaticService, 
 		case "algorithm":
 			v, err := singleArg(d)
 			if err != nil {
-				return s, err
+				return s, nil, err
 			}
 			if _, ok := registry.ParseAlgorithm(v); !ok {
-				return s, d.Errf("algorithm %q: use round_robin or least_connections (alias least_conn)", v)
+				return s, nil, d.Errf("algorithm %q: use %s", v, algorithmNames)
 			}
 			s.Algorithm = v
 		case "external_port":
 			n, err := intArg(d, 1, 65535)
 			if err != nil {
-				return s, err
+				return s, nil, err
 			}
 			s.ExternalPort = n
 		case "container":
 			c, err := parseContainer(d, s.Containers)
 			if err != nil {
-				return s, err
+				return s, nil, err
 			}
 			s.Containers = append(s.Containers, c)
+		case "hash_key":
+			v, err := singleArg(d)
+			if err != nil {
+				return s, nil, err
+			}
+			if !validHashKey(v) {
+				return s, nil, d.Errf("hash_key %q: use ip, header:NAME or cookie:NAME, e.g. header:X-User", v)
+			}
+			s.HashKey = v
+			if v != "ip" {
+				at := *d
+				hashKeyAt = &at
+			}
+		case "sticky":
+			if d.NextArg() {
+				return s, nil, d.ArgErr()
+			}
+			s.Sticky = true
+		case "rate_limit":
+			rl, err := parseRateLimit(d)
+			if err != nil {
+				return s, nil, err
+			}
+			s.RateLimit = rl
+		case "max_in_flight":
+			n, err := intArg(d, 0, maxOptionCount)
+			if err != nil {
+				return s, nil, err
+			}
+			s.MaxInFlight = n
+		case "slow_start":
+			v, err := durationArg(d, false)
+			if err != nil {
+				return s, nil, err
+			}
+			s.SlowStart = registry.Duration(v)
+		case "outlier":
+			o, err := parseOutlier(d)
+			if err != nil {
+				return s, nil, err
+			}
+			s.Outlier = o
+		case "retry_budget":
+			f, err := fractionArg(d)
+			if err != nil {
+				return s, nil, err
+			}
+			s.RetryBudget = f
 		default:
-			return s, d.Errf("unrecognized subdirective '%s'", opt)
+			return s, nil, d.Errf("unrecognized subdirective '%s'", opt)
 		}
 	}
-	return s, nil
+	if alg, _ := registry.ParseAlgorithm(s.Algorithm); alg == registry.IPHash && hashKeyAt != nil {
+		return s, nil, hashKeyIPHashErr(hashKeyAt, s.HashKey, false)
+	}
+	return s, hashKeyAt, nil
+}
+
+// hashKeyIPHashErr refuses a hash_key other than ip for a service balanced by
+// ip_hash, its own or (if global) the global algorithm; at is where the
+// hash_key is.
+func hashKeyIPHashErr(at *caddyfile.Dispenser, key string, global bool) error {
+	if global {
+		return at.Errf("hash_key %q: the global algorithm ip_hash always hashes the client IP; "+
+			"give this service algorithm consistent_hash to hash a header or cookie", key)
+	}
+	return at.Errf("hash_key %q: ip_hash always hashes the client IP; use algorithm consistent_hash to hash a header or cookie", key)
+}
+
+// validHashKey reports whether v is ip, header:NAME or cookie:NAME.
+func validHashKey(v string) bool {
+	kind, name, hasName := strings.Cut(v, ":")
+	switch {
+	case kind == "ip" && !hasName:
+		return true
+	case kind == "header" || kind == "cookie":
+		return hasName && httpToken(name)
+	}
+	return false
+}
+
+// parseRateLimit parses: rate_limit <requests>/<interval> [burst <n>] [per service|client_ip]
+func parseRateLimit(d *caddyfile.Dispenser) (*registry.RateLimit, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.ArgErr()
+	}
+	reqs, interval, ok := strings.Cut(args[0], "/")
+	if !ok {
+		return nil, d.Errf("rate_limit %q: want <requests>/<interval>, e.g. 100/1s", args[0])
+	}
+	n, err := strconv.Atoi(reqs)
+	if err != nil || n < 1 || n > maxOptionCount {
+		return nil, d.Errf("rate_limit %q: the requests must be a whole number from 1 to %d", args[0], maxOptionCount)
+	}
+	if interval == "s" || interval == "m" || interval == "h" {
+		interval = "1" + interval
+	}
+	iv, err := registry.ParseDuration(interval)
+	if err != nil || iv <= 0 || iv > maxOptionDuration {
+		return nil, d.Errf("rate_limit %q: the interval must be a positive duration of at most %s, e.g. 100/1s or 100/1m", args[0], maxOptionDuration)
+	}
+	rl := &registry.RateLimit{Requests: n, Interval: registry.Duration(iv)}
+	seen := map[string]bool{}
+	for rest := args[1:]; len(rest) > 0; rest = rest[2:] {
+		key := rest[0]
+		if key != "burst" && key != "per" {
+			return nil, d.Errf("rate_limit: unknown %q: after <requests>/<interval> use burst <n> and per service|client_ip", key)
+		}
+		if seen[key] {
+			return nil, d.Errf("rate_limit: %s already specified", key)
+		}
+		seen[key] = true
+		if len(rest) < 2 {
+			return nil, d.Errf("rate_limit: %s needs a value", key)
+		}
+		v := rest[1]
+		if key == "burst" {
+			b, err := strconv.Atoi(v)
+			if err != nil || b < 1 || b > maxOptionCount {
+				return nil, d.Errf("rate_limit burst %q: want a whole number from 1 to %d (leave it out for a burst of <requests>)", v, maxOptionCount)
+			}
+			rl.Burst = b
+			continue
+		}
+		if v != registry.PerService && v != registry.PerClientIP {
+			return nil, d.Errf("rate_limit per %q: use service or client_ip", v)
+		}
+		rl.Per = v
+	}
+	return rl, nil
+}
+
+// parseOutlier parses: outlier [{ ... }]; a bare outlier takes the defaults.
+func parseOutlier(d *caddyfile.Dispenser) (*registry.Outlier, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	o := new(registry.Outlier)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "consecutive_failures":
+			o.ConsecutiveFailures, err = intArg(d, 1, 1_000_000)
+		case "error_rate":
+			o.ErrorRate, err = fractionArg(d)
+		case "min_requests":
+			o.MinRequests, err = intArg(d, 1, maxOptionCount)
+		case "interval", "cooldown":
+			var v time.Duration
+			v, err = durationArg(d, true)
+			if opt == "interval" {
+				o.Interval = registry.Duration(v)
+			} else {
+				o.Cooldown = registry.Duration(v)
+			}
+		case "max_ejected_percent":
+			o.MaxEjectedPercent, err = intArg(d, 1, 100)
+		default:
+			return nil, d.Errf("unrecognized subdirective '%s'", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// fractionArg reads the single argument of the current option as a share
+// from 0 to 1, or a percentage from 0% to 100%.
+func fractionArg(d *caddyfile.Dispenser) (float64, error) {
+	opt := d.Val()
+	v, err := singleArg(d)
+	if err != nil {
+		return 0, err
+	}
+	num, percent := strings.CutSuffix(v, "%")
+	f, err := strconv.ParseFloat(num, 64)
+	if percent {
+		f /= 100
+	}
+	if err != nil || math.IsNaN(f) || f < 0 || f > 1 {
+		return 0, d.Errf("%s %q: want a share from 0 to 1 (e.g. 0.2) or a percentage (e.g. 20%%)", opt, v)
+	}
+	return f, nil
+}
+
+// durationArg reads the single argument of the current option as a
+// duration of at most maxOptionDuration, which must be positive if positive
+// is set and may otherwise be 0.
+func durationArg(d *caddyfile.Dispenser, positive bool) (time.Duration, error) {
+	opt := d.Val()
+	v, err := singleArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := registry.ParseDuration(v)
+	if err != nil {
+		return 0, d.Errf("%s %q: want a duration such as 30s or a number of seconds", opt, v)
+	}
+	if dur < 0 || (positive && dur == 0) || dur > maxOptionDuration {
+		if positive {
+			return 0, d.Errf("%s %q: want a positive duration of at most %s", opt, v, maxOptionDuration)
+		}
+		return 0, d.Errf("%s %q: want a duration from 0 to %s", opt, v, maxOptionDuration)
+	}
+	return dur, nil
+}
+
+// checkZone checks a zone name as the registry does.
+func checkZone(d *caddyfile.Dispenser, v string) error {
+	if v == "" || len(v) > registry.MaxNameLength || hasControl(v) {
+		return d.Errf("zone %q must be 1-%d characters without control characters", v, registry.MaxNameLength)
+	}
+	return nil
+}
+
+// httpToken reports whether s is a header or cookie name (an HTTP token),
+// by the rule registry.ServiceOptions.Normalize applies to hash keys.
+func httpToken(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	for _, r := range s {
+		if r > 126 || r <= ' ' || strings.ContainsRune("\"(),/:;<=>?@[\\]{}", r) {
+			return false
+		}
+	}
+	return true
 }
 
 // parseContainer parses: container <container_id> <host:port> { ... }
@@ -349,6 +663,15 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 				return c, d.Errf("status %q: use healthy, unhealthy, starting or draining", v)
 			}
 			c.Status = v
+		case "zone":
+			v, err := singleArg(d)
+			if err != nil {
+				return c, err
+			}
+			if err := checkZone(d, v); err != nil {
+				return c, err
+			}
+			c.Zone = v
 		default:
 			return c, d.Errf("unrecognized subdirective '%s'", opt)
 		}

@@ -489,13 +489,13 @@ func TestCaddyfileInvalid(t *testing.T) {
 	imagelb {
 		service 1 web {
 			container web-1 127.0.0.1:9001 {
-				zone eu
+				region eu
 			}
 		}
 	}
 }
 `,
-			wantErr: "unrecognized subdirective 'zone'",
+			wantErr: "unrecognized subdirective 'region'",
 			line:    5,
 		},
 		{
@@ -613,6 +613,694 @@ func TestCaddyfileInvalid(t *testing.T) {
 `,
 			wantErr: "unrecognized subdirective 'fallback': lb_policy imagelb takes no options",
 			line:    5,
+		},
+		{
+			name: "rate_limit zero requests",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 0/1s
+		}
+	}
+}
+`,
+			wantErr: `rate_limit "0/1s": the requests must be a whole number from 1`,
+			line:    4,
+		},
+		{
+			name: "rate_limit negative requests",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit -5/1s
+		}
+	}
+}
+`,
+			wantErr: `rate_limit "-5/1s": the requests`,
+			line:    4,
+		},
+		{
+			name: "rate_limit bad interval",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/abc
+		}
+	}
+}
+`,
+			wantErr: `rate_limit "100/abc": the interval must be a positive duration`,
+			line:    4,
+		},
+		{
+			name: "rate_limit zero interval",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/0s
+		}
+	}
+}
+`,
+			wantErr: `rate_limit "100/0s": the interval must be a positive duration`,
+			line:    4,
+		},
+		{
+			name: "rate_limit interval too long",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/48h
+		}
+	}
+}
+`,
+			wantErr: "at most 24h0m0s",
+			line:    4,
+		},
+		{
+			name: "rate_limit without slash",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100
+		}
+	}
+}
+`,
+			wantErr: `rate_limit "100": want <requests>/<interval>`,
+			line:    4,
+		},
+		{
+			name: "rate_limit without arguments",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit
+		}
+	}
+}
+`,
+			wantErr: "wrong argument count",
+			line:    4,
+		},
+		{
+			name: "rate_limit unknown per",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s per user
+		}
+	}
+}
+`,
+			wantErr: `rate_limit per "user": use service or client_ip`,
+			line:    4,
+		},
+		{
+			name: "rate_limit negative burst",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s burst -1
+		}
+	}
+}
+`,
+			wantErr: `rate_limit burst "-1": want a whole number from 1`,
+			line:    4,
+		},
+		{
+			name: "rate_limit zero burst",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s burst 0
+		}
+	}
+}
+`,
+			wantErr: `rate_limit burst "0"`,
+			line:    4,
+		},
+		{
+			name: "rate_limit burst without value",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s per service burst
+		}
+	}
+}
+`,
+			wantErr: "rate_limit: burst needs a value",
+			line:    4,
+		},
+		{
+			name: "rate_limit burst repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s burst 5 burst 6
+		}
+	}
+}
+`,
+			wantErr: "rate_limit: burst already specified",
+			line:    4,
+		},
+		{
+			name: "rate_limit unknown word",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s every 2
+		}
+	}
+}
+`,
+			wantErr: `rate_limit: unknown "every"`,
+			line:    4,
+		},
+		{
+			name: "rate_limit repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			rate_limit 100/1s
+			max_in_flight 5
+			rate_limit 10/1s
+		}
+	}
+}
+`,
+			wantErr: "rate_limit already specified",
+			line:    6,
+		},
+		{
+			name: "hash_key unknown kind",
+			src: `{
+	imagelb {
+		service 1 web {
+			hash_key user
+		}
+	}
+}
+`,
+			wantErr: `hash_key "user": use ip, header:NAME or cookie:NAME`,
+			line:    4,
+		},
+		{
+			name: "hash_key header without name",
+			src: `{
+	imagelb {
+		service 1 web {
+			hash_key header:
+		}
+	}
+}
+`,
+			wantErr: `hash_key "header:"`,
+			line:    4,
+		},
+		{
+			name: "hash_key bad cookie name",
+			src: `{
+	imagelb {
+		service 1 web {
+			hash_key cookie:a/b
+		}
+	}
+}
+`,
+			wantErr: `hash_key "cookie:a/b"`,
+			line:    4,
+		},
+		{
+			name: "hash_key ip with name",
+			src: `{
+	imagelb {
+		service 1 web {
+			hash_key ip:x
+		}
+	}
+}
+`,
+			wantErr: `hash_key "ip:x"`,
+			line:    4,
+		},
+		{
+			name: "hash_key header with ip_hash",
+			src: `{
+	imagelb {
+		service 1 web {
+			hash_key header:X-User
+			algorithm ip_hash
+		}
+	}
+}
+`,
+			wantErr: `hash_key "header:X-User": ip_hash always hashes the client IP`,
+			line:    4,
+		},
+		{
+			name: "hash_key cookie with global ip_hash",
+			src: `{
+	imagelb {
+		service 1 web {
+			hash_key cookie:session
+		}
+		algorithm ip_hash
+	}
+}
+`,
+			wantErr: `hash_key "cookie:session": the global algorithm ip_hash always hashes the client IP`,
+			line:    4,
+		},
+		{
+			name: "sticky with argument",
+			src: `{
+	imagelb {
+		service 1 web {
+			sticky on
+		}
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'on'",
+			line:    4,
+		},
+		{
+			name: "sticky repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			sticky
+			sticky
+		}
+	}
+}
+`,
+			wantErr: "sticky already specified",
+			line:    5,
+		},
+		{
+			name: "negative max_in_flight",
+			src: `{
+	imagelb {
+		service 1 web {
+			max_in_flight -1
+		}
+	}
+}
+`,
+			wantErr: `max_in_flight "-1": want a whole number from 0 to 1000000000`,
+			line:    4,
+		},
+		{
+			name: "negative slow_start",
+			src: `{
+	imagelb {
+		service 1 web {
+			slow_start -5s
+		}
+	}
+}
+`,
+			wantErr: `slow_start "-5s": want a duration from 0 to 24h0m0s`,
+			line:    4,
+		},
+		{
+			name: "slow_start not a duration",
+			src: `{
+	imagelb {
+		service 1 web {
+			slow_start soon
+		}
+	}
+}
+`,
+			wantErr: `slow_start "soon": want a duration such as 30s`,
+			line:    4,
+		},
+		{
+			name: "slow_start too long",
+			src: `{
+	imagelb {
+		service 1 web {
+			slow_start 48h
+		}
+	}
+}
+`,
+			wantErr: `slow_start "48h": want a duration from 0 to 24h0m0s`,
+			line:    4,
+		},
+		{
+			name: "outlier with argument",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier on
+		}
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'on'",
+			line:    4,
+		},
+		{
+			name: "outlier repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier
+			outlier {
+				cooldown 5s
+			}
+		}
+	}
+}
+`,
+			wantErr: "outlier already specified",
+			line:    5,
+		},
+		{
+			name: "outlier unknown subdirective",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				window 10s
+			}
+		}
+	}
+}
+`,
+			wantErr: "unrecognized subdirective 'window'",
+			line:    5,
+		},
+		{
+			name: "outlier option repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				cooldown 5s
+				cooldown 6s
+			}
+		}
+	}
+}
+`,
+			wantErr: "cooldown already specified",
+			line:    6,
+		},
+		{
+			name: "outlier error_rate above 1",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				error_rate 1.5
+			}
+		}
+	}
+}
+`,
+			wantErr: `error_rate "1.5": want a share from 0 to 1`,
+			line:    5,
+		},
+		{
+			name: "outlier error_rate above 100%",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				error_rate 150%
+			}
+		}
+	}
+}
+`,
+			wantErr: `error_rate "150%"`,
+			line:    5,
+		},
+		{
+			name: "outlier error_rate NaN",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				error_rate NaN
+			}
+		}
+	}
+}
+`,
+			wantErr: `error_rate "NaN"`,
+			line:    5,
+		},
+		{
+			name: "outlier negative consecutive_failures",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				consecutive_failures -1
+			}
+		}
+	}
+}
+`,
+			wantErr: `consecutive_failures "-1": want a whole number from 1 to 1000000`,
+			line:    5,
+		},
+		{
+			name: "outlier zero min_requests",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				min_requests 0
+			}
+		}
+	}
+}
+`,
+			wantErr: `min_requests "0": want a whole number from 1`,
+			line:    5,
+		},
+		{
+			name: "outlier max_ejected_percent above 100",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				max_ejected_percent 101
+			}
+		}
+	}
+}
+`,
+			wantErr: `max_ejected_percent "101": want a whole number from 1 to 100`,
+			line:    5,
+		},
+		{
+			name: "outlier negative max_ejected_percent",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				max_ejected_percent -1
+			}
+		}
+	}
+}
+`,
+			wantErr: `max_ejected_percent "-1"`,
+			line:    5,
+		},
+		{
+			name: "outlier zero cooldown",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				cooldown 0
+			}
+		}
+	}
+}
+`,
+			wantErr: `cooldown "0": want a positive duration of at most 24h0m0s`,
+			line:    5,
+		},
+		{
+			name: "outlier interval not a duration",
+			src: `{
+	imagelb {
+		service 1 web {
+			outlier {
+				interval 10q
+			}
+		}
+	}
+}
+`,
+			wantErr: `interval "10q": want a duration such as 30s`,
+			line:    5,
+		},
+		{
+			name: "retry_budget above 1",
+			src: `{
+	imagelb {
+		service 1 web {
+			retry_budget 1.2
+		}
+	}
+}
+`,
+			wantErr: `retry_budget "1.2": want a share from 0 to 1 (e.g. 0.2) or a percentage (e.g. 20%)`,
+			line:    4,
+		},
+		{
+			name: "negative retry_budget",
+			src: `{
+	imagelb {
+		service 1 web {
+			retry_budget -0.1
+		}
+	}
+}
+`,
+			wantErr: `retry_budget "-0.1"`,
+			line:    4,
+		},
+		{
+			name: "retry_budget above 100%",
+			src: `{
+	imagelb {
+		service 1 web {
+			retry_budget 120%
+		}
+	}
+}
+`,
+			wantErr: `retry_budget "120%"`,
+			line:    4,
+		},
+		{
+			name: "retry_budget not a number",
+			src: `{
+	imagelb {
+		service 1 web {
+			retry_budget lots
+		}
+	}
+}
+`,
+			wantErr: `retry_budget "lots"`,
+			line:    4,
+		},
+		{
+			name: "empty container zone",
+			src: `{
+	imagelb {
+		service 1 web {
+			container a 127.0.0.1:9001 {
+				zone ""
+			}
+		}
+	}
+}
+`,
+			wantErr: `zone "" must be 1-255 characters`,
+			line:    5,
+		},
+		{
+			name: "container zone repeated",
+			src: `{
+	imagelb {
+		service 1 web {
+			container a 127.0.0.1:9001 {
+				zone a
+				zone b
+			}
+		}
+	}
+}
+`,
+			wantErr: "zone already specified",
+			line:    6,
+		},
+		{
+			name: "global zone repeated",
+			src: `{
+	imagelb {
+		zone a
+		zone b
+	}
+}
+`,
+			wantErr: "zone already specified",
+			line:    4,
+		},
+		{
+			name: "global zone without argument",
+			src: `{
+	imagelb {
+		zone
+	}
+}
+`,
+			wantErr: "wrong argument count",
+			line:    3,
+		},
+		{
+			name: "bad zone_header",
+			src: `{
+	imagelb {
+		zone_header X:Zone
+	}
+}
+`,
+			wantErr: `zone_header "X:Zone": want a request header name`,
+			line:    3,
+		},
+		{
+			name: "empty sticky_secret",
+			src: `{
+	imagelb {
+		sticky_secret ""
+	}
+}
+`,
+			wantErr: "sticky_secret is empty",
+			line:    3,
+		},
+		{
+			name: "sticky_secret two arguments",
+			src: `{
+	imagelb {
+		sticky_secret a b
+	}
+}
+`,
+			wantErr: "wrong argument count or unexpected line ending after 'b'",
+			line:    3,
+		},
+		{
+			name: "unknown algorithm lists all",
+			src: `{
+	imagelb {
+		algorithm fastest
+	}
+}
+`,
+			wantErr: `algorithm "fastest": use round_robin, weighted_round_robin, least_connections (alias least_conn), random, power_of_two, ip_hash, consistent_hash or least_latency`,
+			line:    3,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -86,7 +86,7 @@ func (s *Service) Choose(req *PickRequest) int {
 	for range maxClaimRetries {
 		i := p.pick()
 		if i < 0 && p.zone != "" {
-			p.zone = "" // nothing local can take it: any zone
+			p.zone = "" // nothing in (or out of) the zone can take it: any zone
 			i = p.pick()
 		}
 		if i < 0 && len(req.Tried) > 0 && !p.anyTried {
@@ -109,14 +109,20 @@ type picker struct {
 	svc      *Service
 	req      *PickRequest
 	now      int64  // unix nanoseconds, when slow start or outlier ejection needs it
-	zone     string // choose only in this zone ("": any)
+	zone     string // the zone to choose in, or (with away) to avoid; "": any
+	away     bool   // spill-over: choose outside zone
 	anyTried bool   // tried containers may be chosen again
 	excluded int    // an index that must not be chosen (-1: none)
 }
 
+// filtered reports whether some available containers may not be chosen.
+func (p *picker) filtered() bool {
+	return p.zone != "" || p.excluded >= 0 || p.svc.Options.Outlier != nil || (len(p.req.Tried) > 0 && !p.anyTried)
+}
+
 // eligible reports whether c may be chosen.
 func (p *picker) eligible(c *Container) bool {
-	if p.zone != "" && c.Zone != p.zone {
+	if p.zone != "" && (c.Zone == p.zone) == p.away {
 		return false
 	}
 	if !p.anyTried && containsStats(p.req.Tried, c.Stats) {
@@ -154,12 +160,11 @@ func (p *picker) chooseZone() {
 		}
 	}
 	if up == 0 {
-		return
+		return // nothing local: any zone
 	}
+	p.zone = zone
 	share := zoneOverprovisioning * float64(up) / float64(total)
-	if share >= 1 || float64(randUint64()>>11)/(1<<53) < share {
-		p.zone = zone
-	}
+	p.away = share < 1 && float64(randUint64()>>11)/(1<<53) >= share
 }
 
 // weight is c's effective weight: its weight, scaled down during its slow
@@ -200,15 +205,27 @@ func (p *picker) pick() int {
 // roundRobin takes the next eligible container in rotation: with every
 // container eligible, n consecutive picks reach each of n exactly once.
 func (p *picker) roundRobin() int {
-	avail := p.svc.available
-	k := len(avail)
-	start := int((p.svc.State.rr.Add(1) - 1) % uint64(k))
-	for j := range k {
-		if i := (start + j) % k; p.eligibleAt(i) {
-			return i
+	turn := p.svc.State.rr.Add(1) - 1
+	if !p.filtered() {
+		return int(turn % uint64(len(p.svc.available)))
+	}
+	// rotate over the containers that may be chosen, so that the
+	// rotation stays exact while some are ruled out
+	n := p.countEligible()
+	if n == 0 {
+		return -1
+	}
+	return p.nthEligible(int(turn % uint64(n)))
+}
+
+func (p *picker) countEligible() int {
+	n := 0
+	for i := range p.svc.available {
+		if p.eligibleAt(i) {
+			n++
 		}
 	}
-	return -1
+	return n
 }
 
 // leastConnections returns an eligible container with the fewest requests
@@ -304,11 +321,9 @@ func (p *picker) random() int {
 // powerOfTwo picks two different eligible containers at random and takes
 // the one with the lower cost (Envoy's least request, Finagle's P2C).
 func (p *picker) powerOfTwo(byLatency bool) int {
-	n := 0
-	for i := range p.svc.available {
-		if p.eligibleAt(i) {
-			n++
-		}
+	n := len(p.svc.available)
+	if p.filtered() {
+		n = p.countEligible()
 	}
 	switch n {
 	case 0:
@@ -322,30 +337,51 @@ func (p *picker) powerOfTwo(byLatency bool) int {
 		b++
 	}
 	ia, ib := p.nthEligible(a), p.nthEligible(b)
+	switch {
+	case ib < 0:
+		return ia
+	case ia < 0 || ia == ib:
+		return ib
+	}
 	if p.cost(p.svc.available[ib], byLatency) < p.cost(p.svc.available[ia], byLatency) {
 		return ib
 	}
 	return ia
 }
 
+// nthEligible returns the index of the n-th (from 0) eligible container;
+// when fewer are eligible by now (ejections race with picks), the last one.
 func (p *picker) nthEligible(n int) int {
+	if !p.filtered() {
+		return n
+	}
+	last := -1
 	for i := range p.svc.available {
 		if p.eligibleAt(i) {
 			if n == 0 {
 				return i
 			}
 			n--
+			last = i
 		}
 	}
-	return -1
+	return last
 }
 
 // cost is power_of_two's cost, the requests in flight (plus this one) per
-// unit of weight, multiplied for least_latency by the peak-EWMA response time.
+// unit of weight, multiplied for least_latency by the peak-EWMA response
+// time. A container without a response time yet costs nothing while it is
+// idle (so it gets tried) and the most while it has requests in flight (one
+// that never answers must not look fast), as in Finagle.
 func (p *picker) cost(c *Container, byLatency bool) float64 {
-	cost := float64(c.Stats.InFlight.Load()+1) / float64(p.weight(c))
+	inFlight := c.Stats.InFlight.Load()
+	cost := float64(inFlight+1) / float64(p.weight(c))
 	if byLatency {
-		cost *= c.Stats.latency()
+		lat := c.Stats.latency()
+		if lat == 0 && inFlight > 0 {
+			return math.MaxFloat64
+		}
+		cost *= lat
 	}
 	return cost
 }

@@ -37,11 +37,11 @@ type ServiceOptions struct {
 // RateLimit is a token bucket: Requests per Interval, bursts of Burst.
 type RateLimit struct {
 	Requests int      `json:"requests"`
-	Interval Duration `json:"interval"`
-	Burst    int      `json:"burst"`
+	Interval Duration `json:"interval,omitempty"`
+	Burst    int      `json:"burst,omitempty"`
 	// Per is "service" (one bucket for the image) or "client_ip" (one per
 	// client address).
-	Per string `json:"per"`
+	Per string `json:"per,omitempty"`
 }
 
 // Rate limit scopes.
@@ -62,11 +62,11 @@ type Outlier struct {
 	Interval    Duration `json:"interval,omitempty"`
 	// Cooldown is how long an ejected container gets no traffic before one
 	// probe request is let through (half-open).
-	Cooldown Duration `json:"cooldown"`
+	Cooldown Duration `json:"cooldown,omitempty"`
 	// MaxEjectedPercent caps the share of a service's available containers
 	// that may be ejected at once, so an image never goes to zero by
 	// ejection (1-100; 0 means the default, 50).
-	MaxEjectedPercent int `json:"max_ejected_percent"`
+	MaxEjectedPercent int `json:"max_ejected_percent,omitempty"`
 }
 
 // Defaults and limits of the options.
