@@ -40,6 +40,14 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 			"\t\t}\n\t\tservice 3 empty",
 		// Durations and sizes, as in caddyfile/testdata/global_durations.caddytest.
 		"health_interval 1m\nhealth_timeout 2\ntimeout 1.5\nmax_retries 0\nmax_body 64KB\nalgorithm least_conn",
+		// Traffic control, as in caddyfile/testdata/traffic_control.caddytest.
+		"zone eu-west-1a\nzone_header X-Client-Zone\nsticky_secret {env.S}\nservice 1 web {\nalgorithm consistent_hash\n" +
+			"hash_key header:X-User\nsticky\nrate_limit 100/1s burst 20 per client_ip\nmax_in_flight 100\nslow_start 30s\n" +
+			"outlier {\nconsecutive_failures 5\nerror_rate 0.5\nmin_requests 10\ninterval 10s\ncooldown 30s\nmax_ejected_percent 50\n}\n" +
+			"retry_budget 0.2\ncontainer a 127.0.0.1:9001 {\nzone eu-west-1a\n}\n}",
+		"service 2 api {\nalgorithm ip_hash\nhash_key ip\nrate_limit 50/m per service burst 5\noutlier\nretry_budget 20%\n}",
+		"service 3 img {\nalgorithm least_latency\nrate_limit 10/1.5\noutlier {\nerror_rate 25%\n}\n}",
+		"algorithm ip_hash\nservice 4 x {\nhash_key cookie:s\n}",
 		// The handler's options.
 		"api off",
 		"api read_only\ndashboard",
