@@ -231,15 +231,13 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 // the containers. target, when not nil, replaces the request's URL.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
 	if len(svc.Available()) == 0 {
-		svc.State.Begin()
-		svc.State.Finish(http.StatusServiceUnavailable, true, 0)
+		svc.State.Refuse(http.StatusServiceUnavailable, true)
 		admin.WriteError(w, http.StatusServiceUnavailable,
 			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
 		return nil
 	}
 	if ok, wait := svc.AllowRate(clientIP(r), time.Now()); !ok {
-		svc.State.Begin()
-		svc.State.Finish(http.StatusTooManyRequests, false, 0)
+		svc.State.Refuse(http.StatusTooManyRequests, false)
 		rl := svc.Options.RateLimit
 		w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(wait.Seconds())), 1)))
 		admin.WriteError(w, http.StatusTooManyRequests, fmt.Sprintf(
@@ -295,6 +293,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			detail += fmt.Sprintf("; the retry budget of image_id %d (%g of requests) allowed no more retries", svc.ImageID, svc.Options.RetryBudget)
 		}
 	}
+	q.unstick(w) // the client got no answer from the container it would be pinned to
 	if c := h.logger.Check(zap.WarnLevel, "proxy failed"); c != nil {
 		fields := []zap.Field{zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Int("attempts", len(q.tried)), zap.Error(err)}
 		if q.last != nil {

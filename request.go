@@ -3,6 +3,7 @@ package imagelb
 import (
 	"context"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -94,6 +95,15 @@ func (q *request) stick(w http.ResponseWriter, r *http.Request) {
 	}
 	h.Add("Set-Cookie", c.String())
 	q.cookie = len(h["Set-Cookie"])
+}
+
+// unstick takes back the sticky cookie this request set.
+func (q *request) unstick(w http.ResponseWriter) {
+	h := w.Header()
+	if cookies := h["Set-Cookie"]; q.cookie > 0 && q.cookie <= len(cookies) {
+		h["Set-Cookie"] = slices.Delete(cookies, q.cookie-1, q.cookie)
+		q.cookie = 0
+	}
 }
 
 // requestFrom returns the request accounting stored in the request's vars.

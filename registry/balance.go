@@ -69,7 +69,7 @@ func (s *Service) Choose(req *PickRequest) int {
 		return -1
 	}
 	p := picker{svc: s, req: req, excluded: -1}
-	if s.Options.SlowStart > 0 || s.Options.Outlier != nil {
+	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.Algorithm == LeastLatency {
 		p.now = now().UnixNano()
 	}
 	if req.Pinned != "" {
@@ -377,7 +377,7 @@ func (p *picker) cost(c *Container, byLatency bool) float64 {
 	inFlight := c.Stats.InFlight.Load()
 	cost := float64(inFlight+1) / float64(p.weight(c))
 	if byLatency {
-		lat := c.Stats.latency()
+		lat := c.Stats.latency(p.now)
 		if lat == 0 && inFlight > 0 {
 			return math.MaxFloat64
 		}

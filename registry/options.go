@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -98,9 +99,13 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(d).String())
 }
 
-// UnmarshalJSON reads a duration string or a number of seconds.
+// UnmarshalJSON reads a duration string or a number of seconds; null
+// leaves the duration as it is.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
+	if string(b) == "null" {
+		return nil
+	}
 	if len(b) > 0 && b[0] == '"' {
 		var s string
 		if err := json.Unmarshal(b, &s); err != nil {
@@ -108,24 +113,23 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		}
 		v, err := ParseDuration(s)
 		if err != nil {
-			return &DurationError{Value: string(b)}
+			return durationError("string " + string(b))
 		}
 		*d = Duration(v)
 		return nil
 	}
 	secs, err := strconv.ParseFloat(string(b), 64)
 	if err != nil || math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > maxOptionDuration.Seconds()*1000 {
-		return &DurationError{Value: string(b)}
+		return durationError(string(b))
 	}
 	*d = Duration(secs * float64(time.Second))
 	return nil
 }
 
-// DurationError reports a JSON value that is not a duration.
-type DurationError struct{ Value string }
-
-func (e *DurationError) Error() string {
-	return fmt.Sprintf("a duration must be a string such as \"30s\" or a number of seconds, got %s", e.Value)
+// durationError is the error of a JSON value that is no duration. It is a
+// type error, so that the decoder says in which field it is.
+func durationError(value string) error {
+	return &json.UnmarshalTypeError{Value: value, Type: reflect.TypeFor[Duration]()}
 }
 
 // ParseDuration parses a Go duration string, or a number of seconds.

@@ -36,6 +36,11 @@ func (c *Counters) Begin() {
 // given status (0: none).
 func (c *Counters) Finish(status int, failed bool, d time.Duration) {
 	c.InFlight.Add(-1)
+	c.record(status, failed, d)
+}
+
+// record counts the outcome of a finished request or attempt.
+func (c *Counters) record(status int, failed bool, d time.Duration) {
 	if failed {
 		c.Failures.Add(1)
 	}
@@ -53,6 +58,13 @@ func (c *Counters) Finish(status int, failed bool, d time.Duration) {
 	w.observe(now(), d)
 }
 
+// Refuse counts a request answered at once with status, without reaching
+// anything (429, 503): it never was in flight.
+func (c *Counters) Refuse(status int, failed bool) {
+	c.Requests.Add(1)
+	c.record(status, failed, 0)
+}
+
 // Recent returns the latency quantiles (in ms) and the request rate (per
 // second) of the last minute; ok is false when nothing finished in it.
 func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bool) {
@@ -66,8 +78,9 @@ func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bo
 // ServiceState is the runtime state of a service shared by all its versions.
 type ServiceState struct {
 	Counters
-	rr atomic.Uint64 // rotation counter of round robin and of tie-breaks
-	mu sync.Mutex    // guards the smooth weighted round robin's current weights
+	rr       atomic.Uint64 // rotation counter of round robin and of tie-breaks
+	mu       sync.Mutex    // guards the smooth weighted round robin's current weights
+	ejecting sync.Mutex    // makes "under the cap? then eject" one step
 
 	// RateLimited, Shed and RetriesDenied count requests answered 429 by
 	// the rate limit, answered 503 by max_in_flight, and retries refused

@@ -94,7 +94,12 @@ func (s *Service) observeOutlier(c *Container, od *Outlier, failed bool, at int6
 		if cb.state.CompareAndSwap(circuitHalfOpen, circuitOpen) {
 			cb.Ejections.Add(1)
 		}
-	case state == circuitClosed && eject && s.mayEject(od):
+	case state == circuitClosed && eject:
+		s.State.ejecting.Lock()
+		defer s.State.ejecting.Unlock()
+		if !s.mayEject(od) {
+			return
+		}
 		cb.until.Store(at + int64(od.Cooldown))
 		if cb.state.CompareAndSwap(circuitClosed, circuitOpen) {
 			cb.Ejections.Add(1)
@@ -163,11 +168,21 @@ func (c *ContainerStats) observeLatency(at int64, d time.Duration, failed bool) 
 	}
 }
 
-// latency is the peak-EWMA response time in nanoseconds (0 before any).
-func (c *ContainerStats) latency() float64 { return math.Float64frombits(c.ewma.Load()) }
+// latency is the peak-EWMA response time in nanoseconds at time at (0
+// before any): it decays while no response comes, so a container that was
+// slow once and then got no traffic is tried again.
+func (c *ContainerStats) latency(at int64) float64 {
+	lat := math.Float64frombits(c.ewma.Load())
+	if idle := at - c.ewmaAt.Load(); lat > 0 && idle > 0 {
+		lat *= math.Exp(-float64(idle) / float64(latencyDecay))
+	}
+	return lat
+}
 
 // PeakLatency returns least_latency's current peak-EWMA response time.
-func (c *ContainerStats) PeakLatency() time.Duration { return time.Duration(c.latency()) }
+func (c *ContainerStats) PeakLatency() time.Duration {
+	return time.Duration(c.latency(now().UnixNano()))
+}
 
 // markHealthy starts the slow start of a container that became healthy.
 func markHealthy(c *Container, prev Status, known bool) {
@@ -184,9 +199,8 @@ func (s *Service) TryBegin() bool {
 	if max := int64(s.Options.MaxInFlight); max > 0 {
 		if st.InFlight.Add(1) > max {
 			st.InFlight.Add(-1)
-			st.Requests.Add(1)
 			st.Shed.Add(1)
-			st.Finish503()
+			st.Refuse(503, true)
 			return false
 		}
 		st.Requests.Add(1)
@@ -194,14 +208,6 @@ func (s *Service) TryBegin() bool {
 	}
 	st.Begin()
 	return true
-}
-
-// Finish503 counts a request answered 503 without reaching a container;
-// the caller has counted it in Requests but not in InFlight.
-func (st *ServiceState) Finish503() {
-	st.Failures.Add(1)
-	st.Classes[5].Add(1)
-	st.Latency.Observe(0)
 }
 
 // retryTokenCap is the most retries the budget saves up (in tokens).

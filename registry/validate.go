@@ -345,6 +345,9 @@ func typeMsg(te *json.UnmarshalTypeError) string {
 
 // jsonKind names a Go type the way a JSON user thinks of it.
 func jsonKind(t reflect.Type) string {
+	if t == reflect.TypeFor[Duration]() {
+		return `a duration such as "30s" or a number of seconds`
+	}
 	switch t.Kind() {
 	case reflect.Pointer:
 		return jsonKind(t.Elem())
@@ -378,10 +381,6 @@ func jsonError(err error) error {
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		return invalid("malformed JSON at byte %d: %v", se.Offset, err)
-	}
-	var de *DurationError
-	if errors.As(err, &de) {
-		return invalid("%v", err)
 	}
 	return invalid("malformed JSON: %v", err)
 }
