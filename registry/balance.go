@@ -69,7 +69,7 @@ func (s *Service) Choose(req *PickRequest) int {
 		return -1
 	}
 	p := picker{svc: s, req: req, excluded: -1}
-	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.Algorithm == LeastLatency {
+	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.alg == algLeastLatency {
 		p.now = now().UnixNano()
 	}
 	if req.Pinned != "" {
@@ -113,6 +113,7 @@ type picker struct {
 	away     bool   // spill-over: choose outside zone
 	anyTried bool   // tried containers may be chosen again
 	excluded int    // an index that must not be chosen (-1: none)
+	plain    bool   // every available container may be chosen (set by pick)
 }
 
 // filtered reports whether some available containers may not be chosen.
@@ -132,7 +133,7 @@ func (p *picker) eligible(c *Container) bool {
 }
 
 func (p *picker) eligibleAt(i int) bool {
-	return i != p.excluded && p.eligible(p.svc.available[i])
+	return p.plain || (i != p.excluded && p.eligible(p.svc.available[i]))
 }
 
 // claim takes c for the request: an ejected container past its cooldown
@@ -171,7 +172,7 @@ func (p *picker) chooseZone() {
 // start.
 func (p *picker) weight(c *Container) int64 {
 	w := int64(c.Weight) * weightScale
-	if ss := int64(p.svc.Options.SlowStart); ss > 0 {
+	if ss := int64(p.svc.Options.SlowStart); ss > 0 && p.now > 0 {
 		if since := c.Stats.healthySince.Load(); since > 0 && p.now-since < ss {
 			share := max(float64(p.now-since)/float64(ss), slowStartMinShare)
 			w = max(int64(float64(w)*share), 1)
@@ -180,33 +181,58 @@ func (p *picker) weight(c *Container) int64 {
 	return w
 }
 
+// algorithmID numbers the algorithms, so that a pick switches on an int.
+type algorithmID uint8
+
+const (
+	algRoundRobin algorithmID = iota // also the unknown or empty algorithm
+	algLeastConnections
+	algWeightedRoundRobin
+	algRandom
+	algPowerOfTwo
+	algLeastLatency
+	algHash
+)
+
+var algorithmIDs = map[Algorithm]algorithmID{
+	RoundRobin: algRoundRobin, LeastConnections: algLeastConnections, WeightedRoundRobin: algWeightedRoundRobin,
+	Random: algRandom, PowerOfTwo: algPowerOfTwo, LeastLatency: algLeastLatency, IPHash: algHash, ConsistentHash: algHash,
+}
+
 // pick chooses an eligible index by the service's algorithm, or -1.
 func (p *picker) pick() int {
-	s := p.svc
-	switch s.Algorithm {
-	case LeastConnections:
+	p.plain = !p.filtered()
+	switch p.svc.alg {
+	case algLeastConnections:
 		return p.leastConnections()
-	case WeightedRoundRobin:
+	case algWeightedRoundRobin:
 		return p.smoothWeighted()
-	case Random:
+	case algRandom:
 		return p.random()
-	case PowerOfTwo:
+	case algPowerOfTwo:
 		return p.powerOfTwo(false)
-	case LeastLatency:
+	case algLeastLatency:
 		return p.powerOfTwo(true)
-	case IPHash, ConsistentHash:
-		if p.req.Key != "" {
-			return p.rendezvous(hashString(p.req.Key))
-		}
+	case algHash:
+		return p.hashed()
 	}
 	return p.roundRobin()
+}
+
+// hashed is rendezvous hashing of the request's key; a request without
+// one is balanced round robin.
+func (p *picker) hashed() int {
+	if p.req.Key == "" {
+		return p.roundRobin()
+	}
+	return p.rendezvous(hashString(p.req.Key))
 }
 
 // roundRobin takes the next eligible container in rotation: with every
 // container eligible, n consecutive picks reach each of n exactly once.
 func (p *picker) roundRobin() int {
 	turn := p.svc.State.rr.Add(1) - 1
-	if !p.filtered() {
+	if p.plain {
 		return int(turn % uint64(len(p.svc.available)))
 	}
 	// rotate over the containers that may be chosen, so that the
@@ -322,7 +348,7 @@ func (p *picker) random() int {
 // the one with the lower cost (Envoy's least request, Finagle's P2C).
 func (p *picker) powerOfTwo(byLatency bool) int {
 	n := len(p.svc.available)
-	if p.filtered() {
+	if !p.plain {
 		n = p.countEligible()
 	}
 	switch n {
@@ -352,7 +378,7 @@ func (p *picker) powerOfTwo(byLatency bool) int {
 // nthEligible returns the index of the n-th (from 0) eligible container;
 // when fewer are eligible by now (ejections race with picks), the last one.
 func (p *picker) nthEligible(n int) int {
-	if !p.filtered() {
+	if p.plain {
 		return n
 	}
 	last := -1

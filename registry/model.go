@@ -142,6 +142,7 @@ type Service struct {
 	Options      ServiceOptions
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
+	alg          algorithmID  // the algorithm, resolved once per version
 	State        *ServiceState
 }
 
@@ -187,6 +188,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 			s.available = append(s.available, c)
 		}
 	}
+	s.alg = algorithmIDs[s.Algorithm]
 	return s
 }
 

@@ -155,11 +155,15 @@ func (c *ContainerStats) observeLatency(at int64, d time.Duration, failed bool) 
 		next := rtt
 		if rtt < cur {
 			if failed {
-				return
+				if rtt <= c.latency(at) {
+					return // below even the decayed average: nothing to raise
+				}
+				// the average decayed below it: a failure raises it
+			} else {
+				elapsed := float64(max(at-c.ewmaAt.Load(), 0))
+				w := math.Exp(-elapsed / float64(latencyDecay))
+				next = cur*w + rtt*(1-w)
 			}
-			elapsed := float64(max(at-c.ewmaAt.Load(), 0))
-			w := math.Exp(-elapsed / float64(latencyDecay))
-			next = cur*w + rtt*(1-w)
 		}
 		if c.ewma.CompareAndSwap(bits, math.Float64bits(next)) {
 			c.ewmaAt.Store(at)
@@ -219,7 +223,7 @@ func (s *Service) DepositRetry() {
 		st := s.State
 		for {
 			d := st.retryDeficit.Load()
-			next := max(d-int64(b*1000), 0)
+			next := max(d-max(int64(math.Round(b*1000)), 1), 0)
 			if next == d || st.retryDeficit.CompareAndSwap(d, next) {
 				return
 			}
