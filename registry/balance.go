@@ -416,6 +416,20 @@ func (p *picker) cost(c *Container, byLatency bool) float64 {
 // the highest score wins. Adding or removing one of n containers moves only
 // the keys it wins or won, about 1/n of them.
 func (p *picker) rendezvous(key uint64) int {
+	if p.svc.uniform && p.svc.Options.SlowStart == 0 {
+		// equal weights: the order of the scores is the order of u, so
+		// compare the hashes themselves
+		best, bestHash := -1, uint64(0)
+		for i, c := range p.svc.available {
+			if !p.eligibleAt(i) {
+				continue
+			}
+			if h := mix64(key ^ c.key) >> 11; best < 0 || h > bestHash {
+				best, bestHash = i, h
+			}
+		}
+		return best
+	}
 	best, bestScore := -1, 0.0
 	for i, c := range p.svc.available {
 		if !p.eligibleAt(i) {

@@ -143,6 +143,7 @@ type Service struct {
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
 	alg          algorithmID  // the algorithm, resolved once per version
+	uniform      bool         // every available container has the same weight
 	State        *ServiceState
 }
 
@@ -189,6 +190,10 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		}
 	}
 	s.alg = algorithmIDs[s.Algorithm]
+	s.uniform = true
+	for _, c := range s.available {
+		s.uniform = s.uniform && c.Weight == s.available[0].Weight
+	}
 	return s
 }
 
