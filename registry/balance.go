@@ -424,7 +424,7 @@ func (p *picker) rendezvous(key uint64) int {
 			if !p.eligibleAt(i) {
 				continue
 			}
-			if h := mix64(key ^ c.key) >> 11; best < 0 || h > bestHash {
+			if h := mix64(key^c.key) >> 11; best < 0 || h > bestHash {
 				best, bestHash = i, h
 			}
 		}
