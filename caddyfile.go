@@ -268,7 +268,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if !httpToken(v) {
+			if !registry.ValidToken(v) {
 				return d.Errf("zone_header %q: want a request header name, e.g. X-Client-Zone", v)
 			}
 			a.ZoneHeader = v
@@ -445,7 +445,7 @@ func validHashKey(v string) bool {
 	case kind == "ip" && !hasName:
 		return true
 	case kind == "header" || kind == "cookie":
-		return hasName && httpToken(name)
+		return hasName && registry.ValidToken(name)
 	}
 	return false
 }
@@ -590,20 +590,6 @@ func checkZone(d *caddyfile.Dispenser, v string) error {
 		return d.Errf("zone %q must be 1-%d characters without control characters", v, registry.MaxNameLength)
 	}
 	return nil
-}
-
-// httpToken reports whether s is a header or cookie name (an HTTP token),
-// by the rule registry.ServiceOptions.Normalize applies to hash keys.
-func httpToken(s string) bool {
-	if s == "" || len(s) > 256 {
-		return false
-	}
-	for _, r := range s {
-		if r > 126 || r <= ' ' || strings.ContainsRune("\"(),/:;<=>?@[\\]{}", r) {
-			return false
-		}
-	}
-	return true
 }
 
 // parseContainer parses: container <container_id> <host:port> { ... }

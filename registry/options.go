@@ -168,7 +168,7 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 		kind, name, hasName := strings.Cut(o.HashKey, ":")
 		switch {
 		case kind == "ip" && !hasName:
-		case (kind == "header" || kind == "cookie") && hasName && validToken(name):
+		case (kind == "header" || kind == "cookie") && hasName && ValidToken(name):
 		default:
 			fe.add("value_error", fmt.Sprintf("hash_key %q: use ip, header:NAME or cookie:NAME", o.HashKey), at("hash_key")...)
 		}
@@ -247,9 +247,9 @@ func checkDuration(fe *fieldErrors, field string, d time.Duration, positive bool
 	}
 }
 
-// validToken reports whether s is a non-empty HTTP token (a header or
-// cookie name).
-func validToken(s string) bool {
+// ValidToken reports whether s is a non-empty HTTP token (a header or
+// cookie name), as hash_key and zone_header need.
+func ValidToken(s string) bool {
 	if s == "" || len(s) > 256 {
 		return false
 	}
