@@ -1,6 +1,7 @@
 package imagelb
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -43,11 +45,22 @@ func init() {
 //     }
 //     }
 //
-// Put it first when other wrappers (tls, proxy_protocol) are listed.
+// On an HTTPS server list it before tls (listener_wrappers { imagelb_handoff
+// tls }): Caddy puts wrappers listed without tls after the TLS handshake,
+// where the wrapper must not hide the TLS connection from the server; there
+// it passes TLS connections through untouched and logs a warning.
 type Handoff struct {
 	// How long a new connection may stay silent before it is closed.
 	// Default: 10s.
 	FirstByteTimeout caddy.Duration `json:"first_byte_timeout,omitempty"`
+
+	logger *zap.Logger
+}
+
+// Provision sets up the wrapper's logger.
+func (h *Handoff) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	return nil
 }
 
 // settleLimit bounds how long a new listener waits for the old server's
@@ -77,8 +90,8 @@ func (h Handoff) WrapListener(ln net.Listener) net.Listener {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	l := &handoffListener{Listener: ln, key: ln.Addr().String(), timeout: timeout,
-		ready: make(chan *handoffConn), closed: make(chan struct{}), failed: make(chan error, 1)}
+	l := &handoffListener{Listener: ln, key: ln.Addr().String(), timeout: timeout, logger: h.logger,
+		ready: make(chan *handoffConn), direct: make(chan net.Conn), closed: make(chan struct{}), failed: make(chan error, 1)}
 	handoffs.Lock()
 	var older *handoffListener
 	if open := handoffs.open[l.key]; len(open) > 0 {
@@ -98,7 +111,10 @@ type handoffListener struct {
 	key       string
 	timeout   time.Duration
 	ready     chan *handoffConn // connections with their first bytes, for this listener's server
+	direct    chan net.Conn     // TLS connections, passed through (see Handoff)
 	failed    chan error        // the socket's Accept error
+	logger    *zap.Logger
+	warnOnce  sync.Once
 	closed    chan struct{}
 	closeOnce sync.Once
 	// connections whose first bytes this listener's server read and that
@@ -113,7 +129,26 @@ func (l *handoffListener) acceptLoop() {
 			l.failed <- err
 			return
 		}
+		if _, isTLS := conn.(*tls.Conn); isTLS {
+			// behind TLS: the server must see the *tls.Conn itself
+			l.warnOnce.Do(func() {
+				if l.logger != nil {
+					l.logger.Warn("imagelb_handoff is listed after the TLS handshake and passes TLS connections through; "+
+						"list it before tls: listener_wrappers { imagelb_handoff; tls }", zap.String("address", l.key))
+				}
+			})
+			go l.passThrough(conn)
+			continue
+		}
 		go l.await(conn)
+	}
+}
+
+func (l *handoffListener) passThrough(conn net.Conn) {
+	select {
+	case l.direct <- conn:
+	case <-l.closed:
+		conn.Close()
 	}
 }
 
@@ -180,6 +215,8 @@ func (l *handoffListener) Accept() (net.Conn, error) {
 				continue
 			}
 			conn.l = l
+			return conn, nil
+		case conn := <-l.direct:
 			return conn, nil
 		case err := <-l.failed:
 			l.failed <- err // for later calls
@@ -330,5 +367,6 @@ func (h *Handoff) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.ListenerWrapper = (*Handoff)(nil)
+	_ caddy.Provisioner     = (*Handoff)(nil)
 	_ caddyfile.Unmarshaler = (*Handoff)(nil)
 )

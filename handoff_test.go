@@ -2,9 +2,12 @@ package imagelb
 
 import (
 	"bufio"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -115,5 +118,61 @@ func TestHandoffPendingUntilMovedOn(t *testing.T) {
 	failed.Close()
 	if newestHandoff(old.key) != old {
 		t.Fatal("after the newer listener closed, the old one is not the newest again")
+	}
+}
+
+// TestHandoffWithTLS: on an HTTPS site the wrapper works listed before tls
+// (it hands off the raw connection, the TLS handshake and HTTP/2 happen in
+// the server that gets it), and listed alone, where Caddy puts it after the
+// handshake, it passes TLS connections through so HTTPS and HTTP/2 still work.
+func TestHandoffWithTLS(t *testing.T) {
+	for _, wrappers := range []string{"imagelb_handoff\n\t\t\ttls", "imagelb_handoff"} {
+		t.Run(strings.ReplaceAll(wrappers, "\n\t\t\t", "+"), func(t *testing.T) {
+			port := freePort(t)
+			startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	skip_install_trust
+	auto_https disable_redirects
+	imagelb {
+		persist off
+	}
+	servers {
+		listener_wrappers {
+			%s
+		}
+	}
+}
+https://localhost:%d {
+	tls internal
+	respond "served over {http.request.scheme} {http.request.proto}"
+}
+`, wrappers, port))
+			hc := &http.Client{Transport: &http.Transport{
+				TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // Caddy's internal CA; the test checks the wrapper, not the chain
+				ForceAttemptHTTP2: true,
+			}}
+			defer hc.CloseIdleConnections()
+			url := fmt.Sprintf("https://localhost:%d/", port)
+			eventually(t, "the internal certificate issued", func() bool {
+				resp, err := hc.Get(url)
+				if err == nil {
+					resp.Body.Close()
+				}
+				hc.CloseIdleConnections()
+				return err == nil
+			})
+			for i := 0; i < 3; i++ {
+				resp, err := hc.Get(url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(body) != "served over https HTTP/2.0" || resp.TLS == nil {
+					t.Fatalf("status %d, body %q, TLS %v", resp.StatusCode, body, resp.TLS != nil)
+				}
+				hc.CloseIdleConnections() // a fresh connection each time
+			}
+		})
 	}
 }
