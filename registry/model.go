@@ -188,6 +188,9 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		if c.Available() {
 			s.available = append(s.available, c)
 		}
+		if spec.Options.Outlier == nil && c.Stats.Ejected() {
+			c.Stats.circuit.state.Store(circuitClosed) // ejection was turned off
+		}
 	}
 	s.alg = algorithmIDs[s.Algorithm]
 	s.uniform = true
