@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,6 +84,25 @@ http://127.0.0.1:%d {
 	_, after := dom()
 	if after != before+5 {
 		t.Fatalf("request total went from %d to %d after 5 requests", before, after)
+	}
+
+	// traffic control shows: an ejected container, a zone, rate-limited requests
+	bad := funcBackend(t, "bad", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusInternalServerError) })
+	mustDo(t, "POST", site+"/api/v1/services/131/register", map[string]any{
+		"image_name": "shop", "outlier": map[string]any{"consecutive_failures": 1, "cooldown": "1h"},
+		"rate_limit": map[string]any{"requests": 1, "interval": "1h", "burst": 3},
+		"containers": []map[string]any{
+			{"container_id": "bad-1", "port": bad.port, "zone": "zone-b"},
+			{"container_id": "ok-1", "port": newBackend(t, "ok").port, "zone": "zone-a"},
+		}}, 200, nil)
+	for i := 0; i < 4; i++ { // 3 within the burst, the 4th rate limited
+		do(t, "GET", fmt.Sprintf("%s/api/v1/proxy/131/", site), nil)
+	}
+	html, _ = dom()
+	for _, want := range []string{`class="status ejected"`, "zone-b", "rate limited <b>1</b>"} {
+		if !strings.Contains(html, want) {
+			t.Fatalf("the dashboard does not show %q:\n%s", want, html)
+		}
 	}
 
 	shot := filepath.Join(t.TempDir(), "dashboard.png")

@@ -16,7 +16,7 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") e.className = v; else e.setAttribute(k, v);
   }
-  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 }
 
@@ -91,7 +91,9 @@ function render(stats, list) {
       return el("tr", { "data-container": c.container_id },
         el("td", {}, c.container_id),
         el("td", {}, detail.host ? `${detail.host}:${detail.port}` : ""),
-        el("td", {}, el("span", { class: "status " + c.status }, c.status)),
+        el("td", {}, el("span", { class: "status " + c.status }, c.status),
+          c.ejected ? el("span", { class: "status ejected", title: `ejected ${c.ejections}×` }, "ejected") : "",
+          detail.zone ? el("small", {}, " " + detail.zone) : ""),
         el("td", {}, detail.weight ?? ""),
         el("td", { class: "requests" }, c.total_requests),
         el("td", {}, c.failed_requests),
@@ -107,7 +109,10 @@ function render(stats, list) {
         "requests ", el("b", { class: "service-requests" }, s.total_requests), " · failed ", el("b", {}, s.failed_requests),
         " · in flight ", el("b", {}, s.active_connections), " · ", el("b", {}, fmt(srps, 1)), " req/s now · ",
         el("b", {}, fmt(s.requests_per_second, 2)), " req/s over the last minute · healthy ",
-        el("b", {}, `${s.healthy_containers}/${s.containers.length}`)),
+        el("b", {}, `${s.healthy_containers}/${s.containers.length}`),
+        s.rate_limited_requests ? [" · rate limited ", el("b", {}, s.rate_limited_requests)] : "",
+        s.shed_requests ? [" · shed ", el("b", {}, s.shed_requests)] : "",
+        s.retries_denied ? [" · retries denied ", el("b", {}, s.retries_denied)] : ""),
       el("table", {},
         el("thead", {}, el("tr", {}, ...["container", "address", "status", "weight", "requests", "failed",
           "req/s", "in flight", "latency ms p50 / p95 / p99"].map(h => el("th", {}, h)))),
