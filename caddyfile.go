@@ -198,7 +198,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			if _, ok := registry.ParseAlgorithm(v); !ok {
-				return d.Errf("algorithm %q: use %s", v, algorithmNames)
+				return d.Errf("algorithm %q: use %s", v, registry.AlgorithmNames)
 			}
 			a.Algorithm = v
 		case "port_range":
@@ -305,17 +305,6 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// algorithmNames lists the algorithms registry.ParseAlgorithm accepts.
-const algorithmNames = "round_robin, weighted_round_robin, least_connections (alias least_conn), random, " +
-	"power_of_two, ip_hash, consistent_hash or least_latency"
-
-// Limits of the traffic-control options, as registry.ServiceOptions.Normalize
-// enforces them.
-const (
-	maxOptionCount    = 1_000_000_000
-	maxOptionDuration = 24 * time.Hour
-)
-
 // parseService parses: service <image_id> <image_name> { ... }
 // prev are the services parsed before it. hashKeyAt is where a hash_key
 // other than ip is (nil if none), for the caller's check against the global
@@ -354,7 +343,7 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 				return s, nil, err
 			}
 			if _, ok := registry.ParseAlgorithm(v); !ok {
-				return s, nil, d.Errf("algorithm %q: use %s", v, algorithmNames)
+				return s, nil, d.Errf("algorithm %q: use %s", v, registry.AlgorithmNames)
 			}
 			s.Algorithm = v
 		case "external_port":
@@ -374,7 +363,7 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 			if err != nil {
 				return s, nil, err
 			}
-			if !validHashKey(v) {
+			if !registry.ValidHashKey(v) {
 				return s, nil, d.Errf("hash_key %q: use ip, header:NAME or cookie:NAME, e.g. header:X-User", v)
 			}
 			s.HashKey = v
@@ -394,7 +383,7 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 			}
 			s.RateLimit = rl
 		case "max_in_flight":
-			n, err := intArg(d, 0, maxOptionCount)
+			n, err := intArg(d, 0, registry.MaxOptionCount)
 			if err != nil {
 				return s, nil, err
 			}
@@ -438,18 +427,6 @@ func hashKeyIPHashErr(at *caddyfile.Dispenser, key string, global bool) error {
 	return at.Errf("hash_key %q: ip_hash always hashes the client IP; use algorithm consistent_hash to hash a header or cookie", key)
 }
 
-// validHashKey reports whether v is ip, header:NAME or cookie:NAME.
-func validHashKey(v string) bool {
-	kind, name, hasName := strings.Cut(v, ":")
-	switch {
-	case kind == "ip" && !hasName:
-		return true
-	case kind == "header" || kind == "cookie":
-		return hasName && registry.ValidToken(name)
-	}
-	return false
-}
-
 // parseRateLimit parses: rate_limit <requests>/<interval> [burst <n>] [per service|client_ip]
 func parseRateLimit(d *caddyfile.Dispenser) (*registry.RateLimit, error) {
 	args := d.RemainingArgs()
@@ -461,15 +438,15 @@ func parseRateLimit(d *caddyfile.Dispenser) (*registry.RateLimit, error) {
 		return nil, d.Errf("rate_limit %q: want <requests>/<interval>, e.g. 100/1s", args[0])
 	}
 	n, err := strconv.Atoi(reqs)
-	if err != nil || n < 1 || n > maxOptionCount {
-		return nil, d.Errf("rate_limit %q: the requests must be a whole number from 1 to %d", args[0], maxOptionCount)
+	if err != nil || n < 1 || n > registry.MaxOptionCount {
+		return nil, d.Errf("rate_limit %q: the requests must be a whole number from 1 to %d", args[0], registry.MaxOptionCount)
 	}
 	if interval == "s" || interval == "m" || interval == "h" {
 		interval = "1" + interval
 	}
 	iv, err := registry.ParseDuration(interval)
-	if err != nil || iv <= 0 || iv > maxOptionDuration {
-		return nil, d.Errf("rate_limit %q: the interval must be a positive duration of at most %s, e.g. 100/1s or 100/1m", args[0], maxOptionDuration)
+	if err != nil || iv <= 0 || iv > registry.MaxOptionDuration {
+		return nil, d.Errf("rate_limit %q: the interval must be a positive duration of at most %s, e.g. 100/1s or 100/1m", args[0], registry.MaxOptionDuration)
 	}
 	rl := &registry.RateLimit{Requests: n, Interval: registry.Duration(iv)}
 	seen := map[string]bool{}
@@ -488,8 +465,8 @@ func parseRateLimit(d *caddyfile.Dispenser) (*registry.RateLimit, error) {
 		v := rest[1]
 		if key == "burst" {
 			b, err := strconv.Atoi(v)
-			if err != nil || b < 1 || b > maxOptionCount {
-				return nil, d.Errf("rate_limit burst %q: want a whole number from 1 to %d (leave it out for a burst of <requests>)", v, maxOptionCount)
+			if err != nil || b < 1 || b > registry.MaxOptionCount {
+				return nil, d.Errf("rate_limit burst %q: want a whole number from 1 to %d (leave it out for a burst of <requests>)", v, registry.MaxOptionCount)
 			}
 			rl.Burst = b
 			continue
@@ -522,7 +499,7 @@ func parseOutlier(d *caddyfile.Dispenser) (*registry.Outlier, error) {
 		case "error_rate":
 			o.ErrorRate, err = fractionArg(d)
 		case "min_requests":
-			o.MinRequests, err = intArg(d, 1, maxOptionCount)
+			o.MinRequests, err = intArg(d, 1, registry.MaxOptionCount)
 		case "interval", "cooldown":
 			var v time.Duration
 			v, err = durationArg(d, true)
@@ -563,7 +540,7 @@ func fractionArg(d *caddyfile.Dispenser) (float64, error) {
 }
 
 // durationArg reads the single argument of the current option as a
-// duration of at most maxOptionDuration, which must be positive if positive
+// duration of at most registry.MaxOptionDuration, which must be positive if positive
 // is set and may otherwise be 0.
 func durationArg(d *caddyfile.Dispenser, positive bool) (time.Duration, error) {
 	opt := d.Val()
@@ -575,11 +552,11 @@ func durationArg(d *caddyfile.Dispenser, positive bool) (time.Duration, error) {
 	if err != nil {
 		return 0, d.Errf("%s %q: want a duration such as 30s or a number of seconds", opt, v)
 	}
-	if dur < 0 || (positive && dur == 0) || dur > maxOptionDuration {
+	if dur < 0 || (positive && dur == 0) || dur > registry.MaxOptionDuration {
 		if positive {
-			return 0, d.Errf("%s %q: want a positive duration of at most %s", opt, v, maxOptionDuration)
+			return 0, d.Errf("%s %q: want a positive duration of at most %s", opt, v, registry.MaxOptionDuration)
 		}
-		return 0, d.Errf("%s %q: want a duration from 0 to %s", opt, v, maxOptionDuration)
+		return 0, d.Errf("%s %q: want a duration from 0 to %s", opt, v, registry.MaxOptionDuration)
 	}
 	return dur, nil
 }

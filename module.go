@@ -409,7 +409,7 @@ func (a *App) staticSpecs() ([]registry.ServiceSpec, error) {
 		}
 		alg, ok := registry.ParseAlgorithm(s.Algorithm)
 		if !ok {
-			return nil, fmt.Errorf("%s: unknown algorithm %q: use round_robin, weighted_round_robin, least_connections (least_conn), random, power_of_two, ip_hash, consistent_hash or least_latency", where, s.Algorithm)
+			return nil, fmt.Errorf("%s: unknown algorithm %q: use %s", where, s.Algorithm, registry.AlgorithmNames)
 		}
 		if s.ExternalPort != 0 {
 			if s.ExternalPort < 1 || s.ExternalPort > 65535 {

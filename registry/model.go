@@ -27,8 +27,8 @@ const (
 	LeastLatency       Algorithm = "least_latency"
 )
 
-// Algorithms lists the algorithm names, for messages.
-const algorithmNames = "round_robin, weighted_round_robin, least_connections (alias least_conn), random, " +
+// AlgorithmNames lists the algorithm names ParseAlgorithm accepts, for messages.
+const AlgorithmNames = "round_robin, weighted_round_robin, least_connections (alias least_conn), random, " +
 	"power_of_two, ip_hash, consistent_hash or least_latency"
 
 // ParseAlgorithm returns the algorithm for name, accepting the alias

@@ -77,8 +77,10 @@ const (
 	DefaultMaxEjectedPercent   = 50
 	DefaultErrorRateInterval   = 10 * time.Second
 	DefaultErrorRateMin        = 10
-	maxOptionDuration          = 24 * time.Hour
-	maxOptionCount             = 1_000_000_000
+	// MaxOptionDuration and MaxOptionCount bound the durations and counts
+	// of the options.
+	MaxOptionDuration = 24 * time.Hour
+	MaxOptionCount    = 1_000_000_000
 )
 
 // HashKeyKind is the part of a hash key before the colon.
@@ -119,7 +121,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	secs, err := strconv.ParseFloat(string(b), 64)
-	if err != nil || math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > maxOptionDuration.Seconds()*1000 {
+	if err != nil || math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > MaxOptionDuration.Seconds()*1000 {
 		return durationError(string(b))
 	}
 	*d = Duration(secs * float64(time.Second))
@@ -135,7 +137,7 @@ func durationError(value string) error {
 // ParseDuration parses a Go duration string, or a number of seconds.
 func ParseDuration(s string) (time.Duration, error) {
 	if secs, err := strconv.ParseFloat(s, 64); err == nil && !math.IsNaN(secs) && !math.IsInf(secs, 0) &&
-		math.Abs(secs) <= maxOptionDuration.Seconds()*1000 {
+		math.Abs(secs) <= MaxOptionDuration.Seconds()*1000 {
 		return time.Duration(secs * float64(time.Second)), nil
 	}
 	d, err := time.ParseDuration(s)
@@ -165,11 +167,7 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 	}
 	at := func(field ...any) []any { return append(append([]any{}, loc...), field...) }
 	if o.HashKey != "" {
-		kind, name, hasName := strings.Cut(o.HashKey, ":")
-		switch {
-		case kind == "ip" && !hasName:
-		case (kind == "header" || kind == "cookie") && hasName && ValidToken(name):
-		default:
+		if !ValidHashKey(o.HashKey) {
 			fe.add("value_error", fmt.Sprintf("hash_key %q: use ip, header:NAME or cookie:NAME", o.HashKey), at("hash_key")...)
 		}
 		if alg == IPHash && o.HashKey != "ip" {
@@ -177,15 +175,15 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 		}
 	}
 	if rl := o.RateLimit; rl != nil {
-		if rl.Requests < 1 || rl.Requests > maxOptionCount {
-			fe.add("value_error", fmt.Sprintf("rate_limit.requests must be from 1 to %d, got %d", maxOptionCount, rl.Requests), at("rate_limit", "requests")...)
+		if rl.Requests < 1 || rl.Requests > MaxOptionCount {
+			fe.add("value_error", fmt.Sprintf("rate_limit.requests must be from 1 to %d, got %d", MaxOptionCount, rl.Requests), at("rate_limit", "requests")...)
 		}
 		if rl.Interval == 0 {
 			rl.Interval = Duration(time.Second)
 		}
 		checkDuration(fe, "rate_limit.interval", time.Duration(rl.Interval), true, at("rate_limit", "interval"))
-		if rl.Burst < 0 || rl.Burst > maxOptionCount {
-			fe.add("value_error", fmt.Sprintf("rate_limit.burst must be from 0 to %d, got %d", maxOptionCount, rl.Burst), at("rate_limit", "burst")...)
+		if rl.Burst < 0 || rl.Burst > MaxOptionCount {
+			fe.add("value_error", fmt.Sprintf("rate_limit.burst must be from 0 to %d, got %d", MaxOptionCount, rl.Burst), at("rate_limit", "burst")...)
 		}
 		if rl.Burst == 0 {
 			rl.Burst = max(rl.Requests, 1)
@@ -198,8 +196,8 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 			fe.add("enum", fmt.Sprintf("rate_limit.per %q: use service or client_ip", rl.Per), at("rate_limit", "per")...)
 		}
 	}
-	if o.MaxInFlight < 0 || o.MaxInFlight > maxOptionCount {
-		fe.add("value_error", fmt.Sprintf("max_in_flight must be from 0 (no cap) to %d, got %d", maxOptionCount, o.MaxInFlight), at("max_in_flight")...)
+	if o.MaxInFlight < 0 || o.MaxInFlight > MaxOptionCount {
+		fe.add("value_error", fmt.Sprintf("max_in_flight must be from 0 (no cap) to %d, got %d", MaxOptionCount, o.MaxInFlight), at("max_in_flight")...)
 	}
 	checkDuration(fe, "slow_start", time.Duration(o.SlowStart), false, at("slow_start"))
 	if od := o.Outlier; od != nil {
@@ -212,8 +210,8 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 		if od.ConsecutiveFailures == 0 && od.ErrorRate == 0 {
 			od.ConsecutiveFailures = DefaultConsecutiveFailures
 		}
-		if od.MinRequests < 0 || od.MinRequests > maxOptionCount {
-			fe.add("value_error", fmt.Sprintf("outlier.min_requests must be from 0 to %d, got %d", maxOptionCount, od.MinRequests), at("outlier", "min_requests")...)
+		if od.MinRequests < 0 || od.MinRequests > MaxOptionCount {
+			fe.add("value_error", fmt.Sprintf("outlier.min_requests must be from 0 to %d, got %d", MaxOptionCount, od.MinRequests), at("outlier", "min_requests")...)
 		}
 		if od.ErrorRate > 0 && od.MinRequests == 0 {
 			od.MinRequests = DefaultErrorRateMin
@@ -242,9 +240,21 @@ func checkDuration(fe *fieldErrors, field string, d time.Duration, positive bool
 	switch {
 	case d < 0 || (positive && d == 0):
 		fe.add("value_error", fmt.Sprintf("%s must be a positive duration, got %s", field, d), loc...)
-	case d > maxOptionDuration:
-		fe.add("value_error", fmt.Sprintf("%s must be at most %s, got %s", field, maxOptionDuration, d), loc...)
+	case d > MaxOptionDuration:
+		fe.add("value_error", fmt.Sprintf("%s must be at most %s, got %s", field, MaxOptionDuration, d), loc...)
 	}
+}
+
+// ValidHashKey reports whether v is ip, header:NAME or cookie:NAME.
+func ValidHashKey(v string) bool {
+	kind, name, hasName := strings.Cut(v, ":")
+	switch kind {
+	case "ip":
+		return !hasName
+	case "header", "cookie":
+		return hasName && ValidToken(name)
+	}
+	return false
 }
 
 // ValidToken reports whether s is a non-empty HTTP token (a header or

@@ -328,7 +328,7 @@ func portMsg(field string, p int64) string {
 }
 
 func unknownAlgorithm(name string) string {
-	return fmt.Sprintf("unknown algorithm %q: use %s", name, algorithmNames)
+	return fmt.Sprintf("unknown algorithm %q: use %s", name, AlgorithmNames)
 }
 
 func unknownStatus(name string) string {
