@@ -236,13 +236,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
 		return nil
 	}
-	if ok, wait := svc.AllowRate(clientIP(r), time.Now()); !ok {
-		svc.State.Refuse(http.StatusTooManyRequests, false)
-		rl := svc.Options.RateLimit
-		w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(wait.Seconds())), 1)))
-		admin.WriteError(w, http.StatusTooManyRequests, fmt.Sprintf(
-			"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
-			svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
+	if rl := svc.Options.RateLimit; rl != nil && h.rateLimited(w, r, svc, rl) {
 		return nil
 	}
 	if !svc.TryBegin() {
@@ -303,6 +297,25 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	admin.WriteError(w, code, detail)
 	return nil
+}
+
+// rateLimited takes the request from the service's rate limit; past it, it
+// answers 429 with Retry-After and reports true.
+func (h *Handler) rateLimited(w http.ResponseWriter, r *http.Request, svc *registry.Service, rl *registry.RateLimit) bool {
+	client := ""
+	if rl.Per == registry.PerClientIP {
+		client = clientIP(r)
+	}
+	ok, wait := svc.AllowRate(client, time.Now())
+	if ok {
+		return false
+	}
+	svc.State.Refuse(http.StatusTooManyRequests, false)
+	w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(wait.Seconds())), 1)))
+	admin.WriteError(w, http.StatusTooManyRequests, fmt.Sprintf(
+		"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
+		svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
+	return true
 }
 
 func unwrapHandlerError(err error) error {

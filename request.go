@@ -21,9 +21,7 @@ const requestVar = "imagelb.request"
 // the request once for the service and each attempt for the container that
 // got it, whatever the number of retries.
 type request struct {
-	imageID   int64
 	service   *registry.Service // the version the request started with
-	svc       *registry.ServiceState
 	pool      *registry.Service // the version whose Available() GetUpstreams returned, in order
 	app       *App
 	start     time.Time
@@ -42,7 +40,7 @@ type request struct {
 // newRequest starts the accounting of a request that the caller has counted
 // for the service already (Begin or TryBegin).
 func newRequest(r *http.Request, svc *registry.Service, app *App) *request {
-	q := &request{imageID: svc.ImageID, service: svc, svc: svc.State, app: app, start: time.Now()}
+	q := &request{service: svc, app: app, start: time.Now()}
 	q.tried = q.triedBuf[:0]
 	svc.DepositRetry()
 	if svc.Algorithm.UsesKey() {
@@ -86,7 +84,8 @@ func (q *request) stick(w http.ResponseWriter, r *http.Request) {
 	if !q.service.Options.Sticky || q.last == nil || q.last.ContainerID == q.pick.Pinned {
 		return
 	}
-	c := &http.Cookie{Name: stickyCookieName(q.imageID), Value: signSticky(q.app.stickyKey, q.imageID, q.last.ContainerID),
+	id := q.service.ImageID
+	c := &http.Cookie{Name: stickyCookieName(id), Value: signSticky(q.app.stickyKey, id, q.last.ContainerID),
 		Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil}
 	h := w.Header()
 	if q.cookie > 0 && q.cookie <= len(h["Set-Cookie"]) {
@@ -133,7 +132,7 @@ func (q *request) endAttempt(status int, failed, unreachable bool, now time.Time
 	q.cur.Stats.Finish(status, failed, d)
 	q.service.Observe(q.cur, failed || unreachable, d)
 	if unreachable && q.app.checker != nil {
-		q.app.checker.PassiveFailure(q.imageID, q.cur)
+		q.app.checker.PassiveFailure(q.service.ImageID, q.cur)
 	}
 	q.cur = nil
 }
@@ -150,7 +149,7 @@ func (q *request) finish(status int, failed, unreachable bool) {
 	if q.cur != nil {
 		q.endAttempt(status, failed, unreachable, now)
 	}
-	q.svc.Finish(status, failed, now.Sub(q.start))
+	q.service.State.Finish(status, failed, now.Sub(q.start))
 }
 
 // settleWhenDone arranges for a request that no imagelb handler owns (a

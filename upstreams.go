@@ -119,7 +119,7 @@ func (u *UpstreamSource) preselected(r *http.Request, q *request) []*reverseprox
 	if q == nil {
 		return nil
 	}
-	svc := u.reg.Lookup(q.imageID)
+	svc := u.reg.Lookup(q.service.ImageID)
 	if svc == nil {
 		return nil
 	}
