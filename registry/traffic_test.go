@@ -1230,7 +1230,8 @@ func TestTryBegin(t *testing.T) {
 	r := newTestRegistry(t, Options{})
 	svc := registerTraffic(t, r, RoundRobin, ServiceOptions{MaxInFlight: 2}, wz("c0", 1, ""))
 	st := svc.State
-	if !svc.TryBegin() || !svc.TryBegin() {
+	first, second := svc.TryBegin(), svc.TryBegin()
+	if !first || !second {
 		t.Fatal("the first two requests were shed")
 	}
 	if svc.TryBegin() {
