@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/admin"
+	"github.com/imagelb/caddy-imagelb/internal/recycle"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -62,11 +62,12 @@ type Handler struct {
 	// the admin endpoint, at /imagelb/ui/). Default: off.
 	Dashboard bool `json:"dashboard,omitempty"`
 
-	app    *App
-	reg    *registry.Registry
-	rp     *reverseproxy.Handler
-	api    *admin.API
-	logger *zap.Logger
+	app       *App
+	reg       *registry.Registry
+	rp        *reverseproxy.Handler
+	transport *recycle.Transport
+	api       *admin.API
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -96,18 +97,31 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.api.UI = uiHandler(apiPrefix + "/ui/")
 	}
 
-	transport := &reverseproxy.HTTPTransport{
-		ResponseHeaderTimeout: caddy.Duration(h.app.timeout),
-		DialTimeout:           caddy.Duration(min(h.app.timeout, 5*time.Second)),
-		// Caddy keeps 32 idle connections per upstream by default, so
-		// past 32 concurrent requests per container every response
-		// closes a connection and the next request dials a new one
-		// (bench/results: the collapse at 256 connections). Keep as many
-		// as the traffic needs.
-		KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: keepIdlePerHost},
+	// The transport is rebuilt after every recycle.DefaultEvery container
+	// addresses that left the registry, so nothing is kept for removed
+	// containers (see package recycle).
+	transport, err := recycle.New(func() (http.RoundTripper, error) {
+		t := &reverseproxy.HTTPTransport{
+			ResponseHeaderTimeout: caddy.Duration(h.app.timeout),
+			DialTimeout:           caddy.Duration(min(h.app.timeout, 5*time.Second)),
+			// Caddy keeps 32 idle connections per upstream by default, so
+			// past 32 concurrent requests per container every response
+			// closes a connection and the next request dials a new one
+			// (bench/results: the collapse at 256 connections). Keep as
+			// many as the traffic needs.
+			KeepAlive: &reverseproxy.KeepAlive{MaxIdleConnsPerHost: keepIdlePerHost},
+		}
+		if err := t.Provision(ctx); err != nil {
+			return nil, err
+		}
+		return t, nil
+	}, func(rt http.RoundTripper) { _ = rt.(*reverseproxy.HTTPTransport).Cleanup() }, h.reg.RetiredAddresses, 0)
+	if err != nil {
+		return fmt.Errorf("provisioning transport: %v", err)
 	}
+	h.transport = transport
 	h.rp = &reverseproxy.Handler{
-		TransportRaw:     caddyconfig.JSONModuleObject(transport, "protocol", "http", nil),
+		Transport:        transport,
 		DynamicUpstreams: &UpstreamSource{reg: h.reg, preselect: true},
 		LoadBalancing: &reverseproxy.LoadBalancing{
 			Retries:         h.app.maxRetries,
@@ -129,8 +143,12 @@ func (h *Handler) Validate() error {
 	return fmt.Errorf("api %q: use on, read_only or off", h.API)
 }
 
-// Cleanup releases the embedded reverse proxy; Caddy does not know about it.
+// Cleanup releases the embedded reverse proxy and its transport; Caddy
+// does not know about them.
 func (h *Handler) Cleanup() error {
+	if h.transport != nil {
+		h.transport.Close()
+	}
 	if h.rp == nil {
 		return nil
 	}
@@ -250,6 +268,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		r = &r2
 	}
 	q := newRequest(r, svc, h.app)
+	q.watchBody(r)
 	caddyhttp.SetVar(r.Context(), requestVar, q)
 	sw := statusWriters.Get().(*statusWriter)
 	sw.ResponseWriter, sw.status = w, 0
@@ -259,10 +278,27 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	statusWriters.Put(sw)
 
 	if err == nil {
-		q.finish(status, status >= 500, false)
+		how := outcomeAnswered
+		if status == 499 {
+			how = outcomeClient // reverse_proxy's mark of a client that went away
+		}
+		q.finish(status, status >= 500, how)
 		if c := h.logger.Check(zap.DebugLevel, "proxied"); c != nil && q.last != nil {
 			c.Write(zap.Int64("image_id", svc.ImageID), zap.String("container_id", q.last.ContainerID),
 				zap.String("upstream", q.last.DialAddr()), zap.Int("status", status), zap.Int("attempts", len(q.tried)))
+		}
+		return nil
+	}
+	if code, cause := q.clientFault(r); code != 0 {
+		// the client's request failed, not the container: no passive
+		// failure, no outlier count, no retry
+		q.finish(code, false, outcomeClient)
+		if c := h.logger.Check(zap.DebugLevel, "client request failed"); c != nil {
+			c.Write(zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Error(cause))
+		}
+		if status == 0 && code != 499 {
+			q.unstick(w)
+			admin.WriteError(w, code, fmt.Sprintf("reading the request failed: %v; the container was not at fault", cause))
 		}
 		return nil
 	}
@@ -271,7 +307,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	if errors.As(err, &herr) && herr.StatusCode != 0 {
 		code = herr.StatusCode
 	}
-	q.finish(code, code >= 500, code == http.StatusBadGateway || code == http.StatusGatewayTimeout)
+	how := outcomeAnswered
+	if code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
+		how = outcomeUnreachable
+	}
+	q.finish(code, code >= 500, how)
 	if status != 0 || code == 499 {
 		return nil // the client has its answer, or is gone
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -449,3 +450,68 @@ func TestProxyUpgradeAndStreaming(t *testing.T) {
 }
 
 var streamAck = make(chan struct{})
+
+// TestChurnHoldsNoMemory registers 10,000 short-lived containers on
+// distinct addresses where nothing listens, proxies to each, and removes
+// them: once their ejections are over, the heap is back to within a few MB
+// of where it started (nothing is kept per removed container: not by the
+// passive-ejection timers, nor by the transport's per-address state).
+func TestChurnHoldsNoMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Caddy")
+	}
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tpersist off\n\t\tmax_fails 1\n\t\tfail_duration 1s\n\t\tmax_retries 0"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	const batch, total = 100, 10000
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	round := func(n int) {
+		cs := make([]map[string]any, batch)
+		for i := range cs {
+			k := n*batch + i
+			// 127.1.0.0/16, port 1: distinct loopback addresses that refuse connections
+			cs[i] = map[string]any{"container_id": fmt.Sprintf("c%d", k), "host": fmt.Sprintf("127.1.%d.%d", k/250, k%250+1), "port": 1}
+		}
+		register(t, site+"/api/v1", 125, "", cs...)
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < batch/8+1; i++ {
+					resp, err := hc.Get(site + "/api/v1/proxy/125/x")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	round(0) // warm up what is allocated once
+	mustDo(t, "DELETE", site+"/api/v1/services/125", nil, 200, nil)
+	before := heap()
+	for n := 1; n <= total/batch; n++ {
+		round(n)
+	}
+	mustDo(t, "DELETE", site+"/api/v1/services/125", nil, 200, nil)
+	const slack = 4 << 20
+	var after uint64
+	deadline := time.Now().Add(20 * time.Second)
+	for after = heap(); after > before+slack && time.Now().Before(deadline); after = heap() {
+		time.Sleep(50 * time.Millisecond) // polling the heap while the 1s ejections end
+	}
+	t.Logf("heap before %d KiB, after %d containers %d KiB", before>>10, total, after>>10)
+	if after > before+slack {
+		t.Fatalf("heap grew by %d KiB over %d removed containers, want at most %d KiB", (after-before)>>10, total, slack>>10)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -123,12 +124,27 @@ type handoffListener struct {
 }
 
 func (l *handoffListener) acceptLoop() {
+	var backoff time.Duration
 	for {
 		conn, err := l.Listener.Accept()
 		if err != nil {
-			l.failed <- err
-			return
+			if !retryAccept(err) {
+				l.failed <- err
+				return
+			}
+			// Out of file descriptors, say (the open-file watch logs it):
+			// try again after a pause, as net/http's server does, instead of
+			// failing the listener for good.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-l.closed:
+				l.failed <- net.ErrClosed
+				return
+			}
 		}
+		backoff = 0
 		if _, isTLS := conn.(*tls.Conn); isTLS {
 			// behind TLS: the server must see the *tls.Conn itself
 			l.warnOnce.Do(func() {
@@ -370,3 +386,12 @@ var (
 	_ caddy.Provisioner     = (*Handoff)(nil)
 	_ caddyfile.Unmarshaler = (*Handoff)(nil)
 )
+
+// retryAccept reports whether Accept may succeed later: the errors that
+// net/http's server retries (running out of file descriptors, a connection
+// aborted before it was accepted).
+func retryAccept(err error) bool {
+	var ne interface{ Temporary() bool }
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || (errors.As(err, &ne) && ne.Temporary())
+}

@@ -166,7 +166,7 @@ func TestOnDemandHealthCheck(t *testing.T) {
 // client never sees it, and a passing check brings it back.
 func TestPassiveHealthCheck(t *testing.T) {
 	port := freePort(t)
-	startCaddy(t, siteConfig(port, "health_interval 1h"))
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmax_fails 1"))
 	site := fmt.Sprintf("http://127.0.0.1:%d", port)
 	live := newHealthBackend(t, "live")
 	deadPort := freePort(t)

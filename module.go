@@ -73,7 +73,10 @@ type App struct {
 	// How many failed attempts to reach a container while proxying
 	// (connection failures and timeouts) within fail_duration make it
 	// unhealthy at once, before the next active check (passive health
-	// check); 0 turns passive checks off. Default: 1.
+	// check); 0 turns passive checks off. Errors of the client's request
+	// (malformed framing, a body cut short, a client that went away) never
+	// count. A request tries each container at most once, so with 2 or
+	// more no single request can eject a container. Default: 3.
 	MaxFails *int `json:"max_fails,omitempty"`
 	// The window in which max_fails failures count. Default: 30s.
 	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
@@ -144,6 +147,7 @@ type App struct {
 	logger     *zap.Logger
 	api        *admin.API
 	stickyKey  []byte
+	stopWatch  chan struct{} // stops the open-file watch
 }
 
 // StaticService is a service declared in the configuration.
@@ -312,6 +316,8 @@ func (a *App) Start() error {
 		return err
 	}
 	running.Store(a)
+	a.stopWatch = make(chan struct{})
+	go newFDWatch(a.logger).run(a.stopWatch)
 	a.checker.Configure(a.health, a.emitChange, a.logger.Named("health"))
 	a.checker.Start()
 	a.checker.Wake() // a reload may have changed the interval or the services
@@ -326,6 +332,9 @@ func (a *App) Start() error {
 // Stop stops serving the admin API from this instance.
 func (a *App) Stop() error {
 	running.CompareAndSwap(a, nil)
+	if a.stopWatch != nil {
+		close(a.stopWatch)
+	}
 	return nil
 }
 

@@ -2,8 +2,12 @@ package imagelb
 
 import (
 	"context"
+	"errors"
+	"io"
+	"net"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -35,6 +39,61 @@ type request struct {
 	noRetry   bool            // the retry budget refused a retry
 	cookie    int             // 1 + the index of the sticky cookie this request set, 0: none
 	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
+	body      clientBody      // the client's request body, watched for read errors
+}
+
+// clientBody wraps the client's request body to tell a failure of the
+// client's side (malformed chunked framing, a body cut short, a read
+// timeout) from a failure of the container. The transport reads it on its
+// own goroutine, so the verdict is an atomic.
+type clientBody struct {
+	io.ReadCloser
+	err atomic.Pointer[error]
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	// EOF is the normal end; a read after Close is the transport giving
+	// up on the body after a failure of its own.
+	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) && b.err.Load() == nil {
+		b.err.Store(&err)
+	}
+	return n, err
+}
+
+// watchBody makes the request's body go through q.body.
+func (q *request) watchBody(r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	q.body.ReadCloser = r.Body
+	r.Body = &q.body
+}
+
+// clientFault returns the status a failed request gets when the client's
+// side failed, and why, or 0: the client is not at fault. A body that could
+// not be read is answered (400, 408 or 413) even when the client seems gone:
+// a client that half-closed its connection after a short body still reads.
+// A client that went away otherwise gets 499 (Caddy's code for it; nobody
+// reads the answer).
+func (q *request) clientFault(r *http.Request) (int, error) {
+	p := q.body.err.Load()
+	if p == nil {
+		if r.Context().Err() != nil {
+			return 499, context.Cause(r.Context())
+		}
+		return 0, nil
+	}
+	err := *p
+	var maxBytes *http.MaxBytesError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &maxBytes):
+		return http.StatusRequestEntityTooLarge, err
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return http.StatusRequestTimeout, err
+	}
+	return http.StatusBadRequest, err
 }
 
 // newRequest starts the accounting of a request that the caller has counted
@@ -69,6 +128,9 @@ func (q *request) choose(svc *registry.Service) *registry.Container {
 }
 
 func (q *request) chooseIndex(svc *registry.Service) int {
+	if len(q.tried) > 0 && q.body.err.Load() != nil {
+		return -1 // the client's body failed: no container can do better
+	}
 	if len(q.tried) > 0 && (q.noRetry || !svc.AllowRetry()) {
 		q.noRetry = true
 		return -1
@@ -117,37 +179,66 @@ func requestFrom(r *http.Request) *request {
 func (q *request) begin(c *registry.Container) {
 	now := time.Now()
 	if q.cur != nil {
-		q.endAttempt(0, true, true, now)
+		q.endAttempt(0, outcomeUnreachable, now)
 	}
 	c.Stats.Begin()
 	q.cur, q.last, q.curStart = c, c, now
 	q.tried = append(q.tried, c.Stats)
 }
 
-func (q *request) endAttempt(status int, failed, unreachable bool, now time.Time) {
-	if unreachable {
-		status = 0
+// firstAttemptOn reports whether the attempt in progress is the request's
+// first on the container with stats s.
+func (q *request) firstAttemptOn(s *registry.ContainerStats) bool {
+	n := 0
+	for _, t := range q.tried {
+		if t == s {
+			n++
+		}
 	}
+	return n <= 1
+}
+
+// How an attempt ended, and so what it tells of its container.
+type outcome int
+
+const (
+	outcomeAnswered    outcome = iota // the container answered (a 5xx is a failed attempt)
+	outcomeUnreachable                // no answer: a refused or failed connection, or a timeout
+	outcomeUnknown                    // no answer, and whether the container or the client failed is unknown
+	outcomeClient                     // the client's side failed (its body, or it went away): says nothing of the container
+)
+
+func (q *request) endAttempt(status int, how outcome, now time.Time) {
 	d := now.Sub(q.curStart)
-	q.cur.Stats.Finish(status, failed, d)
-	q.service.Observe(q.cur, failed || unreachable, d)
-	if unreachable && q.app.checker != nil {
-		q.app.checker.PassiveFailure(q.service.ImageID, q.cur)
+	switch how {
+	case outcomeUnreachable, outcomeUnknown:
+		q.cur.Stats.Finish(0, true, d)
+		q.service.Observe(q.cur, true, d)
+		// a request counts against a container once, however often it
+		// was retried there (with one container, every retry goes back)
+		if how == outcomeUnreachable && q.app.checker != nil && q.firstAttemptOn(q.cur.Stats) {
+			q.app.checker.PassiveFailure(q.service.ImageID, q.cur)
+		}
+	case outcomeClient:
+		// neither health, nor outlier ejection, nor latency learn from it
+		q.cur.Stats.Finish(status, false, d)
+	default:
+		q.cur.Stats.Finish(status, status >= 500, d)
+		q.service.Observe(q.cur, status >= 500, d)
 	}
 	q.cur = nil
 }
 
-// finish settles the request: the client got status; the last attempt and
-// the request itself failed when that is an error or a 5xx; unreachable
-// says the last container was not reached (no response at all).
-func (q *request) finish(status int, failed, unreachable bool) {
+// finish settles the request: the client got status, the request failed
+// or not, and how says what the last attempt tells of its container.
+func (q *request) finish(status int, failed bool, how outcome) {
 	if q.finished {
 		return
 	}
 	q.finished = true
 	now := time.Now()
 	if q.cur != nil {
-		q.endAttempt(status, failed, unreachable, now)
+		q.endAttempt(status, how, now)
 	}
 	q.service.State.Finish(status, failed, now.Sub(q.start))
 }
@@ -164,14 +255,18 @@ func (q *request) finish(status int, failed, unreachable bool) {
 func (q *request) settleWhenDone(ctx context.Context) {
 	q.statusSrc, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	context.AfterFunc(ctx, func() {
-		status, failed := 0, true
 		if q.statusSrc != nil {
 			if v, ok := q.statusSrc.Get("http.reverse_proxy.status_code"); ok {
 				if code, ok := v.(int); ok {
-					status, failed = code, code >= 500
+					q.finish(code, code >= 500, outcomeAnswered)
+					return
 				}
 			}
 		}
-		q.finish(status, failed, false)
+		if q.body.err.Load() != nil {
+			q.finish(0, false, outcomeClient) // the client's body failed
+			return
+		}
+		q.finish(0, true, outcomeUnknown)
 	})
 }

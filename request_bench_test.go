@@ -59,7 +59,7 @@ func BenchmarkStatsCost(b *testing.B) {
 		svc.State.Begin()
 		q := newRequest(req, svc, app)
 		q.begin(ctr)
-		q.finish(200, false, false)
+		q.finish(200, false, outcomeAnswered)
 	}
 	accounting := time.Since(start)
 

@@ -102,6 +102,7 @@ func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream
 	if q == nil {
 		svc.State.Begin()
 		q = newRequest(r, svc, u.app)
+		q.watchBody(r) // r is reverse_proxy's own copy, which the transport sends
 		caddyhttp.SetVar(r.Context(), requestVar, q)
 		q.settleWhenDone(r.Context())
 	}

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/imagelb/caddy-imagelb/internal/recycle"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -74,14 +75,19 @@ type Checker struct {
 // NewChecker returns a checker of reg; it checks nothing until Start or CheckNow.
 func NewChecker(reg *registry.Registry) *Checker {
 	c := &Checker{reg: reg, logger: zap.NewNop(), wake: make(chan struct{}, 1)}
-	c.client = &http.Client{
-		Transport: &http.Transport{
+	// Checks of containers removed later leave state in the transport:
+	// it is rebuilt after recycle.DefaultEvery of them (see package recycle).
+	transport, _ := recycle.New(func() (http.RoundTripper, error) {
+		return &http.Transport{
 			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConns:        1024,
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     2 * time.Minute, // keeps connections across the default 30s interval
 			DisableCompression:  true,
-		},
+		}, nil
+	}, func(rt http.RoundTripper) { rt.(*http.Transport).CloseIdleConnections() }, reg.RetiredAddresses, 0)
+	c.client = &http.Client{
+		Transport:     transport,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	c.Configure(Config{}, nil, nil)
@@ -413,10 +419,18 @@ func (c *Checker) PassiveFailure(imageID int64, ctr *registry.Container) {
 	}
 	token := c.ejections.Add(1)
 	ctr.Stats.PassiveEjection.Store(token)
+	// The timer holds the ids, not the container: a container removed
+	// meanwhile is not kept alive for FailDuration.
+	containerID := ctr.ContainerID
 	time.AfterFunc(cfg.FailDuration, func() {
+		svc := c.reg.Lookup(imageID)
+		if svc == nil {
+			return
+		}
+		cur := svc.Container(containerID)
 		// only if nothing has judged the container since
-		if ctr.Stats.PassiveEjection.CompareAndSwap(token, 0) {
-			c.transition(imageID, ctr.ContainerID, registry.StatusUnhealthy, registry.StatusHealthy,
+		if cur != nil && cur.Stats.PassiveEjection.CompareAndSwap(token, 0) {
+			c.transition(imageID, containerID, registry.StatusUnhealthy, registry.StatusHealthy,
 				fmt.Sprintf("passive: ejection of %s over", cfg.FailDuration))
 		}
 	})

@@ -18,7 +18,7 @@ const (
 	DefaultUnhealthyThreshold = 1
 	DefaultMaxConcurrent      = 64
 	DefaultExpectStatus       = "2xx"
-	DefaultMaxFails           = 1
+	DefaultMaxFails           = 3
 	DefaultFailDuration       = 30 * time.Second
 )
 

@@ -20,6 +20,7 @@ type snapshot struct {
 	ports   map[int]int64 // external port -> image_id
 	count   int           // number of services
 	version uint64        // incremented by every change
+	retired uint64        // dial addresses that changes took out of a service, so far
 }
 
 func (s *snapshot) lookup(id int64) *Service {
@@ -332,6 +333,7 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 		shard[id] = svc
 	}
 	next.shards[i] = shard
+	next.retired += retiredAddrs(old, svc)
 
 	oldPort, newPort := 0, 0
 	if old != nil {
@@ -353,6 +355,41 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 	}
 	return &next
 }
+
+// retiredAddrs counts the dial addresses of old (may be nil) that svc (may
+// be nil) no longer has.
+func retiredAddrs(old, svc *Service) uint64 {
+	if old == nil {
+		return 0
+	}
+	var n uint64
+	var kept map[string]struct{}
+	for i, c := range old.Containers {
+		if svc == nil {
+			n++
+			continue
+		}
+		if i < len(svc.Containers) && svc.Containers[i].dial == c.dial {
+			continue // the common case: same containers in the same order
+		}
+		if kept == nil {
+			kept = make(map[string]struct{}, len(svc.Containers))
+			for _, k := range svc.Containers {
+				kept[k.dial] = struct{}{}
+			}
+		}
+		if _, ok := kept[c.dial]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
+// RetiredAddresses counts the dial addresses that changes took out of a
+// service since the registry was created (an address another service still
+// uses counts too). It only grows. Connection pools read it to know when to
+// let go of what they keep for addresses no longer in use.
+func (r *Registry) RetiredAddresses() uint64 { return r.snap.Load().retired }
 
 // Remove deletes a service and returns its last version.
 func (r *Registry) Remove(imageID int64) (old *Service, err error) {

@@ -1045,3 +1045,34 @@ func TestConcurrentWritersAndReaders(t *testing.T) {
 	}
 	t.Logf("%d service states and %d containers counted", len(sums), len(csums))
 }
+
+// TestRetiredAddresses: every change that takes a dial address out of a
+// service counts it once; changes that keep the addresses count nothing.
+func TestRetiredAddresses(t *testing.T) {
+	r := newTestRegistry(t, Options{})
+	weight := 3
+	steps := []struct {
+		name   string
+		change func() error
+		want   uint64
+	}{
+		{"register two", func() error { _, err := r.Register(svcSpec(1, ctr("a", 9001), ctr("b", 9002))); return err }, 0},
+		{"re-register the same", func() error { _, err := r.Register(svcSpec(1, ctr("a", 9001), ctr("b", 9002))); return err }, 0},
+		{"re-register reordered", func() error { _, err := r.Register(svcSpec(1, ctr("b", 9002), ctr("a", 9001))); return err }, 0},
+		{"patch a weight", func() error { _, err := r.PatchContainer(1, "a", ContainerPatch{Weight: &weight}); return err }, 0},
+		{"move a to another port", func() error { _, err := r.PutContainer(1, ctr("a", 9003)); return err }, 1},
+		{"remove a container", func() error { _, err := r.RemoveContainer(1, "b"); return err }, 2},
+		{"replace the set", func() error { _, err := r.Register(svcSpec(1, ctr("c", 9004), ctr("d", 9005))); return err }, 3},
+		{"remove the service", func() error { _, err := r.Remove(1); return err }, 5},
+		{"a refused change", func() error { _, err := r.Remove(1); return err }, 5},
+	}
+	for _, s := range steps {
+		err := s.change()
+		if s.name != "a refused change" && err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got := r.RetiredAddresses(); got != s.want {
+			t.Fatalf("%s: %d retired addresses, want %d", s.name, got, s.want)
+		}
+	}
+}

@@ -166,6 +166,7 @@ func (r *Registry) Restore(st *State) (dropped []string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	next := emptySnapshot()
+	next.retired = r.snap.Load().retired // it only grows
 	for _, spec := range specs {
 		var err error
 		if next, _, err = r.register(next, spec); err != nil {

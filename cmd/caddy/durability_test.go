@@ -60,12 +60,14 @@ func endAll() {
 	running = nil
 }
 
-// runCaddy starts "caddy run" and waits until url answers, or until the
-// process exits (then exited reports it).
-func runCaddy(t *testing.T, bin, config, dataDir, url string) *proc {
+// runCaddy starts "caddy run" (through launcher, a command and its
+// arguments, when given) and waits until url answers, or until the process
+// exits (then exited reports it).
+func runCaddy(t *testing.T, bin, config, dataDir, url string, launcher ...string) *proc {
 	t.Helper()
 	p := &proc{logs: new(syncBuffer), done: make(chan error, 1)}
-	p.cmd = exec.Command(bin, "run", "--config", config)
+	args := append(launcher, bin, "run", "--config", config)
+	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+dataDir)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
