@@ -56,13 +56,10 @@ func TestBothMounts(t *testing.T) {
 	if removed.ContainerID != "a" {
 		t.Fatalf("removed %+v", removed)
 	}
-	var list struct {
-		Services []json.RawMessage `json:"services"`
-		Total    int               `json:"total"`
-	}
+	var list []json.RawMessage // a bare array, as the original answered
 	mustDo(t, "GET", adm+"/services", nil, 200, &list)
-	if list.Total != 1 || len(list.Services) != 1 {
-		t.Fatalf("list %+v", list)
+	if len(list) != 1 {
+		t.Fatalf("list %s", list)
 	}
 	mustDo(t, "DELETE", site+"/services/40", nil, 200, nil)
 	mustDo(t, "GET", adm+"/services/40", nil, 404, nil)
@@ -104,7 +101,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}{
 		{"malformed json", "POST", "/services/50/register?image_name=x", `[{"container_id":`, 422, "malformed JSON"},
 		{"not a list or object", "POST", "/services/50/register?image_name=x", `42`, 422, "JSON array"},
-		{"port as string", "POST", "/services/50/register?image_name=x", `[{"container_id":"a","port":"80"}]`, 422, "port"},
+		{"port as a non-numeric string", "POST", "/services/50/register?image_name=x", `[{"container_id":"a","port":"eighty"}]`, 422, "port"},
+		{"port with a fraction", "POST", "/services/50/register?image_name=x", `[{"container_id":"a","port":80.5}]`, 422, "fractional part"},
 		{"port zero", "POST", "/services/50/register?image_name=x", `[{"container_id":"a","port":0}]`, 422, "port must be from 1 to 65535"},
 		{"port too big", "POST", "/services/50/register?image_name=x", `[{"container_id":"a","port":70000}]`, 422, "port must be from 1 to 65535"},
 		{"missing container_id", "POST", "/services/50/register?image_name=x", `[{"port":80}]`, 422, "container_id is required"},
@@ -125,7 +123,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"patch bad status", "PATCH", "/services/50/containers/a", `{"status":"asleep"}`, 422, "unknown status"},
 		{"patch empty", "PATCH", "/services/50/containers/a", `{}`, 422, "nothing to change"},
 		{"delete unknown container", "DELETE", "/services/50/containers/zz", ``, 404, "not registered"},
-		{"wrong method", "PUT", "/services", ``, 405, "not allowed"},
+		{"wrong method", "PUT", "/services", ``, 405, "Method Not Allowed"},
+		{"unknown route", "GET", "/servics", ``, 404, "Not Found"},
 		{"stats bad filter", "GET", "/stats?image_id=x", ``, 422, "positive integer"},
 	}
 	mounts := map[string]string{

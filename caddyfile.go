@@ -81,9 +81,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			container <container_id> <host:port> {
 //				name   <name>
 //				weight <0-1000>
-//				status healthy|unhealthy|starting|draining
+//				status healthy|unhealthy|starting|draining|unknown
 //				zone   <zone>
 //			}
+//		}
+//		system_service <service_type> <host:port> {
+//			name    <name>
+//			paths   <path>...
+//			default
 //		}
 //	}
 //
@@ -110,7 +115,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	hashKeyAt := map[int64]*caddyfile.Dispenser{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if opt != "service" && opt != "allowed_upstreams" {
+		if opt != "service" && opt != "system_service" && opt != "allowed_upstreams" {
 			if seen[opt] {
 				return d.Errf("%s already specified", opt)
 			}
@@ -290,6 +295,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				hashKeyAt[svc.ImageID] = at
 			}
 			a.Services = append(a.Services, svc)
+		case "system_service":
+			sys, err := parseSystemService(d, a.SystemServices)
+			if err != nil {
+				return err
+			}
+			a.SystemServices = append(a.SystemServices, sys)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
@@ -623,7 +634,7 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 				return c, err
 			}
 			if _, ok := registry.ParseStatus(v); !ok {
-				return c, d.Errf("status %q: use healthy, unhealthy, starting or draining", v)
+				return c, d.Errf("status %q: use healthy, unhealthy, starting, draining or unknown", v)
 			}
 			c.Status = v
 		case "zone":

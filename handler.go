@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,12 +63,19 @@ type Handler struct {
 	// Serve the dashboard at /api/v1/ui/ on this site (it is always on
 	// the admin endpoint, at /imagelb/ui/). Default: off.
 	Dashboard bool `json:"dashboard,omitempty"`
+	// Browser origins allowed to call this site's API (CORS), such as
+	// "https://ui.example.com", or "*" for any. Preflights are answered
+	// 204; the API's answers carry Access-Control-Allow-Origin. Proxied
+	// answers (containers, system services) are left to them. Default:
+	// none (no CORS).
+	CORS []string `json:"cors,omitempty"`
 
 	app       *App
 	reg       *registry.Registry
 	rp        *reverseproxy.Handler
 	transport *recycle.Transport
 	api       *admin.API
+	system    map[string]*reverseproxy.Handler // by service_type
 	logger    *zap.Logger
 }
 
@@ -91,8 +100,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.app = appIface.(*App)
 	h.reg = h.app.reg
-	h.api = &admin.API{Prefix: apiPrefix, MaxBody: h.app.MaxBody, Registry: func() *registry.Registry { return h.reg },
-		HealthCheck: h.app.checkNow, Logger: h.app.logger.Named("api")}
+	h.api = h.app.newAPI(apiPrefix)
+	h.system = map[string]*reverseproxy.Handler{}
+	for _, sys := range h.app.system {
+		rp, err := newSystemProxy(ctx, sys, h.app.timeout)
+		if err != nil {
+			return err
+		}
+		h.system[sys.ServiceType] = rp
+	}
 	if h.Dashboard {
 		h.api.UI = uiHandler(apiPrefix + "/ui/")
 	}
@@ -136,6 +152,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the handler's options.
 func (h *Handler) Validate() error {
+	for _, o := range h.CORS {
+		if msg := checkOrigin(o); msg != "" {
+			return fmt.Errorf("cors: %s", msg)
+		}
+	}
 	switch h.API {
 	case APIOn, APIReadOnly, APIOff:
 		return nil
@@ -148,6 +169,9 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	if h.transport != nil {
 		h.transport.Close()
+	}
+	for _, rp := range h.system {
+		_ = rp.Cleanup()
 	}
 	if h.rp == nil {
 		return nil
@@ -163,35 +187,151 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	path := r.URL.Path
-	switch {
-	case path == healthPath:
-		h.serveHealth(w, r)
-		return nil
-	case path == proxyPrefix || strings.HasPrefix(path, proxyPrefix+"/"):
-		return h.serveProxy(w, r, next)
-	case strings.HasPrefix(path, apiPrefix+"/") && h.api.Owns(r):
-		switch {
-		case h.API == APIOff:
-			admin.WriteError(w, http.StatusNotFound, "the management API is turned off on this site")
-		case h.API == APIReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
-			admin.WriteError(w, http.StatusForbidden, "the management API is read-only on this site: use GET, or Caddy's admin endpoint for changes")
-		default:
-			h.api.ServeHTTP(w, r)
-		}
-		return nil
+	if path == proxyPrefix || strings.HasPrefix(path, proxyPrefix+"/") {
+		return h.serveProxy(w, r, next) // CORS is the container's business
 	}
-	return next.ServeHTTP(w, r)
+	api := path == apiPrefix || strings.HasPrefix(path, apiPrefix+"/")
+	var sys *systemService
+	if api && !h.api.Owns(r) {
+		sys = matchSystem(h.app.system, strings.TrimPrefix(path, apiPrefix))
+	}
+	if sys != nil {
+		return h.forwardSystem(w, r, next, sys) // so is a system service's
+	}
+	own := api || path == "/" || path == healthPath || path == "/openapi.json" || path == "/docs" || strings.HasPrefix(path, "/docs/")
+	if !own {
+		return next.ServeHTTP(w, r)
+	}
+	if len(h.CORS) > 0 && h.cors(w, r) {
+		return nil // a preflight, answered
+	}
+	switch {
+	case path == "/":
+		if allowGet(w, r) {
+			admin.WriteJSON(w, http.StatusOK, map[string]string{"message": "Load Balancer API is running", "docs": "/docs"})
+		}
+	case path == healthPath:
+		if allowGet(w, r) {
+			h.serveHealth(w, r)
+		}
+	case path == "/openapi.json":
+		if allowGet(w, r) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(openAPIDocument)
+		}
+	case path == "/docs" || path == "/docs/" || path == "/docs/docs.js" || path == "/docs/docs.css":
+		if allowGet(w, r) {
+			serveDocs(w, r)
+		}
+	case path == apiPrefix+"/openapi.json" || !h.api.Owns(r):
+		h.api.ServeHTTP(w, r) // the document, or a JSON 404 under /api/v1/
+	case h.API == APIOff:
+		admin.WriteError(w, http.StatusNotFound, "the management API is turned off on this site")
+	case h.API == APIReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
+		admin.WriteError(w, http.StatusForbidden, "the management API is read-only on this site: use GET, or Caddy's admin endpoint for changes")
+	default:
+		h.api.ServeHTTP(w, r)
+	}
+	return nil
+}
+
+// allowGet answers 405 to a method other than GET and HEAD, and reports
+// whether the request may go on.
+func allowGet(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", "GET, HEAD")
+	admin.WriteError(w, http.StatusMethodNotAllowed, admin.MethodNotAllowed)
+	return false
+}
+
+// cors sets the CORS headers of an answer of the API to an allowed origin,
+// and answers a preflight (reporting true).
+func (h *Handler) cors(w http.ResponseWriter, r *http.Request) bool {
+	hdr := w.Header()
+	hdr.Add("Vary", "Origin")
+	origin := r.Header.Get("Origin")
+	if origin == "" || !h.allowsOrigin(origin) {
+		return false
+	}
+	if slices.Contains(h.CORS, "*") {
+		hdr.Set("Access-Control-Allow-Origin", "*")
+	} else {
+		// a listed origin may send credentials (basic_auth in front of the API)
+		hdr.Set("Access-Control-Allow-Origin", origin)
+		hdr.Set("Access-Control-Allow-Credentials", "true")
+	}
+	if r.Method != http.MethodOptions || r.Header.Get("Access-Control-Request-Method") == "" {
+		return false
+	}
+	hdr.Add("Vary", "Access-Control-Request-Method")
+	hdr.Add("Vary", "Access-Control-Request-Headers")
+	hdr.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+	if asked := r.Header.Get("Access-Control-Request-Headers"); asked != "" {
+		hdr.Set("Access-Control-Allow-Headers", asked)
+	}
+	hdr.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+	return true
+}
+
+func (h *Handler) allowsOrigin(origin string) bool {
+	for _, o := range h.CORS {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkOrigin returns why o is not a CORS origin ("*" or scheme://host[:port]), or "".
+func checkOrigin(o string) string {
+	if o == "*" {
+		return ""
+	}
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+		return fmt.Sprintf("origin %q must be * or scheme://host[:port], e.g. https://ui.example.com", o)
+	}
+	return ""
+}
+
+// forwardSystem forwards a request below /api/v1 to a system service,
+// with /api/v1 cut off the path, and counts it.
+func (h *Handler) forwardSystem(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, sys *systemService) error {
+	r2 := *r
+	r2.URL = systemTarget(r, strings.TrimPrefix(r.URL.Path, apiPrefix))
+	c := &sys.state.counters
+	c.Begin()
+	start := time.Now()
+	sw := statusWriters.Get().(*statusWriter)
+	sw.ResponseWriter, sw.status = w, 0
+	err := h.system[sys.ServiceType].ServeHTTP(sw, &r2, next)
+	status := sw.status
+	sw.ResponseWriter = nil
+	statusWriters.Put(sw)
+	if err != nil && status == 0 {
+		var herr caddyhttp.HandlerError
+		status = http.StatusBadGateway
+		if errors.As(err, &herr) && herr.StatusCode != 0 {
+			status = herr.StatusCode
+		}
+		if status != 499 {
+			admin.WriteError(w, status, fmt.Sprintf("system service %s (%s) could not be reached: %v",
+				sys.ServiceType, sys.Upstream, unwrapHandlerError(err)))
+		}
+	}
+	c.Finish(status, status >= 500 || status == 0, time.Since(start))
+	return nil
 }
 
 func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		admin.WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on /health; use GET", r.Method))
-		return
-	}
 	sum := h.reg.Summary()
 	admin.WriteJSON(w, http.StatusOK, map[string]any{
 		"status":             "healthy",
+		"service":            "load-balancer",
+		"version":            moduleVersion(),
 		"uptime_seconds":     h.reg.Uptime().Seconds(),
 		"services":           sum.Services,
 		"containers":         sum.Containers,
@@ -199,10 +339,35 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// moduleVersion is this module's version in the binary ("devel" when it
+// has none, as in go run).
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Path == modulePath && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+		for _, m := range bi.Deps {
+			if m.Path == modulePath {
+				return m.Version
+			}
+		}
+	}
+	return "devel"
+}
+
+// modulePath is this module's import path.
+const modulePath = "github.com/imagelb/caddy-imagelb"
+
 // serveProxy serves /api/v1/proxy/{image_id}/{path...}: the container gets
 // /{path...} with the query string unchanged.
 func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	id, target, status, detail := parseProxyPath(r.URL.EscapedPath())
+	if status == http.StatusUnprocessableEntity {
+		// the original's list form, at the path's image_id
+		_, err := registry.ParseImageID(detail)
+		admin.WriteRegistryError(w, err)
+		return nil
+	}
 	if status != 0 {
 		admin.WriteError(w, status, detail)
 		return nil
@@ -223,7 +388,7 @@ func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyh
 // path the container gets ("/" at least). The image id is the first
 // segment exactly as sent: an encoded slash or a dot segment in it is no
 // id, so no path can reach another image than the one it names. A non-zero
-// status is the error to answer with.
+// status is the error to answer with (for 422, detail is the bad image_id).
 func parseProxyPath(escaped string) (id int64, target string, status int, detail string) {
 	rest, ok := strings.CutPrefix(escaped, proxyPrefix)
 	if !ok || (rest != "" && rest[0] != '/') {
@@ -235,7 +400,7 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 	}
 	id, err := registry.ParseImageID(idRaw)
 	if err != nil {
-		return 0, "", http.StatusUnprocessableEntity, fmt.Sprintf("image_id must be a positive integer, got %q", idRaw)
+		return 0, "", http.StatusUnprocessableEntity, idRaw // the caller words it
 	}
 	target = "/" + tail
 	if _, err := url.PathUnescape(target); err != nil {
@@ -409,6 +574,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //	imagelb {
 //		api on|read_only|off
 //		dashboard
+//		cors <origin>...
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -441,6 +607,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Dashboard = true
+		case "cors":
+			if h.CORS != nil {
+				return d.Err("cors already specified")
+			}
+			h.CORS = d.RemainingArgs()
+			if len(h.CORS) == 0 {
+				return d.Err("cors needs at least one origin, e.g. cors https://ui.example.com (or * for any)")
+			}
+			for _, o := range h.CORS {
+				if msg := checkOrigin(o); msg != "" {
+					return d.Err(msg)
+				}
+			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}

@@ -493,11 +493,14 @@ func TestOversizedAndHostileInput(t *testing.T) {
 	}
 	t.Run("site/proxy image_id beyond int64", func(t *testing.T) {
 		var e struct {
-			Detail string `json:"detail"`
+			Detail []struct {
+				Loc []any  `json:"loc"`
+				Msg string `json:"msg"`
+			} `json:"detail"`
 		}
 		mustDo(t, "GET", site+"/api/v1/proxy/99999999999999999999/x", nil, 422, &e)
-		if !strings.Contains(e.Detail, "positive integer") {
-			t.Fatalf("detail %q", e.Detail)
+		if len(e.Detail) != 1 || !strings.Contains(e.Detail[0].Msg, "positive integer") || fmt.Sprint(e.Detail[0].Loc) != "[path image_id]" {
+			t.Fatalf("detail %+v", e.Detail)
 		}
 	})
 

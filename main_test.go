@@ -129,14 +129,12 @@ func startCaddy(t *testing.T, caddyfile string) *caddytest.Tester {
 
 func resetRegistry(t *testing.T) {
 	t.Helper()
-	var list struct {
-		Services []struct {
-			ImageID int64 `json:"image_id"`
-			Static  bool  `json:"static"`
-		} `json:"services"`
+	var list []struct {
+		ImageID int64 `json:"image_id"`
+		Static  bool  `json:"static"`
 	}
 	mustDo(t, "GET", adminURL+"/imagelb/services", nil, 200, &list)
-	for _, s := range list.Services {
+	for _, s := range list {
 		if !s.Static {
 			mustDo(t, "DELETE", fmt.Sprintf("%s/imagelb/services/%d", adminURL, s.ImageID), nil, 200, nil)
 		}
@@ -147,18 +145,22 @@ func resetRegistry(t *testing.T) {
 func do(t testing.TB, method, url string, body any) (int, []byte) {
 	t.Helper()
 	var rd io.Reader
+	var raw []byte
 	switch b := body.(type) {
 	case nil:
 	case string:
-		rd = strings.NewReader(b)
+		raw = []byte(b)
 	case []byte:
-		rd = bytes.NewReader(b)
+		raw = b
 	default:
 		js, err := json.Marshal(b)
 		if err != nil {
 			t.Fatal(err)
 		}
-		rd = bytes.NewReader(js)
+		raw = js
+	}
+	if body != nil {
+		rd = bytes.NewReader(raw)
 	}
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
@@ -176,6 +178,7 @@ func do(t testing.TB, method, url string, body any) (int, []byte) {
 	if err != nil {
 		t.Fatalf("%s %s: reading body: %v", method, url, err)
 	}
+	checkOpenAPI(t, req, raw, resp, out) // every answer of the API, against docs/openapi.json
 	return resp.StatusCode, out
 }
 

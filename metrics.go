@@ -105,7 +105,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.operations, counter, float64(n), op.String())
 	}
 	ch <- prometheus.MustNewConstMetric(c.services, gauge, float64(len(svcs)))
-	for _, st := range []registry.Status{registry.StatusHealthy, registry.StatusUnhealthy, registry.StatusStarting, registry.StatusDraining} {
+	for _, st := range []registry.Status{registry.StatusHealthy, registry.StatusUnhealthy, registry.StatusStarting, registry.StatusDraining, registry.StatusUnknown} {
 		ch <- prometheus.MustNewConstMetric(c.containers, gauge, float64(byStatus[st]), string(st))
 	}
 }

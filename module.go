@@ -135,6 +135,10 @@ type App struct {
 	// from the configuration is removed on reload; services registered
 	// through the API are not touched.
 	Services []StaticService `json:"services,omitempty"`
+	// The platform's own services behind the gateway (the original's
+	// orchestrator and billing): requests below /api/v1 that no route owns
+	// are forwarded to them by path. Default: none.
+	SystemServices []SystemService `json:"system_services,omitempty"`
 
 	reg        *registry.Registry
 	checker    *health.Checker
@@ -148,6 +152,7 @@ type App struct {
 	api        *admin.API
 	stickyKey  []byte
 	stopWatch  chan struct{} // stops the open-file watch
+	system     []*systemService
 }
 
 // StaticService is a service declared in the configuration.
@@ -178,7 +183,7 @@ type StaticContainer struct {
 	Host string `json:"host,omitempty"`
 	// TCP port, 1-65535. Required.
 	Port int `json:"port"`
-	// Status: healthy, unhealthy, starting or draining. Default: healthy.
+	// Status: healthy, unhealthy, starting, draining or unknown. Default: healthy.
 	Status string `json:"status,omitempty"`
 	// Weight, 0-1000; 0 receives no new requests. Default: 1.
 	Weight *int `json:"weight,omitempty"`
@@ -239,8 +244,49 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.checker = val.(checkerHolder).Checker
 	a.stickyKey = stickyKey(a.StickySecret)
-	a.api = &admin.API{Prefix: "/imagelb", MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow,
-		Logger: a.logger.Named("api"), UI: uiHandler("/imagelb/ui/")}
+	if a.system, err = provisionSystemServices(a.SystemServices); err != nil {
+		return err
+	}
+	a.api = a.newAPI("/imagelb")
+	a.api.UI = uiHandler("/imagelb/ui/")
+	// The first round of health checks waits until every app has started,
+	// so that containers served by this same Caddy are listening.
+	if err := a.events.On("started", startChecks{a}); err != nil {
+		return fmt.Errorf("subscribing to the started event: %v", err)
+	}
+	return nil
+}
+
+// newAPI returns the management API with the prefix, on this app's
+// registry and system services.
+func (a *App) newAPI(prefix string) *admin.API {
+	api := &admin.API{Prefix: prefix, MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow,
+		Logger: a.logger.Named("api"), OpenAPI: openAPIDocument}
+	if prefix != "/imagelb" {
+		reg := a.reg
+		api.Registry = func() *registry.Registry { return reg }
+	}
+	if len(a.system) > 0 {
+		api.SystemServices = a.systemServiceViews
+	}
+	return api
+}
+
+// systemServiceViews lists the system services for the API.
+func (a *App) systemServiceViews() []admin.SystemService {
+	out := make([]admin.SystemService, len(a.system))
+	for i, s := range a.system {
+		out[i] = s.view()
+	}
+	return out
+}
+
+// startChecks starts the health checks when Caddy has started every app.
+type startChecks struct{ a *App }
+
+func (s startChecks) Handle(context.Context, caddy.Event) error {
+	s.a.checker.Start()
+	s.a.checker.Wake() // a reload may have changed the interval or the services
 	return nil
 }
 
@@ -319,8 +365,14 @@ func (a *App) Start() error {
 	a.stopWatch = make(chan struct{})
 	go newFDWatch(a.logger).run(a.stopWatch)
 	a.checker.Configure(a.health, a.emitChange, a.logger.Named("health"))
-	a.checker.Start()
-	a.checker.Wake() // a reload may have changed the interval or the services
+	system := a.system
+	a.checker.SetExtras(func() []health.Extra {
+		out := make([]health.Extra, len(system))
+		for i, s := range system {
+			out[i] = s.healthTarget()
+		}
+		return out
+	})
 	a.logger.Info("imagelb started",
 		zap.Int("services", a.reg.Summary().Services),
 		zap.Duration("health_interval", a.health.Interval),
@@ -352,7 +404,14 @@ func (a *App) Cleanup() error {
 
 // checkNow serves the on-demand health check of the management API.
 func (a *App) checkNow(ctx context.Context, imageID int64) (any, error) {
-	return a.checker.CheckNow(ctx, imageID)
+	rep, err := a.checker.CheckNow(ctx, imageID)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		Message string `json:"message"` // the original's answer
+		health.Report
+	}{"Health check completed", rep}, nil
 }
 
 // emitChange announces a container's status change as a Caddy event,
@@ -471,7 +530,7 @@ func (c StaticContainer) spec() (registry.ContainerSpec, error) {
 	if c.Status != "" {
 		s, ok := registry.ParseStatus(c.Status)
 		if !ok {
-			return cs, fmt.Errorf("unknown status %q: use healthy, unhealthy, starting or draining", c.Status)
+			return cs, fmt.Errorf("unknown status %q: use healthy, unhealthy, starting, draining or unknown", c.Status)
 		}
 		cs.Status = s
 	}

@@ -4,6 +4,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +42,28 @@ type API struct {
 	Logger *zap.Logger
 	// UI serves the dashboard below Prefix+"/ui/"; nil serves none.
 	UI http.Handler
+	// SystemServices lists the platform's system services; nil: none.
+	SystemServices func() []SystemService
+	// OpenAPI is the OpenAPI document served at Prefix+"/openapi.json".
+	OpenAPI []byte
+}
+
+// SystemService is a system service as GET .../system-services shows it:
+// the original's fields (service_type, name, host, port, status,
+// last_health_check, total_requests) and ours.
+type SystemService struct {
+	ServiceType       string          `json:"service_type"`
+	Name              string          `json:"name"`
+	Host              string          `json:"host"`
+	Port              int             `json:"port"`
+	Status            registry.Status `json:"status"`
+	LastHealthCheck   *string         `json:"last_health_check"`
+	TotalRequests     int64           `json:"total_requests"`
+	FailedRequests    int64           `json:"failed_requests"`
+	ActiveConnections int64           `json:"active_connections"`
+	Paths             []string        `json:"paths"`
+	Default           bool            `json:"default"`
+	LastHealthError   *string         `json:"last_health_error"`
 }
 
 // logChange logs an applied change at info level.
@@ -83,6 +106,27 @@ var routes = []route{
 	{[]string{"port-mappings"}, map[string]handlerFunc{http.MethodGet: (*API).portMappings}},
 	{[]string{"health-check"}, map[string]handlerFunc{http.MethodPost: (*API).healthCheck}},
 	{[]string{"stats"}, map[string]handlerFunc{http.MethodGet: (*API).stats}},
+	{[]string{"system-services"}, map[string]handlerFunc{http.MethodGet: (*API).systemServices}},
+	{[]string{"openapi.json"}, map[string]handlerFunc{http.MethodGet: (*API).openAPI}},
+}
+
+// The errors of unknown routes and methods, worded as the original's.
+const (
+	NotFound         = "Not Found"
+	MethodNotAllowed = "Method Not Allowed"
+)
+
+// Routes lists the API's routes as "METHOD /path" below the prefix, with
+// {image_id} and {container_id} as written in the OpenAPI document.
+func Routes() []string {
+	var out []string
+	for _, rt := range routes {
+		for m := range rt.methods {
+			out = append(out, m+" /"+strings.Join(rt.pattern, "/"))
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Owns reports whether the request's path is one of the API's routes
@@ -126,10 +170,13 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rt, args, ok := a.match(r)
 	if !ok {
-		WriteError(w, http.StatusNotFound, fmt.Sprintf("no such route: %s", r.URL.Path))
+		WriteError(w, http.StatusNotFound, NotFound)
 		return
 	}
 	h, ok := rt.methods[r.Method]
+	if !ok && r.Method == http.MethodHead {
+		h, ok = rt.methods[http.MethodGet]
+	}
 	if !ok {
 		allow := make([]string, 0, len(rt.methods))
 		for m := range rt.methods {
@@ -137,8 +184,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		slices.Sort(allow)
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		WriteError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s is not allowed on %s; allowed: %s",
-			r.Method, r.URL.Path, strings.Join(allow, ", ")))
+		WriteError(w, http.StatusMethodNotAllowed, MethodNotAllowed)
 		return
 	}
 	c := &call{reg: a.Registry(), w: w, r: r}
@@ -205,7 +251,7 @@ func (a *API) listServices(c *call) (any, error) {
 	for i, s := range svcs {
 		views[i] = s.View()
 	}
-	return map[string]any{"services": views, "total": len(views)}, nil
+	return views, nil // a bare array, as the original answered
 }
 
 func (a *API) getService(c *call) (any, error) {
@@ -234,13 +280,30 @@ func (a *API) register(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	old := c.reg.Lookup(c.imageID)
 	svc, err := c.reg.Register(spec)
 	if err != nil {
 		return nil, err
 	}
 	a.logChange("service registered", c, zap.String("image_name", svc.ImageName),
 		zap.String("algorithm", string(svc.Algorithm)), zap.Int("containers", len(svc.Containers)))
-	return svc.View(), nil
+	ans := registerAnswer{ServiceView: svc.View(),
+		Message: fmt.Sprintf("Service %s registered successfully with %d containers", svc.ImageName, len(svc.Containers))}
+	if old != nil && old.Static {
+		ans.Warning = fmt.Sprintf("image_id %d was declared in the configuration (a static service); this registration "+
+			"takes it over: config reloads no longer change it, and removing it from the configuration no longer removes it", c.imageID)
+		if a.Logger != nil {
+			a.Logger.Warn("registration took over a static service", zap.Int64("image_id", c.imageID), zap.String("remote", c.r.RemoteAddr))
+		}
+	}
+	return ans, nil
+}
+
+// registerAnswer is the Service plus the original's message.
+type registerAnswer struct {
+	registry.ServiceView
+	Message string `json:"message"`
+	Warning string `json:"warning,omitempty"`
 }
 
 func (a *API) putContainer(c *call) (any, error) {
@@ -288,7 +351,18 @@ func (a *API) deleteContainer(c *call) (any, error) {
 }
 
 func (a *API) portMappings(c *call) (any, error) {
-	return map[string]any{"port_mappings": c.reg.PortMappings()}, nil
+	return c.reg.PortMappings(), nil // a bare array, as the original answered
+}
+
+func (a *API) systemServices(c *call) (any, error) {
+	if a.SystemServices == nil {
+		return []SystemService{}, nil
+	}
+	return a.SystemServices(), nil
+}
+
+func (a *API) openAPI(c *call) (any, error) {
+	return json.RawMessage(a.OpenAPI), nil
 }
 
 func (a *API) healthCheck(c *call) (any, error) {
@@ -307,14 +381,48 @@ func (a *API) stats(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if imageID == 0 {
-		return c.reg.Stats(c.reg.Services()), nil
+	svcs := c.reg.Services()
+	if imageID != 0 {
+		svc, err := c.reg.Get(imageID)
+		if err != nil {
+			return nil, err
+		}
+		svcs = []*registry.Service{svc}
 	}
-	svc, err := c.reg.Get(imageID)
-	if err != nil {
-		return nil, err
+	st := statsAnswer{StatsView: c.reg.Stats(svcs), PortMappingsCount: len(c.reg.PortMappings())}
+	st.UserServices.TotalServices = len(svcs)
+	for _, s := range st.Services {
+		st.UserServices.TotalContainers += len(s.Containers)
+		st.UserServices.HealthyContainers += s.HealthyContainers
+		st.UserServices.TotalRequests += s.TotalRequests
 	}
-	return c.reg.Stats([]*registry.Service{svc}), nil
+	if a.SystemServices != nil {
+		for _, s := range a.SystemServices() {
+			st.SystemServices.TotalServices++
+			if s.Status == registry.StatusHealthy {
+				st.SystemServices.HealthyServices++
+			}
+			st.SystemServices.TotalRequests += s.TotalRequests
+		}
+	}
+	return st, nil
+}
+
+// statsAnswer is the statistics plus the original's summaries.
+type statsAnswer struct {
+	registry.StatsView
+	UserServices struct {
+		TotalServices     int   `json:"total_services"`
+		TotalContainers   int   `json:"total_containers"`
+		HealthyContainers int   `json:"healthy_containers"`
+		TotalRequests     int64 `json:"total_requests"`
+	} `json:"user_services"`
+	SystemServices struct {
+		TotalServices   int   `json:"total_services"`
+		HealthyServices int   `json:"healthy_services"`
+		TotalRequests   int64 `json:"total_requests"`
+	} `json:"system_services"`
+	PortMappingsCount int `json:"port_mappings_count"`
 }
 
 // optionalImageID reads the ?image_id= filter; 0 means none.
@@ -346,6 +454,10 @@ func (a *API) readBody(c *call) ([]byte, error) {
 
 // errNotImplemented answers the on-demand health check until the checker lands.
 var errNotImplemented = errors.New("on-demand health checks are not available in this build")
+
+// WriteRegistryError answers with the status that the registry error's
+// kind maps to, in the list form when it has field errors.
+func WriteRegistryError(w http.ResponseWriter, err error) { writeRegistryError(w, err) }
 
 // writeRegistryError answers with the status that the registry error's kind maps to.
 func writeRegistryError(w http.ResponseWriter, err error) {
@@ -382,13 +494,20 @@ func WriteError(w http.ResponseWriter, status int, detail string) {
 }
 
 // WriteJSON writes v as JSON with the status.
+// It does not escape <, > and & as HTML: the answers are JSON, not HTML,
+// and "\u003e" in a detail is hard to read.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	body := buf.Bytes()
+	if err := enc.Encode(v); err != nil {
 		status = http.StatusInternalServerError
-		body = []byte(`{"detail":"encoding the response failed"}`)
+		body = []byte(`{"detail":"encoding the response failed"}` + "\n")
+	} else {
+		body = buf.Bytes()
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
 }

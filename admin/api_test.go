@@ -11,7 +11,7 @@ import (
 )
 
 func newAPI(reg *registry.Registry) *API {
-	return &API{Prefix: "/api/v1", MaxBody: 64, Registry: func() *registry.Registry { return reg }}
+	return &API{Prefix: "/api/v1", MaxBody: 64, Registry: func() *registry.Registry { return reg }, OpenAPI: []byte(`{"openapi":"3.1.0"}`)}
 }
 
 // serve runs one request through the API and decodes the JSON answer.
@@ -20,9 +20,10 @@ func serve(t *testing.T, a *API, method, target, body string) (*httptest.Respons
 	w := httptest.NewRecorder()
 	a.ServeHTTP(w, httptest.NewRequest(method, target, strings.NewReader(body)))
 	var m map[string]any
-	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
+	if !json.Valid(w.Body.Bytes()) {
 		t.Fatalf("%s %s: answer is not JSON: %q", method, target, w.Body.String())
 	}
+	_ = json.Unmarshal(w.Body.Bytes(), &m) // nil for the bare arrays
 	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("%s %s: Content-Type %q", method, target, ct)
 	}
@@ -45,6 +46,9 @@ func TestRouting(t *testing.T) {
 		{"port mappings", "GET", "/api/v1/port-mappings", "", 200, ""},
 		{"health-check not built yet", "POST", "/api/v1/health-check", "", 501, ""},
 		{"unknown route", "GET", "/api/v1/nothing", "", 404, ""},
+		{"system services, none", "GET", "/api/v1/system-services", "", 200, ""},
+		{"openapi", "GET", "/api/v1/openapi.json", "", 200, ""},
+		{"HEAD as GET", "HEAD", "/api/v1/stats", "", 200, ""},
 		{"too deep", "GET", "/api/v1/services/1/containers", "", 404, ""},
 		{"wrong method", "POST", "/api/v1/services/1", "", 405, "DELETE, GET"},
 		{"wrong method on container", "GET", "/api/v1/services/1/containers/a", "", 405, "DELETE, PATCH, PUT"},
@@ -59,6 +63,9 @@ func TestRouting(t *testing.T) {
 			}
 			if tt.status >= 400 && m["detail"] == nil {
 				t.Fatalf("error without detail: %v", m)
+			}
+			if want := map[int]string{404: NotFound, 405: MethodNotAllowed}[tt.status]; want != "" && m["detail"] != want {
+				t.Fatalf("detail %v, want %q (the original's words)", m["detail"], want)
 			}
 			if got := w.Header().Get("Allow"); got != tt.allow {
 				t.Fatalf("Allow %q, want %q", got, tt.allow)

@@ -19,6 +19,68 @@ func TestCaddyfileInvalid(t *testing.T) {
 		line    int    // the error's Caddyfile:LINE location
 	}{
 		{
+			name: "two default system services",
+			src: `{
+	imagelb {
+		system_service a 127.0.0.1:1 {
+			default
+		}
+		system_service b 127.0.0.1:2 {
+			default
+		}
+	}
+}
+`,
+			wantErr: "at most one may be",
+			line:    7,
+		},
+		{
+			name: "system service without an address",
+			src: `{
+	imagelb {
+		system_service orchestrator
+	}
+}
+`,
+			wantErr: "needs a type and an address",
+			line:    3,
+		},
+		{
+			name: "system service path without a slash",
+			src: `{
+	imagelb {
+		system_service orchestrator 127.0.0.1:3003 {
+			paths auth/*
+		}
+	}
+}
+`,
+			wantErr: "must start with /",
+			line:    4,
+		},
+		{
+			name: "cors origin with a path",
+			src: `:3000 {
+	imagelb {
+		cors https://ui.example.com/app
+	}
+}
+`,
+			wantErr: "scheme://host[:port]",
+			line:    3,
+		},
+		{
+			name: "cors without an origin",
+			src: `:3000 {
+	imagelb {
+		cors
+	}
+}
+`,
+			wantErr: "at least one origin",
+			line:    3,
+		},
+		{
 			name: "bad health_status",
 			src: `{
 	imagelb {

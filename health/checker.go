@@ -66,6 +66,7 @@ type Checker struct {
 	cfg      Config
 	sem      chan struct{}
 	onChange func(Change)
+	extras   func() []Extra
 	logger   *zap.Logger
 	stop     context.CancelFunc
 	done     chan struct{}
@@ -157,10 +158,44 @@ func (c *Checker) Wake() {
 	}
 }
 
-// target is one container to check, as it was when the round began.
+// target is one container to check, as it was when the round began, or
+// an extra target.
 type target struct {
 	imageID int64
 	c       *registry.Container
+	extra   *Extra
+}
+
+// Extra is a target that is not a container of the registry (a system
+// service of the platform): it is probed in every round like a container,
+// and each result goes to Record, which keeps its status.
+type Extra struct {
+	// Addr is the host:port probed.
+	Addr string
+	// Record receives each result: when, and why it failed ("" passed).
+	Record func(at time.Time, errText string)
+}
+
+// SetExtras sets what returns the extra targets of each round (nil: none).
+func (c *Checker) SetExtras(extras func() []Extra) {
+	c.mu.Lock()
+	c.extras = extras
+	c.mu.Unlock()
+}
+
+// roundTargets are the targets of one periodic round: every container and
+// the extras.
+func (c *Checker) roundTargets() []target {
+	ts := c.targets(0)
+	c.mu.Lock()
+	extras := c.extras
+	c.mu.Unlock()
+	if extras != nil {
+		for _, e := range extras() {
+			ts = append(ts, target{extra: &e})
+		}
+	}
+	return ts
 }
 
 func (c *Checker) targets(imageID int64) []target {
@@ -175,7 +210,7 @@ func (c *Checker) targets(imageID int64) []target {
 	var ts []target
 	for _, s := range svcs {
 		for _, ctr := range s.Containers {
-			ts = append(ts, target{s.ImageID, ctr})
+			ts = append(ts, target{imageID: s.ImageID, c: ctr})
 		}
 	}
 	return ts
@@ -199,7 +234,7 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 	for {
 		cfg, _, _ := c.settings()
 		roundStart := time.Now()
-		ts := c.targets(0)
+		ts := c.roundTargets()
 		spacing := time.Duration(0)
 		if len(ts) > 0 && !first {
 			spacing = cfg.Interval / time.Duration(len(ts))
@@ -318,8 +353,15 @@ func (c *Checker) CheckNow(ctx context.Context, imageID int64) (Report, error) {
 // checkOne probes one container and applies the result.
 func (c *Checker) checkOne(ctx context.Context, t target) Result {
 	cfg, _, _ := c.settings()
+	if t.extra != nil {
+		errText := c.probe(ctx, cfg, t.extra.Addr)
+		if ctx.Err() == nil {
+			t.extra.Record(time.Now(), errText)
+		}
+		return Result{passed: errText == ""}
+	}
 	start := time.Now()
-	errText := c.probe(ctx, cfg, t.c)
+	errText := c.probe(ctx, cfg, t.c.DialAddr())
 	latency := time.Since(start)
 	res := Result{ImageID: t.imageID, ContainerID: t.c.ContainerID,
 		LatencyMS: float64(latency.Microseconds()) / 1000, passed: errText == ""}
@@ -337,10 +379,10 @@ func (c *Checker) checkOne(ctx context.Context, t target) Result {
 }
 
 // probe sends one check and returns why it failed, or "".
-func (c *Checker) probe(ctx context.Context, cfg Config, ctr *registry.Container) string {
+func (c *Checker) probe(ctx context.Context, cfg Config, addr string) string {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	url := "http://" + ctr.DialAddr() + cfg.Path
+	url := "http://" + addr + cfg.Path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err.Error()
@@ -380,7 +422,7 @@ func (c *Checker) apply(cfg Config, t target, errText string) (before, after reg
 	passes, fails := cur.Stats.RecordCheck(errText == "")
 	before = cur.Status
 	switch {
-	case errText == "" && (before == registry.StatusUnhealthy || before == registry.StatusStarting) &&
+	case errText == "" && (before == registry.StatusUnhealthy || before == registry.StatusStarting || before == registry.StatusUnknown) &&
 		passes >= int64(cfg.HealthyThreshold):
 		c.transition(t.imageID, cur.ContainerID, before, registry.StatusHealthy,
 			fmt.Sprintf("%d consecutive passing checks", passes))

@@ -57,12 +57,15 @@ const (
 	StatusUnhealthy Status = "unhealthy"
 	StatusStarting  Status = "starting"
 	StatusDraining  Status = "draining"
+	// StatusUnknown is the original service's default: not checked yet.
+	// Like starting, it gets no traffic until a health check passes.
+	StatusUnknown Status = "unknown"
 )
 
 // ParseStatus validates a status name.
 func ParseStatus(name string) (Status, bool) {
 	switch s := Status(name); s {
-	case StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining:
+	case StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining, StatusUnknown:
 		return s, true
 	}
 	return "", false
@@ -87,6 +90,10 @@ type ContainerSpec struct {
 	Weight      int
 	// Zone is the locality the container runs in; "" for none.
 	Zone string
+	// CPUUsage, MemoryUsage and DiskUsage are what the orchestrator last
+	// pushed (the original service's fields); nil when never set. imagelb
+	// only stores and shows them.
+	CPUUsage, MemoryUsage, DiskUsage *float64
 }
 
 // Dial returns the network address of the container.
@@ -105,12 +112,18 @@ type ServiceSpec struct {
 	// Static marks a service declared in the configuration rather than
 	// registered through the API.
 	Static bool
+	// Updated is when the service last changed; zero means now (it is set
+	// only when a stored service is restored).
+	Updated time.Time
 }
 
 // ContainerPatch is a partial update of one container.
 type ContainerPatch struct {
 	Status *Status
 	Weight *int
+	// Usage sets CPUUsage, MemoryUsage and DiskUsage; a nil entry leaves
+	// one as it is, a set entry whose value is nil clears it.
+	Usage [3]**float64
 }
 
 // Container is one immutable version of a container. Its counters live in
@@ -139,6 +152,7 @@ type Service struct {
 	Algorithm    Algorithm
 	ExternalPort int
 	Static       bool
+	Updated      time.Time // when this version was made: the last change to the service
 	Options      ServiceOptions
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
@@ -180,9 +194,13 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		Algorithm:    spec.Algorithm,
 		ExternalPort: spec.ExternalPort,
 		Static:       spec.Static,
+		Updated:      spec.Updated,
 		Options:      spec.Options,
 		Containers:   containers,
 		State:        state,
+	}
+	if s.Updated.IsZero() {
+		s.Updated = now().UTC() // no monotonic reading: it is stored
 	}
 	for _, c := range containers {
 		if c.Available() {

@@ -160,11 +160,14 @@ func (r *Registry) Services() []*Service {
 	return out
 }
 
-// PortMapping is one external port mapped to an image.
+// PortMapping is one external port mapped to an image, with the image's
+// container count and requests (the original service's fields).
 type PortMapping struct {
-	ExternalPort int    `json:"external_port"`
-	ImageID      int64  `json:"image_id"`
-	ImageName    string `json:"image_name"`
+	ExternalPort   int    `json:"external_port"`
+	ImageID        int64  `json:"image_id"`
+	ImageName      string `json:"image_name"`
+	ContainerCount int    `json:"container_count"`
+	TotalRequests  int64  `json:"total_requests"`
 }
 
 // PortMappings returns the mapped external ports sorted by port.
@@ -172,11 +175,11 @@ func (r *Registry) PortMappings() []PortMapping {
 	s := r.snap.Load()
 	out := make([]PortMapping, 0, len(s.ports))
 	for port, id := range s.ports {
-		name := ""
+		m := PortMapping{ExternalPort: port, ImageID: id}
 		if svc := s.lookup(id); svc != nil {
-			name = svc.ImageName
+			m.ImageName, m.ContainerCount, m.TotalRequests = svc.ImageName, len(svc.Containers), svc.State.Requests.Load()
 		}
-		out = append(out, PortMapping{ExternalPort: port, ImageID: id, ImageName: name})
+		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b PortMapping) int { return a.ExternalPort - b.ExternalPort })
 	return out
@@ -479,6 +482,11 @@ func (r *Registry) PatchContainer(imageID int64, containerID string, p Container
 		}
 		if p.Weight != nil {
 			c.Weight = *p.Weight
+		}
+		for i, u := range [3]**float64{&c.CPUUsage, &c.MemoryUsage, &c.DiskUsage} {
+			if p.Usage[i] != nil {
+				*u = *p.Usage[i]
+			}
 		}
 		return true
 	})

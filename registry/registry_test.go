@@ -445,7 +445,7 @@ func TestPortMappings(t *testing.T) {
 		}
 		mustRegister(t, r, withPort(2, 80))
 		mustRegister(t, r, svcSpec(3)) // no port: no mapping
-		want := []PortMapping{{80, 2, "image-2"}, {9001, 1, "image-1"}}
+		want := []PortMapping{{80, 2, "image-2", 1, 0}, {9001, 1, "image-1", 1, 0}}
 		if got := r.PortMappings(); !reflect.DeepEqual(got, want) {
 			t.Fatalf("PortMappings = %+v, want %+v", got, want)
 		}
@@ -543,7 +543,7 @@ func TestPortMappings(t *testing.T) {
 		if p := mustRegister(t, r, svcSpec(7)).ExternalPort; p != 10002 {
 			t.Fatalf("allocated port = %d, want 10002", p)
 		}
-		want := []PortMapping{{8080, 3, "image-3"}, {10000, 6, "image-6"}, {10001, 2, "image-2"}, {10002, 7, "image-7"}, {10003, 5, "image-5"}}
+		want := []PortMapping{{8080, 3, "image-3", 1, 0}, {10000, 6, "image-6", 0, 0}, {10001, 2, "image-2", 1, 0}, {10002, 7, "image-7", 0, 0}, {10003, 5, "image-5", 0, 0}}
 		if got := r.PortMappings(); !reflect.DeepEqual(got, want) {
 			t.Fatalf("PortMappings = %+v\nwant %+v", got, want)
 		}

@@ -290,21 +290,23 @@ func (w *window) summary(at time.Time, qs []float64) (ms []float64, perSecond fl
 	epoch := at.Unix() / slotSeconds
 	var counts [numBuckets]uint64
 	var total uint64
-	oldest := epoch
 	for i := range w.slots {
 		s := &w.slots[i]
 		e := s.epoch.Load()
 		if e <= epoch-windowSlots || e > epoch {
 			continue
 		}
-		oldest = min(oldest, e)
 		total += uint64(s.count.Load())
 		for j := range s.buckets {
 			counts[j] += uint64(s.buckets[j].Load())
 		}
 	}
 	ms, ok = quantiles(&counts, qs)
-	span := at.Sub(time.Unix(oldest*slotSeconds, 0)).Seconds()
+	// One definition for every counter: requests over the whole window
+	// (its oldest slot's start to now), whenever the counter began; dividing
+	// by the span of a young counter's own data made a new container's rate
+	// look many times its service's.
+	span := at.Sub(time.Unix((epoch-windowSlots+1)*slotSeconds, 0)).Seconds()
 	if total > 0 && span > 0 {
 		perSecond = float64(total) / span
 	}

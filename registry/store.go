@@ -55,19 +55,23 @@ type ServiceRecord struct {
 	Algorithm    Algorithm         `json:"algorithm"`
 	ExternalPort int               `json:"external_port,omitempty"`
 	Static       bool              `json:"static,omitempty"`
+	Updated      time.Time         `json:"last_updated,omitzero"`
 	Containers   []ContainerRecord `json:"containers"`
 	ServiceOptions
 }
 
 // ContainerRecord is a stored container.
 type ContainerRecord struct {
-	ContainerID string `json:"container_id"`
-	Name        string `json:"name,omitempty"`
-	Host        string `json:"host"`
-	Port        int    `json:"port"`
-	Status      Status `json:"status"`
-	Weight      int    `json:"weight"`
-	Zone        string `json:"zone,omitempty"`
+	ContainerID string   `json:"container_id"`
+	Name        string   `json:"name,omitempty"`
+	Host        string   `json:"host"`
+	Port        int      `json:"port"`
+	Status      Status   `json:"status"`
+	Weight      int      `json:"weight"`
+	Zone        string   `json:"zone,omitempty"`
+	CPUUsage    *float64 `json:"cpu_usage,omitempty"`
+	MemoryUsage *float64 `json:"memory_usage,omitempty"`
+	DiskUsage   *float64 `json:"disk_usage,omitempty"`
 }
 
 // CorruptStateError reports stored state that cannot be read back.
@@ -119,7 +123,7 @@ func (s *snapshot) state() *State {
 	for _, shard := range s.shards {
 		for _, svc := range shard {
 			rec := ServiceRecord{ImageID: svc.ImageID, ImageName: svc.ImageName, Algorithm: svc.Algorithm,
-				ExternalPort: svc.ExternalPort, Static: svc.Static, Containers: make([]ContainerRecord, len(svc.Containers)),
+				ExternalPort: svc.ExternalPort, Static: svc.Static, Updated: svc.Updated, Containers: make([]ContainerRecord, len(svc.Containers)),
 				ServiceOptions: svc.Options}
 			for i, c := range svc.Containers {
 				rec.Containers[i] = ContainerRecord(c.ContainerSpec)
@@ -194,7 +198,7 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 		return ServiceSpec{}, fmt.Errorf("invalid external_port %d", rec.ExternalPort)
 	}
 	spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: alg,
-		ExternalPort: rec.ExternalPort, Static: rec.Static, Options: rec.ServiceOptions}
+		ExternalPort: rec.ExternalPort, Static: rec.Static, Updated: rec.Updated, Options: rec.ServiceOptions}
 	if err := spec.Options.Normalize(alg); err != nil {
 		return spec, err
 	}
@@ -210,6 +214,11 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 		}
 		if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight || len(c.Zone) > MaxNameLength {
 			return spec, fmt.Errorf("container %q: invalid port, status or weight", c.ContainerID)
+		}
+		for _, u := range []*float64{c.CPUUsage, c.MemoryUsage, c.DiskUsage} {
+			if u != nil && !validUsage(*u) {
+				return spec, fmt.Errorf("container %q: invalid usage %v", c.ContainerID, *u)
+			}
 		}
 		seen[c.ContainerID] = true
 		spec.Containers = append(spec.Containers, ContainerSpec(c))

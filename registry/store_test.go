@@ -103,10 +103,10 @@ func storedIDs(rec *ServiceRecord) []string {
 // counters and health check history.
 func durableView(s *Service) ServiceView {
 	v := s.View()
-	v.TotalRequests, v.FailedRequests, v.ActiveConnections = 0, 0, 0
+	v.TotalRequests, v.FailedRequests, v.ActiveConnections, v.RequestsPerSecond = 0, 0, 0, 0
 	for i := range v.Containers {
 		c := &v.Containers[i]
-		c.TotalRequests, c.FailedRequests, c.ActiveConnections = 0, 0, 0
+		c.TotalRequests, c.FailedRequests, c.ActiveConnections, c.RequestsPerSecond = 0, 0, 0, 0
 		c.LastHealthCheck, c.LastHealthError = nil, nil
 	}
 	return v

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"reflect"
 	"strconv"
@@ -18,26 +19,176 @@ type containerInput struct {
 	ContainerID *string `json:"container_id"`
 	Name        *string `json:"name"`
 	Host        *string `json:"host"`
-	Port        *int64  `json:"port"`
-	ImageID     *int64  `json:"image_id"`
+	Port        laxInt  `json:"port"`
+	ImageID     laxInt  `json:"image_id"`
 	Status      *string `json:"status"`
-	Weight      *int64  `json:"weight"`
+	Weight      laxInt  `json:"weight"`
 	Zone        *string `json:"zone"`
+	usageInput
+}
+
+// usageInput is what the orchestrator pushes of a container's resource use.
+type usageInput struct {
+	CPUUsage    laxFloat `json:"cpu_usage"`
+	MemoryUsage laxFloat `json:"memory_usage"`
+	DiskUsage   laxFloat `json:"disk_usage"`
+}
+
+// fields lists the usage inputs with their JSON names.
+func (u *usageInput) fields() [3]struct {
+	name string
+	in   *laxFloat
+} {
+	return [3]struct {
+		name string
+		in   *laxFloat
+	}{{"cpu_usage", &u.CPUUsage}, {"memory_usage", &u.MemoryUsage}, {"disk_usage", &u.DiskUsage}}
 }
 
 // registrationInput is the object form of a registration body.
 type registrationInput struct {
 	ImageName    *string           `json:"image_name"`
 	Algorithm    *string           `json:"algorithm"`
-	ExternalPort *int64            `json:"external_port"`
+	ExternalPort laxInt            `json:"external_port"`
 	Containers   []json.RawMessage `json:"containers"`
 	ServiceOptions
 }
 
 type patchInput struct {
 	Status *string `json:"status"`
-	Weight *int64  `json:"weight"`
+	Weight laxInt  `json:"weight"`
+	usageInput
 }
+
+// laxInt is an integer field decoded as the original service's Pydantic
+// models did (lax mode): a JSON integer, a number with no fraction (4001.0)
+// or a string holding an integer ("4001"). Decoding never fails, so every
+// field is checked and each error names its field; check reports them.
+type laxInt struct {
+	set  bool   // the field is present
+	null bool   // its value is null
+	v    int64  // the value, when bad is ""
+	bad  string // why it is not an integer: the Pydantic error type
+	raw  string // the JSON as sent, for messages
+}
+
+func (l *laxInt) UnmarshalJSON(b []byte) error {
+	*l = laxInt{set: true, raw: string(b)}
+	switch b[0] {
+	case 'n':
+		l.null = true
+	case '"':
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			l.bad = "int_parsing"
+			return nil
+		}
+		l.v, l.bad = parseLaxInt(strings.TrimSpace(str), "int_parsing")
+	case 't', 'f', '[', '{':
+		l.bad = "int_type"
+	default:
+		l.v, l.bad = parseLaxInt(string(b), "int_from_float")
+	}
+	return nil
+}
+
+// parseLaxInt parses an integer, or a number with no fractional part;
+// fraction is the error type of a number that has one.
+func parseLaxInt(s, fraction string) (int64, string) {
+	if v, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return v, ""
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	switch {
+	case err != nil && !errors.Is(err, strconv.ErrRange):
+		return 0, "int_parsing"
+	case err != nil || f >= 1<<63 || f < -(1<<63):
+		return 0, "int_parsing" // out of range: no integer here
+	case f != math.Trunc(f):
+		return 0, fraction
+	}
+	return int64(f), ""
+}
+
+// check adds what is wrong with the field to fe and returns its value and
+// whether it has one. A missing or null optional field has none; a missing
+// or null required field is an error.
+func (l *laxInt) check(fe *fieldErrors, field string, required bool, loc ...any) (int64, bool) {
+	switch {
+	case !l.set || (l.null && !required):
+		if required {
+			fe.add("missing", fmt.Sprintf("%s is required", field), loc...)
+		}
+		return 0, false
+	case l.null:
+		fe.add("int_type", fmt.Sprintf("%s: input should be a valid integer, got null", field), loc...)
+		return 0, false
+	case l.bad == "int_from_float":
+		fe.add(l.bad, fmt.Sprintf("%s: input should be a valid integer, got a number with a fractional part: %s", field, l.raw), loc...)
+		return 0, false
+	case l.bad != "":
+		fe.add(l.bad, fmt.Sprintf("%s: input should be a valid integer, got %s", field, l.raw), loc...)
+		return 0, false
+	}
+	return l.v, true
+}
+
+// laxFloat is a number field decoded in Pydantic's lax mode: a JSON number
+// or a string holding one; null is a value of its own (none).
+type laxFloat struct {
+	set  bool
+	null bool
+	v    float64
+	bad  string
+	raw  string
+}
+
+func (l *laxFloat) UnmarshalJSON(b []byte) error {
+	*l = laxFloat{set: true, raw: string(b)}
+	s := string(b)
+	switch b[0] {
+	case 'n':
+		l.null = true
+		return nil
+	case '"':
+		if err := json.Unmarshal(b, &s); err != nil {
+			l.bad = "float_parsing"
+			return nil
+		}
+		s = strings.TrimSpace(s)
+	case 't', 'f', '[', '{':
+		l.bad = "float_type"
+		return nil
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		l.bad = "float_parsing"
+	}
+	l.v = v
+	return nil
+}
+
+// check adds what is wrong with the usage field to fe and returns the value
+// to store (nil for null) and whether the field was given.
+func (l *laxFloat) check(fe *fieldErrors, field string, loc ...any) (*float64, bool) {
+	switch {
+	case !l.set:
+		return nil, false
+	case l.null:
+		return nil, true
+	case l.bad != "":
+		fe.add(l.bad, fmt.Sprintf("%s: input should be a valid number, got %s", field, l.raw), loc...)
+		return nil, false
+	case !validUsage(l.v):
+		fe.add("value_error", fmt.Sprintf("%s must be a finite number of at least 0, got %s", field, l.raw), loc...)
+		return nil, false
+	}
+	v := l.v
+	return &v, true
+}
+
+// validUsage reports whether v may be stored as a usage figure.
+func validUsage(v float64) bool { return v >= 0 && !math.IsInf(v, 0) && !math.IsNaN(v) }
 
 // ParseImageID parses an image_id from the path: a positive decimal integer
 // that fits in int64.
@@ -94,11 +245,11 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 			}
 			spec.Algorithm = alg
 		}
-		if in.ExternalPort != nil {
-			if !validPort(*in.ExternalPort) {
-				fe.add("value_error", portMsg("external_port", *in.ExternalPort), "body", "external_port")
+		if p, ok := in.ExternalPort.check(&fe, "external_port", false, "body", "external_port"); ok {
+			if !validPort(p) {
+				fe.add("value_error", portMsg("external_port", p), "body", "external_port")
 			}
-			spec.ExternalPort = int(*in.ExternalPort)
+			spec.ExternalPort = int(p)
 		}
 		if in.Containers == nil {
 			fe.add("missing", "field required: containers (a list of containers, may be empty)", "body", "containers")
@@ -188,8 +339,8 @@ func DecodePatch(body []byte) (ContainerPatch, error) {
 		return p, jsonError(err)
 	}
 	var fe fieldErrors
-	if in.Status == nil && in.Weight == nil {
-		fe.add("missing", "nothing to change: give status and/or weight", "body")
+	if in.Status == nil && (!in.Weight.set || in.Weight.null) && !in.CPUUsage.set && !in.MemoryUsage.set && !in.DiskUsage.set {
+		fe.add("missing", "nothing to change: give status, weight, cpu_usage, memory_usage and/or disk_usage", "body")
 	}
 	if in.Status != nil {
 		s, ok := ParseStatus(*in.Status)
@@ -198,12 +349,17 @@ func DecodePatch(body []byte) (ContainerPatch, error) {
 		}
 		p.Status = &s
 	}
-	if in.Weight != nil {
-		if *in.Weight < 0 || *in.Weight > MaxWeight {
-			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, *in.Weight), "body", "weight")
+	if w, ok := in.Weight.check(&fe, "weight", false, "body", "weight"); ok {
+		if w < 0 || w > MaxWeight {
+			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, w), "body", "weight")
 		}
-		w := int(*in.Weight)
-		p.Weight = &w
+		wi := int(w)
+		p.Weight = &wi
+	}
+	for i, u := range in.usageInput.fields() {
+		if v, ok := u.in.check(&fe, u.name, "body", u.name); ok {
+			p.Usage[i] = &v
+		}
 	}
 	return p, fe.err()
 }
@@ -251,16 +407,15 @@ func decodeContainer(raw json.RawMessage, imageID int64, loc []any, pathID strin
 			fe.add("value_error", msg, at("host")...)
 		}
 	}
-	switch {
-	case in.Port == nil:
-		fe.add("missing", "port is required (1-65535)", at("port")...)
-	case !validPort(*in.Port):
-		fe.add("value_error", portMsg("port", *in.Port), at("port")...)
-	default:
-		c.Port = int(*in.Port)
+	if p, ok := in.Port.check(&fe, "port", true, at("port")...); ok {
+		if !validPort(p) {
+			fe.add("value_error", portMsg("port", p), at("port")...)
+		} else {
+			c.Port = int(p)
+		}
 	}
-	if in.ImageID != nil && *in.ImageID != imageID {
-		fe.add("value_error", fmt.Sprintf("image_id %d differs from image_id %d in the path", *in.ImageID, imageID), at("image_id")...)
+	if id, ok := in.ImageID.check(&fe, "image_id", false, at("image_id")...); ok && id != imageID {
+		fe.add("value_error", fmt.Sprintf("image_id %d differs from image_id %d in the path", id, imageID), at("image_id")...)
 	}
 	if in.Status != nil {
 		s, ok := ParseStatus(*in.Status)
@@ -269,15 +424,21 @@ func decodeContainer(raw json.RawMessage, imageID int64, loc []any, pathID strin
 		}
 		c.Status = s
 	}
-	if in.Weight != nil {
-		if *in.Weight < 0 || *in.Weight > MaxWeight {
-			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, *in.Weight), at("weight")...)
+	if w, ok := in.Weight.check(&fe, "weight", false, at("weight")...); ok {
+		if w < 0 || w > MaxWeight {
+			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, w), at("weight")...)
 		}
-		c.Weight = int(*in.Weight)
+		c.Weight = int(w)
 	}
 	if in.Zone != nil {
 		c.Zone = *in.Zone
 		checkText(&fe, c.Zone, MaxNameLength, "zone", at("zone")...)
+	}
+	usage := [3]**float64{&c.CPUUsage, &c.MemoryUsage, &c.DiskUsage}
+	for i, u := range in.usageInput.fields() {
+		if v, ok := u.in.check(&fe, u.name, at(u.name)...); ok {
+			*usage[i] = v
+		}
 	}
 	return c, fe
 }
@@ -332,7 +493,7 @@ func unknownAlgorithm(name string) string {
 }
 
 func unknownStatus(name string) string {
-	return fmt.Sprintf("unknown status %q: use healthy, unhealthy, starting or draining", name)
+	return fmt.Sprintf("unknown status %q: use healthy, unhealthy, starting, draining or unknown", name)
 }
 
 func typeMsg(te *json.UnmarshalTypeError) string {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -91,16 +92,16 @@ func TestDecodeRejects(t *testing.T) {
 		{"register/image_name as number", reg(`{"image_name":5,"containers":[]}`, nil), loc("body", "image_name")},
 
 		// Wrong types in a container.
-		{"register/port as string", reg(`[{"container_id":"a","port":"80"}]`, named), loc("body", 0, "port")},
+		{"register/port as a non-numeric string", reg(`[{"container_id":"a","port":"eighty"}]`, named), loc("body", 0, "port")},
 		{"register/port as float", reg(`[{"container_id":"a","port":80.5}]`, named), loc("body", 0, "port")},
 		{"register/port beyond int64", reg(`[{"container_id":"a","port":1e30}]`, named), loc("body", 0, "port")},
 		{"register/weight as float", reg(ctr(`,"weight":1.5`), named), loc("body", 0, "weight")},
-		{"register/weight as string", reg(ctr(`,"weight":"2"`), named), loc("body", 0, "weight")},
+		{"register/weight as a non-numeric string", reg(ctr(`,"weight":"two"`), named), loc("body", 0, "weight")},
 		{"register/container_id as number", reg(`[{"container_id":12,"port":80}]`, named), loc("body", 0, "container_id")},
 		{"register/status as number", reg(ctr(`,"status":1`), named), loc("body", 0, "status")},
 		{"register/host as list", reg(ctr(`,"host":["a"]`), named), loc("body", 0, "host")},
-		{"register/image_id as string", reg(ctr(`,"image_id":"7"`), named), loc("body", 0, "image_id")},
-		{"register/object form wrong type", reg(`{"image_name":"app","containers":[{"container_id":"a","port":"80"}]}`, nil),
+		{"register/image_id as a non-numeric string", reg(ctr(`,"image_id":"seven"`), named), loc("body", 0, "image_id")},
+		{"register/object form wrong type", reg(`{"image_name":"app","containers":[{"container_id":"a","port":true}]}`, nil),
 			loc("body", "containers", 0, "port")},
 
 		// Ports.
@@ -175,7 +176,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"register/external_port empty in query", reg(`[]`, query("image_name", "app", "external_port", "")), loc("query", "external_port")},
 		{"register/external_port 0 in body", reg(`{"image_name":"app","external_port":0,"containers":[]}`, nil), loc("body", "external_port")},
 		{"register/external_port 70000 in body", reg(`{"image_name":"app","external_port":70000,"containers":[]}`, nil), loc("body", "external_port")},
-		{"register/external_port string in body", reg(`{"image_name":"app","external_port":"80","containers":[]}`, nil), loc("body", "external_port")},
+		{"register/external_port non-numeric string in body", reg(`{"image_name":"app","external_port":"x80","containers":[]}`, nil), loc("body", "external_port")},
 
 		// DecodeContainer (PUT).
 		{"put/empty path id", put("", `{"port":80}`), loc("path", "container_id")},
@@ -186,7 +187,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"put/malformed", put("a", `{"port":`), nil}, // a plain "malformed JSON" detail, like register and patch
 		{"put/container_id differs", put("a", `{"container_id":"b","port":80}`), loc("body", "container_id")},
 		{"put/container_id as number", put("a", `{"container_id":1,"port":80}`), loc("body", "container_id")},
-		{"put/port as string", put("a", `{"port":"80"}`), loc("body", "port")},
+		{"put/port as a non-numeric string", put("a", `{"port":"80a"}`), loc("body", "port")},
 		{"put/port missing", put("a", `{}`), loc("body", "port")},
 		{"put/port 65536", put("a", `{"port":65536}`), loc("body", "port")},
 		{"put/image_id differs", put("a", `{"port":80,"image_id":8}`), loc("body", "image_id")},
@@ -207,7 +208,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"patch/weight -1", patch(`{"weight":-1}`), loc("body", "weight")},
 		{"patch/weight 1001", patch(`{"weight":1001}`), loc("body", "weight")},
 		{"patch/weight as float", patch(`{"weight":2.5}`), loc("body", "weight")},
-		{"patch/weight as string", patch(`{"weight":"2"}`), loc("body", "weight")},
+		{"patch/weight as a non-numeric string", patch(`{"weight":"2x"}`), loc("body", "weight")},
 
 		// ParseImageID.
 		{"image_id/empty", imageID(""), loc("path", "image_id")},
@@ -482,3 +483,60 @@ func TestParseAlgorithmAndStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeLaxNumbers: numbers are read as the original's Pydantic models
+// read them (lax mode): numeric strings and integral floats are integers;
+// the usage fields take numbers, numeric strings and null.
+func TestDecodeLaxNumbers(t *testing.T) {
+	tests := []struct {
+		name string
+		body string
+		port int
+		cpu  *float64
+	}{
+		{"integer", `[{"container_id":"a","port":4001}]`, 4001, nil},
+		{"numeric string", `[{"container_id":"a","port":"4001"}]`, 4001, nil},
+		{"integral float", `[{"container_id":"a","port":4001.0}]`, 4001, nil},
+		{"string with spaces", `[{"container_id":"a","port":" 4001 "}]`, 4001, nil},
+		{"exponent", `[{"container_id":"a","port":4.001e3}]`, 4001, nil},
+		{"weight and image_id as strings", `[{"container_id":"a","port":4001,"weight":"2","image_id":"7"}]`, 4001, nil},
+		{"usage as a number", `[{"container_id":"a","port":4001,"cpu_usage":42.5}]`, 4001, ptr(42.5)},
+		{"usage as a string", `[{"container_id":"a","port":4001,"cpu_usage":"42.5"}]`, 4001, ptr(42.5)},
+		{"usage null", `[{"container_id":"a","port":4001,"cpu_usage":null}]`, 4001, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec, err := DecodeRegistration(7, []byte(tt.body), map[string][]string{"image_name": {"app"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := spec.Containers[0]
+			if c.Port != tt.port || (c.CPUUsage == nil) != (tt.cpu == nil) || (c.CPUUsage != nil && *c.CPUUsage != *tt.cpu) {
+				t.Fatalf("decoded port %d, cpu_usage %v", c.Port, c.CPUUsage)
+			}
+		})
+	}
+	rejects := []struct{ name, body, typ string }{
+		{"fraction", `[{"container_id":"a","port":4001.5}]`, "int_from_float"},
+		{"word", `[{"container_id":"a","port":"abc"}]`, "int_parsing"},
+		{"boolean", `[{"container_id":"a","port":true}]`, "int_type"},
+		{"null for a required int", `[{"container_id":"a","port":null}]`, "int_type"},
+		{"usage word", `[{"container_id":"a","port":1,"memory_usage":"lots"}]`, "float_parsing"},
+		{"negative usage", `[{"container_id":"a","port":1,"disk_usage":-1}]`, "value_error"},
+	}
+	for _, tt := range rejects {
+		t.Run("rejects "+tt.name, func(t *testing.T) {
+			_, err := DecodeRegistration(7, []byte(tt.body), map[string][]string{"image_name": {"app"}})
+			var re *Error
+			if !errors.As(err, &re) || len(re.Fields) != 1 || re.Fields[0].Type != tt.typ || re.Fields[0].Loc[0] != "body" || re.Fields[0].Loc[1] != 0 {
+				t.Fatalf("got %v, want one %s error at body.0", err, tt.typ)
+			}
+		})
+	}
+	p, err := DecodePatch([]byte(`{"cpu_usage":"7","memory_usage":null}`))
+	if err != nil || p.Usage[0] == nil || **p.Usage[0] != 7 || p.Usage[1] == nil || *p.Usage[1] != nil || p.Usage[2] != nil {
+		t.Fatalf("patch of usage: %+v, %v", p, err)
+	}
+}
+
+func ptr(f float64) *float64 { return &f }

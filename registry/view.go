@@ -21,6 +21,12 @@ type ContainerView struct {
 	FailedRequests    int64   `json:"failed_requests"`
 	LastHealthCheck   *string `json:"last_health_check"`
 	LastHealthError   *string `json:"last_health_error"`
+	// RequestsPerSecond covers the last minute, as in the statistics.
+	RequestsPerSecond float64 `json:"requests_per_second"`
+	// What the orchestrator last pushed; null when never set.
+	CPUUsage    *float64 `json:"cpu_usage"`
+	MemoryUsage *float64 `json:"memory_usage"`
+	DiskUsage   *float64 `json:"disk_usage"`
 }
 
 // ServiceView is the API's JSON form of a service.
@@ -34,6 +40,8 @@ type ServiceView struct {
 	TotalRequests     int64           `json:"total_requests"`
 	FailedRequests    int64           `json:"failed_requests"`
 	ActiveConnections int64           `json:"active_connections"`
+	RequestsPerSecond float64         `json:"requests_per_second"`
+	LastUpdated       *string         `json:"last_updated"`
 	Static            bool            `json:"static"`
 	ServiceOptions
 }
@@ -53,7 +61,11 @@ func (c *Container) View(imageID int64) ContainerView {
 		ActiveConnections: c.Stats.InFlight.Load(),
 		TotalRequests:     c.Stats.Requests.Load(),
 		FailedRequests:    c.Stats.Failures.Load(),
+		CPUUsage:          c.CPUUsage,
+		MemoryUsage:       c.MemoryUsage,
+		DiskUsage:         c.DiskUsage,
 	}
+	_, v.RequestsPerSecond = recentOf(&c.Stats.Counters)
 	if at, errText := c.Stats.Health(); !at.IsZero() {
 		s := at.UTC().Format(time.RFC3339Nano)
 		v.LastHealthCheck = &s
@@ -77,6 +89,11 @@ func (s *Service) View() ServiceView {
 		ActiveConnections: s.State.InFlight.Load(),
 		Static:            s.Static,
 		ServiceOptions:    s.Options,
+	}
+	_, v.RequestsPerSecond = recentOf(&s.State.Counters)
+	if !s.Updated.IsZero() {
+		u := s.Updated.UTC().Format(time.RFC3339Nano)
+		v.LastUpdated = &u
 	}
 	if s.ExternalPort != 0 {
 		p := s.ExternalPort

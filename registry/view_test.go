@@ -27,7 +27,10 @@ func TestServiceViewJSON(t *testing.T) {
 		`"image_id":7`, `"image_name":"image-7"`, `"algorithm":"round_robin"`, `"external_port":null`,
 		`"healthy_containers":1`, `"total_requests":1`, `"active_connections":1`,
 		`{"container_id":"a","name":"","host":"127.0.0.1","port":8080,"image_id":7,"status":"healthy","weight":1,` +
-			`"active_connections":1,"total_requests":2,"failed_requests":1,"last_health_check":null,"last_health_error":null}`,
+			`"active_connections":1,"total_requests":2,"failed_requests":1,"last_health_check":null,"last_health_error":null,` +
+			`"requests_per_second":0.0`, // one attempt over the last minute: about 0.017/s, by the clock
+		`"cpu_usage":null,"memory_usage":null,"disk_usage":null}`,
+		`"requests_per_second":0,"last_updated":"`,
 		`"status":"unhealthy"`,
 	} {
 		if !strings.Contains(string(got), want) {

@@ -1,47 +1,157 @@
-// imagelb dashboard: polls the stats API of the mount it is served from
-// (/imagelb/stats on the admin endpoint, /api/v1/stats on a site) and draws
-// services, containers and small charts. No external resources.
+// imagelb dashboard: polls the management API of the mount it is served from
+// (/imagelb/... on the admin endpoint, /api/v1/... on a site): stats for the
+// counters and latencies, services for the containers' details (address,
+// weight, health checks, resource usage), port-mappings for the external
+// ports. It draws services, containers, small charts and the port table.
+// No external resources, no inline code, text only through text nodes.
 "use strict";
 
 const statsURL = new URL("../stats", location.href).pathname;
 const servicesURL = new URL("../services", location.href).pathname;
-const HISTORY = 60; // points kept per chart
-const history = new Map(); // key -> {rps: [], inflight: [], p50: []}
-let last = null; // previous stats, to compute request rates
+const portsURL = new URL("../port-mappings", location.href).pathname;
+const POLL_MS = 2000;
+const WINDOW_S = 60; // time span of the charts
+const history = new Map(); // container key -> {rps: [[t, v]], inflight: [...], p50: [...]}
+let last = null; // previous request totals, to compute request rates
+let clockOffset = 0; // the server's clock minus ours (ms), when they disagree by more than 2 s
 
-document.getElementById("source").textContent = statsURL;
+document.getElementById("source").textContent = [statsURL, servicesURL, portsURL].join(", ");
 
-function el(tag, attrs, ...children) {
-  const e = document.createElement(tag);
+const SVG = "http://www.w3.org/2000/svg";
+
+function build(e, attrs, children) {
   for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "class") e.className = v; else e.setAttribute(k, v);
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.setAttribute("class", v); else e.setAttribute(k, String(v));
   }
-  for (const c of children.flat()) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === "") continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
   return e;
 }
+const el = (tag, attrs, ...children) => build(document.createElement(tag), attrs, children);
+const svg = (tag, attrs, ...children) => build(document.createElementNS(SVG, tag), attrs, children);
 
-function push(key, field, value) {
+// morph makes the live node a look like the freshly built node b, keeping
+// the elements that are already there (so a tooltip or a text selection
+// survives the refresh every 2 s).
+function morph(a, b) {
+  if (a.nodeType !== b.nodeType || a.nodeName !== b.nodeName || a.namespaceURI !== b.namespaceURI) {
+    a.replaceWith(b);
+    return;
+  }
+  if (a.nodeType !== Node.ELEMENT_NODE) {
+    if (a.nodeValue !== b.nodeValue) a.nodeValue = b.nodeValue;
+    return;
+  }
+  for (const { name } of [...a.attributes]) if (!b.hasAttribute(name)) a.removeAttribute(name);
+  for (const { name, value } of [...b.attributes]) if (a.getAttribute(name) !== value) a.setAttribute(name, value);
+  morphChildren(a, [...b.childNodes]);
+}
+
+function morphChildren(parent, children) {
+  const old = [...parent.childNodes];
+  children.forEach((c, i) => { if (i < old.length) morph(old[i], c); else parent.append(c); });
+  for (let i = children.length; i < old.length; i++) old[i].remove();
+}
+
+// asList accepts a bare array and the older wrapped forms
+// ({"services": [...], "total": n}, {"port_mappings": [...]}).
+const asList = x => Array.isArray(x) ? x : ((x && (x.services || x.port_mappings)) || []);
+
+const isSet = v => v !== null && v !== undefined;
+const fmt = (n, d = 0) => isSet(n) ? Number(n).toFixed(d) : "–";
+// fmt1 shows a pushed number with at most one decimal, without assuming a unit.
+const fmt1 = n => Number.isFinite(Number(n)) ? Number(n).toLocaleString(undefined, { maximumFractionDigits: 1 }) : String(n);
+
+async function fetchJSON(url) {
+  const resp = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+  if (!resp.ok) throw new Error(`${url}: HTTP ${resp.status}`);
+  return { body: await resp.json(), date: resp.headers.get("Date") };
+}
+
+// syncClock estimates how far the server's clock is from the browser's,
+// from the Date header (1 s resolution), so that "12 s ago" is right when
+// the dashboard is opened on another machine.
+function syncClock(header) {
+  const server = Date.parse(header || "");
+  if (Number.isNaN(server)) return;
+  const off = server + 500 - Date.now();
+  clockOffset = Math.abs(off) > 2000 ? off : 0;
+}
+
+function ago(iso) {
+  const s = Math.max(0, Math.round((Date.now() + clockOffset - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 48 * 3600) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+function checkedAt(iso) {
+  if (!iso || Number.isNaN(Date.parse(iso))) return el("span", { class: "muted" }, "never");
+  const abs = new Date(iso).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
+  return el("time", { class: "checked", datetime: iso, title: "last health check " + abs }, ago(iso));
+}
+
+function push(key, field, t, value) {
   if (!history.has(key)) history.set(key, { rps: [], inflight: [], p50: [] });
   const h = history.get(key)[field];
-  h.push(value);
-  if (h.length > HISTORY) h.shift();
+  h.push([t, value]);
+  while (h.length && h[0][0] < t - WINDOW_S) h.shift();
   return h;
 }
 
-function spark(values, color) {
-  const c = el("canvas", { width: 120, height: 28 });
-  const g = c.getContext("2d");
-  const max = Math.max(1, ...values);
-  g.strokeStyle = color; g.lineWidth = 1.5; g.beginPath();
-  values.forEach((v, i) => {
-    const x = (i / (HISTORY - 1)) * 119, y = 27 - (v / max) * 25;
-    if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
-  });
-  g.stroke();
-  return c;
+// niceCeil rounds up to 1, 2, 2.5 or 5 times a power of ten (1 for 0).
+function niceCeil(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) {
+    const n = Number((m * p).toPrecision(3));
+    if (v <= n) return n;
+  }
+  return 10 * p;
 }
 
-const fmt = (n, d = 0) => (n === null || n === undefined) ? "–" : Number(n).toFixed(d);
+function fmtAxis(v) {
+  if (v >= 1e6) return Number((v / 1e6).toPrecision(3)) + "M";
+  if (v >= 1e3) return Number((v / 1e3).toPrecision(3)) + "k";
+  return String(Number(v.toPrecision(3)));
+}
+
+// chart draws the points ([time s, value or null]) of the last WINDOW_S
+// seconds as an SVG line chart with its y range (0 and the top) and its
+// time span on the axes; a null value is a gap.
+const CW = 164, CH = 50, CL = 30, CR = 4, CT = 6, CB = 14;
+function chart(points, now, kind, what) {
+  const values = points.map(p => p[1]).filter(isSet);
+  const max = niceCeil(Math.max(0, ...values));
+  const pw = CW - CL - CR, ph = CH - CT - CB;
+  const x = t => (CL + pw * Math.min(1, Math.max(0, 1 - (now - t) / WINDOW_S))).toFixed(1);
+  const y = v => (CT + ph * (1 - Math.min(v, max) / max)).toFixed(1);
+  const lines = [];
+  let run = [];
+  const flush = () => {
+    if (run.length === 1) lines.push(svg("circle", { class: "line " + kind, cx: x(run[0][0]), cy: y(run[0][1]), r: 2 }));
+    else if (run.length > 1) lines.push(svg("polyline", { class: "line " + kind, points: run.map(p => x(p[0]) + "," + y(p[1])).join(" ") }));
+    run = [];
+  };
+  for (const p of points) { if (isSet(p[1])) run.push(p); else flush(); }
+  flush();
+  const label = `${what}, last ${WINDOW_S} s, axis 0 to ${fmtAxis(max)}`;
+  return svg("svg", { class: "chart", width: CW, height: CH, viewBox: `0 0 ${CW} ${CH}`, role: "img", "aria-label": label },
+    svg("title", {}, label),
+    svg("line", { class: "grid", x1: CL, y1: CT, x2: CW - CR, y2: CT }),
+    svg("line", { class: "axis", x1: CL, y1: CT + ph, x2: CW - CR, y2: CT + ph }),
+    svg("line", { class: "axis", x1: CL, y1: CT, x2: CL, y2: CT + ph }),
+    svg("text", { class: "tick y-max", x: CL - 4, y: CT + 4, "text-anchor": "end" }, fmtAxis(max)),
+    svg("text", { class: "tick", x: CL - 4, y: CT + ph + 3, "text-anchor": "end" }, "0"),
+    svg("text", { class: "tick span", x: CL, y: CH - 3 }, `${WINDOW_S} s ago`),
+    svg("text", { class: "tick", x: CW - CR, y: CH - 3, "text-anchor": "end" }, "now"),
+    lines);
+}
 
 function rate(key, total, dt) {
   if (!last || dt <= 0) return 0;
@@ -49,79 +159,135 @@ function rate(key, total, dt) {
   return prev === undefined ? 0 : Math.max(0, (total - prev) / dt);
 }
 
+// pairs joins two lists by key: the entries of a in order, then those only in b.
+function pairs(a, b, key) {
+  const byKey = new Map(b.map(x => [x[key], x]));
+  const out = a.map(x => [x, byKey.get(x[key]) || {}]);
+  const seen = new Set(a.map(x => x[key]));
+  for (const y of b) if (!seen.has(y[key])) out.push([{}, y]);
+  return out;
+}
+
+let busy = false;
 async function refresh() {
+  if (busy) return;
+  busy = true;
+  const errorBox = document.getElementById("error");
   try {
-    const [statsResp, svcResp] = await Promise.all([fetch(statsURL), fetch(servicesURL)]);
-    if (!statsResp.ok || !svcResp.ok) throw new Error(`stats: ${statsResp.status}, services: ${svcResp.status}`);
-    const stats = await statsResp.json();
-    const list = await svcResp.json();
-    render(stats, list);
-    document.getElementById("error").hidden = true;
+    const [stats, services, ports] = await Promise.all([statsURL, servicesURL, portsURL].map(fetchJSON));
+    syncClock(services.date);
+    render(stats.body, asList(services.body), asList(ports.body));
+    errorBox.hidden = true;
   } catch (err) {
-    const e = document.getElementById("error");
-    e.textContent = "cannot load statistics: " + err.message;
-    e.hidden = false;
+    errorBox.textContent = "cannot load the dashboard's data: " + err.message;
+    errorBox.hidden = false;
+  } finally {
+    busy = false;
   }
 }
 
-function render(stats, list) {
+const usageFields = [["cpu", "cpu_usage"], ["mem", "memory_usage"], ["disk", "disk_usage"]];
+
+function usage(c) {
+  const set = usageFields.filter(([, f]) => isSet(c[f]));
+  if (!set.length) return el("span", { class: "muted" }, "–");
+  return set.map(([label, f]) => el("div", { class: "usage", title: `${f} as pushed by the orchestrator` },
+    label + " ", el("b", {}, fmt1(c[f]))));
+}
+
+const columns = ["container", "status", "weight", "requests", "failed", "usage", "last check",
+  "req/s now · last min", "in flight", "latency ms p50/p95/p99"];
+
+function containerRows(skey, info, st, now, dt, totals, seen) {
+  return pairs(info.containers || [], st.containers || [], "container_id").flatMap(([d, c]) => {
+    const id = d.container_id ?? c.container_id;
+    const key = skey + "/" + id;
+    seen.add(key);
+    const total = c.total_requests ?? d.total_requests ?? 0;
+    totals.set(key, total);
+    const r = rate(key, total, dt);
+    const inflight = c.active_connections ?? d.active_connections ?? 0;
+    const lat = c.latency_ms || {};
+    const status = d.status ?? c.status ?? "unknown";
+    const row = el("tr", { "data-container": id },
+      el("td", {}, el("div", { class: "cid" }, id),
+        d.name && d.name !== id ? el("small", {}, d.name) : "",
+        d.host ? el("small", { class: "addr" }, `${d.host}:${d.port}`) : ""),
+      el("td", {}, el("span", { class: "status " + status }, status),
+        (c.ejected || d.ejected) ? el("span", { class: "status ejected", title: `ejected ${c.ejections ?? "?"}×` }, "ejected") : "",
+        d.zone ? el("small", {}, " " + d.zone) : ""),
+      el("td", {}, d.weight ?? ""),
+      el("td", { class: "requests" }, total),
+      el("td", {}, c.failed_requests ?? d.failed_requests ?? 0),
+      el("td", { class: "usage-cell" }, usage(d)),
+      el("td", {}, checkedAt(d.last_health_check)),
+      el("td", {}, el("div", {}, el("b", {}, fmt(r, 1)), " · ", fmt(c.requests_per_second ?? d.requests_per_second, 2)),
+        chart(push(key, "rps", now, r), now, "rps", "requests per second")),
+      el("td", {}, el("div", {}, el("b", {}, inflight)),
+        chart(push(key, "inflight", now, inflight), now, "inflight", "requests in flight")),
+      el("td", {}, el("div", {}, fmt(lat.p50, 2), " / ", fmt(lat.p95, 2), " / ", fmt(lat.p99, 2)),
+        chart(push(key, "p50", now, isSet(lat.p50) ? lat.p50 : null), now, "p50", "latency p50 (ms)")));
+    if (!isSet(d.last_health_error)) return [row];
+    return [row, el("tr", { class: "health-error-row", "data-container-error": id },
+      el("td", {}), el("td", { colspan: columns.length - 1 },
+        el("span", { class: "health-error" }, "health check error: ", el("span", { class: "health-error-text" }, d.last_health_error))))];
+  });
+}
+
+function render(stats, list, ports) {
   const now = performance.now() / 1000;
   const dt = last ? now - last.at : 0;
   const totals = new Map();
-  const names = new Map(list.services.map(s => [s.image_id, s]));
+  const seen = new Set();
+  const statServices = stats.services || [];
+  const svcByID = new Map(list.map(s => [s.image_id, s]));
 
-  document.getElementById("summary").replaceChildren(
-    el("span", {}, "services ", el("b", { id: "services-count" }, stats.services.length)),
+  morphChildren(document.getElementById("summary"), [
+    el("span", {}, "services ", el("b", { id: "services-count" }, statServices.length)),
     el("span", {}, "requests ", el("b", { id: "total-requests" }, stats.total_requests)),
     el("span", {}, "failed ", el("b", {}, stats.failed_requests)),
     el("span", {}, "in flight ", el("b", {}, stats.active_connections)),
-    el("span", {}, "uptime ", el("b", {}, fmt(stats.uptime_seconds) + " s")));
+    el("span", {}, "uptime ", el("b", {}, fmt(stats.uptime_seconds) + " s"))]);
 
-  const main = document.getElementById("services");
-  main.replaceChildren(...stats.services.map(s => {
-    const skey = "s" + s.image_id;
-    totals.set(skey, s.total_requests);
-    const srps = rate(skey, s.total_requests, dt);
-    const info = names.get(s.image_id) || {};
-    const rows = s.containers.map(c => {
-      const key = skey + "/" + c.container_id;
-      totals.set(key, c.total_requests);
-      const r = rate(key, c.total_requests, dt);
-      const detail = (info.containers || []).find(x => x.container_id === c.container_id) || {};
-      return el("tr", { "data-container": c.container_id },
-        el("td", {}, c.container_id),
-        el("td", {}, detail.host ? `${detail.host}:${detail.port}` : ""),
-        el("td", {}, el("span", { class: "status " + c.status }, c.status),
-          c.ejected ? el("span", { class: "status ejected", title: `ejected ${c.ejections}×` }, "ejected") : "",
-          detail.zone ? el("small", {}, " " + detail.zone) : ""),
-        el("td", {}, detail.weight ?? ""),
-        el("td", { class: "requests" }, c.total_requests),
-        el("td", {}, c.failed_requests),
-        el("td", {}, fmt(r, 1), " ", spark(push(key, "rps", r), "#2563eb")),
-        el("td", {}, c.active_connections, " ", spark(push(key, "inflight", c.active_connections), "#d97706")),
-        el("td", {}, fmt(c.latency_ms.p50, 2), " / ", fmt(c.latency_ms.p95, 2), " / ", fmt(c.latency_ms.p99, 2), " ",
-          spark(push(key, "p50", c.latency_ms.p50 || 0), "#16a34a")));
-    });
-    return el("section", { class: "service", "data-image": s.image_id },
-      el("h2", {}, s.image_name, el("small", {}, `image ${s.image_id} · ${s.algorithm}` +
-        (info.external_port ? ` · port ${info.external_port}` : ""))),
+  morphChildren(document.getElementById("port-rows"), ports.map(p => {
+    const svc = svcByID.get(p.image_id) || {};
+    return el("tr", { "data-port": p.external_port },
+      el("td", { class: "port" }, p.external_port),
+      el("td", {}, p.image_id),
+      el("td", {}, p.image_name ?? svc.image_name ?? ""),
+      el("td", {}, p.container_count ?? (svc.containers ? svc.containers.length : "–")),
+      el("td", {}, p.total_requests ?? svc.total_requests ?? "–"));
+  }));
+  document.getElementById("port-mappings").hidden = ports.length === 0;
+  document.getElementById("no-ports").hidden = ports.length !== 0;
+
+  morphChildren(document.getElementById("services"), pairs(list, statServices, "image_id").map(([info, s]) => {
+    const id = info.image_id ?? s.image_id;
+    const skey = "s" + id;
+    const total = s.total_requests ?? info.total_requests ?? 0;
+    totals.set(skey, total);
+    const srps = rate(skey, total, dt);
+    const count = (info.containers || s.containers || []).length;
+    return el("section", { class: "card service", "data-image": id },
+      el("h2", {}, info.image_name ?? s.image_name, el("small", {}, `image ${id} · ${info.algorithm ?? s.algorithm}` +
+        (isSet(info.external_port) ? ` · port ${info.external_port}` : "") + (info.static ? " · static" : ""))),
       el("div", { class: "figures" },
-        "requests ", el("b", { class: "service-requests" }, s.total_requests), " · failed ", el("b", {}, s.failed_requests),
-        " · in flight ", el("b", {}, s.active_connections), " · ", el("b", {}, fmt(srps, 1)), " req/s now · ",
-        el("b", {}, fmt(s.requests_per_second, 2)), " req/s over the last minute · healthy ",
-        el("b", {}, `${s.healthy_containers}/${s.containers.length}`),
+        "requests ", el("b", { class: "service-requests" }, total), " · failed ", el("b", {}, s.failed_requests ?? info.failed_requests),
+        " · in flight ", el("b", {}, s.active_connections ?? info.active_connections), " · ", el("b", {}, fmt(srps, 1)), " req/s now · ",
+        el("b", {}, fmt(s.requests_per_second ?? info.requests_per_second, 2)), " req/s over the last minute · healthy ",
+        el("b", {}, `${info.healthy_containers ?? s.healthy_containers}/${count}`),
         s.rate_limited_requests ? [" · rate limited ", el("b", {}, s.rate_limited_requests)] : "",
         s.shed_requests ? [" · shed ", el("b", {}, s.shed_requests)] : "",
         s.retries_denied ? [" · retries denied ", el("b", {}, s.retries_denied)] : ""),
-      el("table", {},
-        el("thead", {}, el("tr", {}, ...["container", "address", "status", "weight", "requests", "failed",
-          "req/s", "in flight", "latency ms p50 / p95 / p99"].map(h => el("th", {}, h)))),
-        el("tbody", {}, ...rows)));
+      el("div", { class: "scroll" }, el("table", {},
+        el("thead", {}, el("tr", {}, columns.map(h => el("th", {}, h)))),
+        el("tbody", {}, containerRows(skey, info, s, now, dt, totals, seen)))));
   }));
+  for (const key of history.keys()) if (!seen.has(key)) history.delete(key); // removed containers
   totals.at = now;
   last = totals;
   document.getElementById("updated").textContent = "Last update " + new Date().toLocaleTimeString() + ".";
 }
 
 refresh();
-setInterval(refresh, 2000);
+setInterval(refresh, POLL_MS);

@@ -140,6 +140,11 @@ func call(t *testing.T, method, url, body string) (int, map[string]any) {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	var m map[string]any
+	if len(raw) > 0 && raw[0] == '[' { // a bare array, as the original answered: its length
+		var list []any
+		_ = json.Unmarshal(raw, &list)
+		return resp.StatusCode, map[string]any{"length": float64(len(list))}
+	}
 	_ = json.Unmarshal(raw, &m)
 	return resp.StatusCode, m
 }
@@ -288,7 +293,7 @@ http://127.0.0.1:%d {
 		if gone, _ := p.exited(); gone {
 			t.Fatalf("caddy did not start with on_corrupt_state start_empty:\n%s", p.logs.String())
 		}
-		if _, list := call(t, "GET", adm+"/services", ""); list["total"] != 0.0 {
+		if _, list := call(t, "GET", adm+"/services", ""); list["length"] != 0.0 {
 			t.Fatalf("registry not empty: %v", list)
 		}
 		kept, _ := filepath.Glob(stateFile + ".corrupt-*")

@@ -1,0 +1,282 @@
+package imagelb
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/imagelb/caddy-imagelb/admin"
+	"github.com/imagelb/caddy-imagelb/health"
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+// SystemService is one of the platform's own services behind the gateway
+// (the original's orchestrator and billing): requests under /api/v1 whose
+// path matches one of its paths are forwarded to it, with /api/v1 cut off.
+type SystemService struct {
+	// What the service is, e.g. "orchestrator" or "billing". Required,
+	// unique.
+	ServiceType string `json:"service_type"`
+	// A display name. Default: the service_type.
+	Name string `json:"name,omitempty"`
+	// Where it listens: host:port. Required.
+	Upstream string `json:"upstream"`
+	// The paths it serves below /api/v1: "/auth/*" matches /auth and
+	// everything below it, "/version" only itself. Default: none.
+	Paths []string `json:"paths,omitempty"`
+	// Unknown paths below /api/v1 go to this service. At most one service
+	// may be the default. Default: false.
+	Default bool `json:"default,omitempty"`
+}
+
+// systemState is the runtime state of a system service: it outlives config
+// reloads, as the registry does, so its counters and status carry over.
+type systemState struct {
+	counters registry.Counters
+	status   atomic.Pointer[registry.Status]
+	mu       sync.Mutex
+	lastAt   time.Time
+	lastErr  string
+}
+
+// systemStates holds the state of every system service by type and
+// upstream; entries are few (one per configured service) and kept.
+var systemStates sync.Map // string -> *systemState
+
+func stateOf(s SystemService) *systemState {
+	v, _ := systemStates.LoadOrStore(s.ServiceType+"\x00"+s.Upstream, new(systemState))
+	return v.(*systemState)
+}
+
+// record takes the result of a health check.
+func (st *systemState) record(at time.Time, errText string) {
+	status := registry.StatusHealthy
+	if errText != "" {
+		status = registry.StatusUnhealthy
+	}
+	st.status.Store(&status)
+	st.mu.Lock()
+	st.lastAt, st.lastErr = at, errText
+	st.mu.Unlock()
+}
+
+func (st *systemState) currentStatus() registry.Status {
+	if s := st.status.Load(); s != nil {
+		return *s
+	}
+	return registry.StatusUnknown // not checked yet: the original's default
+}
+
+// systemService is a provisioned system service.
+type systemService struct {
+	SystemService
+	host  string
+	port  int
+	state *systemState
+}
+
+// provisionSystemServices checks the configured services and attaches
+// their state.
+func provisionSystemServices(cfg []SystemService) ([]*systemService, error) {
+	var out []*systemService
+	seen := map[string]bool{}
+	defaults := 0
+	for i, s := range cfg {
+		if s.ServiceType == "" || hasControl(s.ServiceType) || len(s.ServiceType) > registry.MaxNameLength {
+			return nil, fmt.Errorf("system_services[%d]: service_type is required (1-%d characters)", i, registry.MaxNameLength)
+		}
+		if seen[s.ServiceType] {
+			return nil, fmt.Errorf("system service %q is declared twice", s.ServiceType)
+		}
+		seen[s.ServiceType] = true
+		host, port, msg := checkUpstream(s.Upstream)
+		if msg != "" {
+			return nil, fmt.Errorf("system service %q: %s", s.ServiceType, msg)
+		}
+		for _, p := range s.Paths {
+			if msg := checkSystemPath(p); msg != "" {
+				return nil, fmt.Errorf("system service %q: %s", s.ServiceType, msg)
+			}
+		}
+		if s.Default {
+			defaults++
+		}
+		if s.Name == "" {
+			s.Name = s.ServiceType
+		}
+		out = append(out, &systemService{SystemService: s, host: host, port: port, state: stateOf(s)})
+	}
+	if defaults > 1 {
+		return nil, fmt.Errorf("%d system services are marked default: at most one may be", defaults)
+	}
+	return out, nil
+}
+
+// checkUpstream splits a system service's host:port, or says why it is not one.
+func checkUpstream(addr string) (host string, port int, msg string) {
+	host, portText, err := net.SplitHostPort(addr)
+	port, perr := strconv.Atoi(portText)
+	if err != nil || perr != nil || port < 1 || port > 65535 || registry.CheckHost(host) != "" {
+		return "", 0, fmt.Sprintf("address %q must be host:port, e.g. 127.0.0.1:3003", addr)
+	}
+	return host, port, ""
+}
+
+// checkSystemPath says why p is not a system service's path, or "".
+func checkSystemPath(p string) string {
+	if !strings.HasPrefix(p, "/") || strings.Contains(strings.TrimSuffix(p, "/*"), "*") {
+		return fmt.Sprintf("path %q must start with / and may end in /* only", p)
+	}
+	return ""
+}
+
+// matchSystem returns the service that serves path (below /api/v1), or nil:
+// the service with the longest matching path, else the default.
+func matchSystem(services []*systemService, path string) *systemService {
+	var best, def *systemService
+	bestLen := -1
+	for _, s := range services {
+		if s.Default {
+			def = s
+		}
+		for _, p := range s.Paths {
+			base, wild := strings.CutSuffix(p, "/*")
+			ok := path == base || (wild && strings.HasPrefix(path, base+"/"))
+			if ok && len(base) > bestLen {
+				best, bestLen = s, len(base)
+			}
+		}
+	}
+	if best != nil {
+		return best
+	}
+	return def
+}
+
+// view is the service's entry in GET /api/v1/system-services.
+func (s *systemService) view() admin.SystemService {
+	v := admin.SystemService{ServiceType: s.ServiceType, Name: s.Name, Host: s.host, Port: s.port,
+		Status: s.state.currentStatus(), Paths: s.Paths, Default: s.Default,
+		TotalRequests: s.state.counters.Requests.Load(), FailedRequests: s.state.counters.Failures.Load(),
+		ActiveConnections: s.state.counters.InFlight.Load()}
+	if v.Paths == nil {
+		v.Paths = []string{}
+	}
+	s.state.mu.Lock()
+	at, errText := s.state.lastAt, s.state.lastErr
+	s.state.mu.Unlock()
+	if !at.IsZero() {
+		t := at.UTC().Format(time.RFC3339Nano)
+		v.LastHealthCheck = &t
+		if errText != "" {
+			v.LastHealthError = &errText
+		}
+	}
+	return v
+}
+
+// healthTarget makes the service a target of the health checker.
+func (s *systemService) healthTarget() health.Extra {
+	return health.Extra{Addr: net.JoinHostPort(s.host, strconv.Itoa(s.port)), Record: s.state.record}
+}
+
+// newSystemProxy provisions the reverse proxy that forwards to a system
+// service: Caddy's reverse_proxy with the service as its one upstream.
+func newSystemProxy(ctx caddy.Context, s *systemService, timeout time.Duration) (*reverseproxy.Handler, error) {
+	rp := &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: net.JoinHostPort(s.host, strconv.Itoa(s.port))}}}
+	rp.Transport = &reverseproxy.HTTPTransport{ResponseHeaderTimeout: caddy.Duration(timeout),
+		DialTimeout: caddy.Duration(min(timeout, 5*time.Second))}
+	if err := rp.Transport.(*reverseproxy.HTTPTransport).Provision(ctx); err != nil {
+		return nil, fmt.Errorf("system service %q: provisioning transport: %v", s.ServiceType, err)
+	}
+	if err := rp.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("system service %q: provisioning reverse proxy: %v", s.ServiceType, err)
+	}
+	return rp, nil
+}
+
+// systemTarget is the URL a system service gets for a request: the path
+// after /api/v1, the query string kept.
+func systemTarget(r *http.Request, rest string) *url.URL {
+	u := *r.URL
+	u.Path = rest
+	if raw, ok := strings.CutPrefix(r.URL.RawPath, apiPrefix); ok {
+		u.RawPath = raw
+	}
+	return &u
+}
+
+// parseSystemService parses:
+//
+//	system_service <service_type> <host:port> {
+//		name <name>
+//		paths <path>...
+//		default
+//	}
+func parseSystemService(d *caddyfile.Dispenser, prev []SystemService) (SystemService, error) {
+	var s SystemService
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return s, d.Err("system_service needs a type and an address: system_service <service_type> <host:port>")
+	}
+	s.ServiceType, s.Upstream = args[0], args[1]
+	for _, p := range prev {
+		if p.ServiceType == s.ServiceType {
+			return s, d.Errf("system_service %q already specified", s.ServiceType)
+		}
+	}
+	if _, _, msg := checkUpstream(s.Upstream); msg != "" {
+		return s, d.Errf("system_service %s", msg)
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return s, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "name":
+			if !d.NextArg() {
+				return s, d.ArgErr()
+			}
+			s.Name = d.Val()
+			if d.NextArg() {
+				return s, d.ArgErr()
+			}
+		case "paths":
+			s.Paths = d.RemainingArgs()
+			if len(s.Paths) == 0 {
+				return s, d.Err("paths needs at least one path, e.g. paths /auth/* /images/*")
+			}
+			for _, p := range s.Paths {
+				if msg := checkSystemPath(p); msg != "" {
+					return s, d.Err(msg)
+				}
+			}
+		case "default":
+			if d.NextArg() {
+				return s, d.ArgErr()
+			}
+			for _, p := range prev {
+				if p.Default {
+					return s, d.Errf("system_service %q is the default already: at most one may be", p.ServiceType)
+				}
+			}
+			s.Default = true
+		default:
+			return s, d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	return s, nil
+}
