@@ -5,8 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -334,7 +332,7 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 			return s, nil, d.Errf("service %d already specified", id)
 		}
 	}
-	if args[1] == "" || len(args[1]) > registry.MaxNameLength || hasControl(args[1]) {
+	if args[1] == "" || !registry.ValidText(args[1], registry.MaxNameLength) {
 		return s, nil, d.Errf("service image_name %q must be 1-%d characters without control characters", args[1], registry.MaxNameLength)
 	}
 	s.ImageID, s.ImageName = id, args[1]
@@ -574,7 +572,7 @@ func durationArg(d *caddyfile.Dispenser, positive bool) (time.Duration, error) {
 
 // checkZone checks a zone name as the registry does.
 func checkZone(d *caddyfile.Dispenser, v string) error {
-	if v == "" || len(v) > registry.MaxNameLength || hasControl(v) {
+	if v == "" || !registry.ValidText(v, registry.MaxNameLength) {
 		return d.Errf("zone %q must be 1-%d characters without control characters", v, registry.MaxNameLength)
 	}
 	return nil
@@ -588,7 +586,7 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 	if len(args) != 2 {
 		return c, d.Err("container needs an id and an address: container <container_id> <host:port>")
 	}
-	if args[0] == "" || len(args[0]) > registry.MaxIDLength || hasControl(args[0]) {
+	if args[0] == "" || !registry.ValidText(args[0], registry.MaxIDLength) {
 		return c, d.Errf("container id %q must be 1-%d characters without control characters", args[0], registry.MaxIDLength)
 	}
 	c.ContainerID = args[0]
@@ -618,12 +616,12 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 			if err != nil {
 				return c, err
 			}
-			if len(v) > registry.MaxNameLength || hasControl(v) {
+			if !registry.ValidText(v, registry.MaxNameLength) {
 				return c, d.Errf("container name %q must be at most %d characters without control characters", v, registry.MaxNameLength)
 			}
 			c.Name = v
 		case "weight":
-			n, err := intArg(d, 0, 1000)
+			n, err := intArg(d, 0, registry.MaxWeight)
 			if err != nil {
 				return c, err
 			}
@@ -650,18 +648,11 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 			return c, d.Errf("unrecognized subdirective '%s'", opt)
 		}
 	}
-	return c, nil
-}
-
-// hasControl reports whether s has a control character or invalid UTF-8,
-// which the API refuses in every field too.
-func hasControl(s string) bool {
-	for _, r := range s {
-		if unicode.IsControl(r) || r == utf8.RuneError {
-			return true
-		}
+	// the registry's rules, the same the API and the JSON config apply
+	if err := registry.FieldErrors(c.spec().Check()); err != nil {
+		return c, d.Errf("container %q: %v", c.ContainerID, err)
 	}
-	return false
+	return c, nil
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

@@ -3,15 +3,12 @@ package imagelb
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"net/http"
 	"net/url"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -24,6 +21,7 @@ import (
 	"github.com/imagelb/caddy-imagelb/admin"
 	"github.com/imagelb/caddy-imagelb/internal/recycle"
 	"github.com/imagelb/caddy-imagelb/registry"
+	"github.com/imagelb/caddy-imagelb/ui"
 )
 
 func init() {
@@ -110,7 +108,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.system[sys.ServiceType] = rp
 	}
 	if h.Dashboard {
-		h.api.UI = uiHandler(apiPrefix + "/ui/")
+		h.api.UI = ui.Dashboard(apiPrefix + "/ui/")
 	}
 
 	// The transport is rebuilt after every recycle.DefaultEvery container
@@ -221,7 +219,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	case path == "/docs" || path == "/docs/" || path == "/docs/docs.js" || path == "/docs/docs.css":
 		if allowGet(w, r) {
-			serveDocs(w, r)
+			ui.Docs(w, r)
 		}
 	case path == apiPrefix+"/openapi.json" || !h.api.Owns(r):
 		h.api.ServeHTTP(w, r) // the document, or a JSON 404 under /api/v1/
@@ -358,208 +356,12 @@ func moduleVersion() string {
 // modulePath is this module's import path.
 const modulePath = "github.com/imagelb/caddy-imagelb"
 
-// serveProxy serves /api/v1/proxy/{image_id}/{path...}: the container gets
-// /{path...} with the query string unchanged.
-func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	id, target, status, detail := parseProxyPath(r.URL.EscapedPath())
-	if status == http.StatusUnprocessableEntity {
-		// the original's list form, at the path's image_id
-		_, err := registry.ParseImageID(detail)
-		admin.WriteRegistryError(w, err)
-		return nil
-	}
-	if status != 0 {
-		admin.WriteError(w, status, detail)
-		return nil
-	}
-	svc := h.reg.Lookup(id)
-	if svc == nil {
-		admin.WriteError(w, http.StatusNotFound, fmt.Sprintf("image_id %d is not registered", id))
-		return nil
-	}
-	u := *r.URL
-	u.RawPath = target
-	u.Path, _ = url.PathUnescape(target) // parseProxyPath checked it
-	return h.proxy(w, r, next, svc, &u)
-}
-
-// parseProxyPath splits the escaped path of a proxy request,
-// /api/v1/proxy/{image_id}[/{path...}], into the image id and the escaped
-// path the container gets ("/" at least). The image id is the first
-// segment exactly as sent: an encoded slash or a dot segment in it is no
-// id, so no path can reach another image than the one it names. A non-zero
-// status is the error to answer with (for 422, detail is the bad image_id).
-func parseProxyPath(escaped string) (id int64, target string, status int, detail string) {
-	rest, ok := strings.CutPrefix(escaped, proxyPrefix)
-	if !ok || (rest != "" && rest[0] != '/') {
-		return 0, "", http.StatusNotFound, "not a proxy path: use /api/v1/proxy/{image_id}/{path}"
-	}
-	idRaw, tail, _ := strings.Cut(strings.TrimPrefix(rest, "/"), "/")
-	if idRaw == "" {
-		return 0, "", http.StatusNotFound, "missing image_id: use /api/v1/proxy/{image_id}/{path}"
-	}
-	id, err := registry.ParseImageID(idRaw)
-	if err != nil {
-		return 0, "", http.StatusUnprocessableEntity, idRaw // the caller words it
-	}
-	target = "/" + tail
-	if _, err := url.PathUnescape(target); err != nil {
-		return 0, "", http.StatusBadRequest, fmt.Sprintf("malformed path: %v", err)
-	}
-	return id, target, 0, ""
-}
-
-// proxy sends the request to one of the service's containers through the
-// embedded reverse proxy, counting it for the image and its attempts for
-// the containers. target, when not nil, replaces the request's URL.
-func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
-	if len(svc.Available()) == 0 {
-		svc.State.Refuse(http.StatusServiceUnavailable, true)
-		admin.WriteError(w, http.StatusServiceUnavailable,
-			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
-		return nil
-	}
-	if rl := svc.Options.RateLimit; rl != nil && h.rateLimited(w, r, svc, rl) {
-		return nil
-	}
-	if !svc.TryBegin() {
-		admin.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf(
-			"image_id %d has max_in_flight %d requests in flight; try again shortly", svc.ImageID, svc.Options.MaxInFlight))
-		return nil
-	}
-	if target != nil {
-		r2 := *r
-		r2.URL = target
-		r = &r2
-	}
-	q := newRequest(r, svc, h.app)
-	q.watchBody(r)
-	caddyhttp.SetVar(r.Context(), requestVar, q)
-	sw := statusWriters.Get().(*statusWriter)
-	sw.ResponseWriter, sw.status = w, 0
-	err := h.rp.ServeHTTP(sw, r, next)
-	status := sw.status
-	sw.ResponseWriter = nil
-	statusWriters.Put(sw)
-
-	if err == nil {
-		how := outcomeAnswered
-		if status == 499 {
-			how = outcomeClient // reverse_proxy's mark of a client that went away
-		}
-		q.finish(status, status >= 500, how)
-		if c := h.logger.Check(zap.DebugLevel, "proxied"); c != nil && q.last != nil {
-			c.Write(zap.Int64("image_id", svc.ImageID), zap.String("container_id", q.last.ContainerID),
-				zap.String("upstream", q.last.DialAddr()), zap.Int("status", status), zap.Int("attempts", len(q.tried)))
-		}
-		return nil
-	}
-	if code, cause := q.clientFault(r); code != 0 {
-		// the client's request failed, not the container: no passive
-		// failure, no outlier count, no retry
-		q.finish(code, false, outcomeClient)
-		if c := h.logger.Check(zap.DebugLevel, "client request failed"); c != nil {
-			c.Write(zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Error(cause))
-		}
-		if status == 0 && code != 499 {
-			q.unstick(w)
-			admin.WriteError(w, code, fmt.Sprintf("reading the request failed: %v; the container was not at fault", cause))
-		}
-		return nil
-	}
-	var herr caddyhttp.HandlerError
-	code := http.StatusBadGateway
-	if errors.As(err, &herr) && herr.StatusCode != 0 {
-		code = herr.StatusCode
-	}
-	how := outcomeAnswered
-	if code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
-		how = outcomeUnreachable
-	}
-	q.finish(code, code >= 500, how)
-	if status != 0 || code == 499 {
-		return nil // the client has its answer, or is gone
-	}
-	var detail string
-	switch code {
-	case http.StatusServiceUnavailable:
-		detail = fmt.Sprintf("no healthy container for image_id %d could take the request", svc.ImageID)
-	case http.StatusGatewayTimeout:
-		detail = fmt.Sprintf("the container of image_id %d did not answer within %s", svc.ImageID, h.app.timeout)
-	default:
-		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts): %v", svc.ImageID, len(q.tried), unwrapHandlerError(err))
-		if q.noRetry {
-			detail += fmt.Sprintf("; the retry budget of image_id %d (%g of requests) allowed no more retries", svc.ImageID, svc.Options.RetryBudget)
-		}
-	}
-	q.unstick(w) // the client got no answer from the container it would be pinned to
-	if c := h.logger.Check(zap.WarnLevel, "proxy failed"); c != nil {
-		fields := []zap.Field{zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Int("attempts", len(q.tried)), zap.Error(err)}
-		if q.last != nil {
-			fields = append(fields, zap.String("container_id", q.last.ContainerID), zap.String("upstream", q.last.DialAddr()))
-		}
-		c.Write(fields...)
-	}
-	admin.WriteError(w, code, detail)
-	return nil
-}
-
-// rateLimited takes the request from the service's rate limit; past it, it
-// answers 429 with Retry-After and reports true.
-func (h *Handler) rateLimited(w http.ResponseWriter, r *http.Request, svc *registry.Service, rl *registry.RateLimit) bool {
-	client := ""
-	if rl.Per == registry.PerClientIP {
-		client = clientIP(r)
-	}
-	ok, wait := svc.AllowRate(client, time.Now())
-	if ok {
-		return false
-	}
-	svc.State.Refuse(http.StatusTooManyRequests, false)
-	w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(wait.Seconds())), 1)))
-	admin.WriteError(w, http.StatusTooManyRequests, fmt.Sprintf(
-		"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
-		svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
-	return true
-}
-
-func unwrapHandlerError(err error) error {
-	var herr caddyhttp.HandlerError
-	if errors.As(err, &herr) && herr.Err != nil {
-		return herr.Err
-	}
-	return err
-}
-
 // localPort is the port of the listener the request arrived on.
 func localPort(r *http.Request) int {
 	if addr, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
 		return addr.Port
 	}
 	return 0
-}
-
-// statusWriter records the final status code written to the client.
-// Unwrap lets reverse_proxy flush and hijack through it.
-type statusWriter struct {
-	caddyhttp.ResponseWriterWrapper
-	status int
-}
-
-var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if code >= 200 || code == http.StatusSwitchingProtocols {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
 }
 
 // parseHandlerCaddyfile sets up the handler from Caddyfile tokens.

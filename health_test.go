@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,54 +14,6 @@ import (
 
 	"github.com/imagelb/caddy-imagelb/health"
 )
-
-// healthBackend is a backend whose /health answer can be switched.
-type healthBackend struct {
-	*backend
-	failing atomic.Bool
-	checks  atomic.Int64
-}
-
-func newHealthBackend(t *testing.T, name string) *healthBackend {
-	t.Helper()
-	hb := &healthBackend{backend: &backend{name: name}}
-	hb.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/health" {
-			hb.checks.Add(1)
-			if hb.failing.Load() {
-				http.Error(w, "down", http.StatusServiceUnavailable)
-				return
-			}
-			w.WriteHeader(http.StatusOK)
-			return
-		}
-		hb.serve(w, r)
-	}))
-	t.Cleanup(hb.srv.Close)
-	hb.port = hb.srv.Listener.Addr().(*net.TCPAddr).Port
-	return hb
-}
-
-// containerStatus reads one container's status and last health error through the admin API.
-func containerStatus(t *testing.T, imageID int64, containerID string) (status string, lastErr *string) {
-	t.Helper()
-	var svc struct {
-		Containers []struct {
-			ContainerID     string  `json:"container_id"`
-			Status          string  `json:"status"`
-			LastHealthCheck *string `json:"last_health_check"`
-			LastHealthError *string `json:"last_health_error"`
-		} `json:"containers"`
-	}
-	mustDo(t, "GET", fmt.Sprintf("%s/imagelb/services/%d", adminURL, imageID), nil, 200, &svc)
-	for _, c := range svc.Containers {
-		if c.ContainerID == containerID {
-			return c.Status, c.LastHealthError
-		}
-	}
-	t.Fatalf("container %s of image %d not found", containerID, imageID)
-	return "", nil
-}
 
 // TestActiveHealthChecks: a container whose /health starts failing is made
 // unhealthy by the periodic checks and gets no traffic, then recovers.

@@ -2,8 +2,6 @@ package imagelb
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -149,18 +147,4 @@ func TestPrometheusMetrics(t *testing.T) {
 	if strings.Contains(scrape(t), `image_id="123"`) {
 		t.Error("/metrics still has series of the removed image 123")
 	}
-}
-
-func scrape(t *testing.T) string {
-	t.Helper()
-	resp, err := client.Get(adminURL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/metrics: %d", resp.StatusCode)
-	}
-	return string(body)
 }

@@ -2,6 +2,17 @@
 // a container platform: an app holding the image-keyed registry, an HTTP
 // handler serving the platform's API and proxy, an admin API module, and a
 // dynamic upstream source plus selection policy for reverse_proxy.
+//
+// The root package holds the Caddy modules and nothing that works without
+// Caddy: module.go (the app), handler.go (the handler's routing and
+// lifecycle), proxy.go (the request path, top to bottom), upstreams.go and
+// selection.go (the source and policy modules), sticky.go (the sticky
+// cookie), systemservice.go, adminapi.go, metrics.go, caddyfile.go (every
+// Caddyfile parser, beside its types), fdwatch.go and docs.go. It imports
+// Caddy and the module's own packages: registry (pure Go: model, rules,
+// balancing, counters), admin (the HTTP API), health (the checker), handoff
+// (a listener wrapper), ui (embedded pages) and internal/recycle; none of
+// them imports it.
 package imagelb
 
 import (
@@ -21,8 +32,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/admin"
+	_ "github.com/imagelb/caddy-imagelb/handoff"
 	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
+	"github.com/imagelb/caddy-imagelb/ui"
 )
 
 func init() {
@@ -87,8 +100,9 @@ type App struct {
 	// headers) before the client gets a 504. Falls back to the TIMEOUT
 	// environment variable (seconds, or a duration). Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
-	// The balancing algorithm of services registered without one:
-	// round_robin or least_connections (alias least_conn). Default: round_robin.
+	// The balancing algorithm of services registered without one: a name
+	// of registry.AlgorithmNames (the README's Traffic control describes
+	// each). Default: round_robin.
 	Algorithm string `json:"algorithm,omitempty"`
 	// External ports to allocate to services registered without one, as
 	// "lo-hi" (e.g. "8000-8099"). Default: none.
@@ -248,7 +262,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.api = a.newAPI("/imagelb")
-	a.api.UI = uiHandler("/imagelb/ui/")
+	a.api.UI = ui.Dashboard("/imagelb/ui/")
 	// The first round of health checks waits until every app has started,
 	// so that containers served by this same Caddy are listening.
 	if err := a.events.On("started", startChecks{a}); err != nil {
@@ -436,7 +450,7 @@ func (a *App) Registry() *registry.Registry { return a.reg }
 func (a *App) registryOptions() (registry.Options, error) {
 	alg, ok := registry.ParseAlgorithm(a.Algorithm)
 	if !ok {
-		return registry.Options{}, fmt.Errorf("algorithm %q: use round_robin or least_connections (alias least_conn)", a.Algorithm)
+		return registry.Options{}, fmt.Errorf("algorithm %q: use %s", a.Algorithm, registry.AlgorithmNames)
 	}
 	guard, err := registry.NewGuard(a.AllowedUpstreams)
 	if err != nil {
@@ -465,82 +479,43 @@ func (a *App) staticSpecs() ([]registry.ServiceSpec, error) {
 	ports := map[int]int64{}
 	for i, s := range a.Services {
 		where := fmt.Sprintf("services[%d] (image_id %d)", i, s.ImageID)
-		if s.ImageID <= 0 {
-			return nil, fmt.Errorf("%s: image_id must be a positive integer", where)
+		alg, ok := registry.ParseAlgorithm(s.Algorithm)
+		if !ok {
+			return nil, fmt.Errorf("%s: unknown algorithm %q: use %s", where, s.Algorithm, registry.AlgorithmNames)
+		}
+		spec := registry.ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: alg,
+			ExternalPort: s.ExternalPort, Static: true, Options: s.ServiceOptions}
+		for _, c := range s.Containers {
+			spec.Containers = append(spec.Containers, c.spec())
+		}
+		if err := registry.FieldErrors(spec.Check()); err != nil {
+			return nil, fmt.Errorf("%s: %v", where, err)
 		}
 		if seen[s.ImageID] {
 			return nil, fmt.Errorf("%s: image_id declared twice", where)
 		}
 		seen[s.ImageID] = true
-		if s.ImageName == "" {
-			return nil, fmt.Errorf("%s: image_name is required", where)
+		if other, dup := ports[s.ExternalPort]; dup && s.ExternalPort != 0 {
+			return nil, fmt.Errorf("%s: external_port %d is also given to image %d", where, s.ExternalPort, other)
 		}
-		alg, ok := registry.ParseAlgorithm(s.Algorithm)
-		if !ok {
-			return nil, fmt.Errorf("%s: unknown algorithm %q: use %s", where, s.Algorithm, registry.AlgorithmNames)
-		}
-		if s.ExternalPort != 0 {
-			if s.ExternalPort < 1 || s.ExternalPort > 65535 {
-				return nil, fmt.Errorf("%s: external_port must be from 1 to 65535", where)
-			}
-			if other, dup := ports[s.ExternalPort]; dup {
-				return nil, fmt.Errorf("%s: external_port %d is also given to image %d", where, s.ExternalPort, other)
-			}
-			ports[s.ExternalPort] = s.ImageID
-		}
-		spec := registry.ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: alg,
-			ExternalPort: s.ExternalPort, Static: true, Options: s.ServiceOptions}
-		if err := spec.Options.Normalize(alg); err != nil {
-			return nil, fmt.Errorf("%s: %v", where, err)
-		}
-		ids := map[string]bool{}
-		for j, c := range s.Containers {
-			cs, err := c.spec()
-			if err != nil {
-				return nil, fmt.Errorf("%s: containers[%d]: %v", where, j, err)
-			}
-			if ids[cs.ContainerID] {
-				return nil, fmt.Errorf("%s: containers[%d]: duplicate container_id %q", where, j, cs.ContainerID)
-			}
-			ids[cs.ContainerID] = true
-			spec.Containers = append(spec.Containers, cs)
-		}
+		ports[s.ExternalPort] = s.ImageID
 		specs = append(specs, spec)
 	}
 	return specs, nil
 }
 
-func (c StaticContainer) spec() (registry.ContainerSpec, error) {
+// spec is the registry's form of the container, with the defaults; the
+// registry's Check says what is wrong with it.
+func (c StaticContainer) spec() registry.ContainerSpec {
 	cs := registry.ContainerSpec{ContainerID: c.ContainerID, Name: c.Name, Host: c.Host, Port: c.Port,
 		Status: registry.StatusHealthy, Weight: registry.DefaultWeight, Zone: c.Zone}
-	if len(c.Zone) > registry.MaxNameLength || hasControl(c.Zone) {
-		return cs, fmt.Errorf("zone must be at most %d characters without control characters", registry.MaxNameLength)
-	}
-	if c.ContainerID == "" || len(c.ContainerID) > registry.MaxIDLength {
-		return cs, fmt.Errorf("container_id is required (1-%d characters)", registry.MaxIDLength)
-	}
-	if c.Host != "" {
-		if msg := registry.CheckHost(c.Host); msg != "" {
-			return cs, fmt.Errorf("%s", msg)
-		}
-	}
-	if c.Port < 1 || c.Port > 65535 {
-		return cs, fmt.Errorf("port must be from 1 to 65535, got %d", c.Port)
-	}
 	if c.Status != "" {
-		s, ok := registry.ParseStatus(c.Status)
-		if !ok {
-			return cs, fmt.Errorf("unknown status %q: use healthy, unhealthy, starting, draining or unknown", c.Status)
-		}
-		cs.Status = s
+		cs.Status = registry.Status(c.Status)
 	}
 	if c.Weight != nil {
-		if *c.Weight < 0 || *c.Weight > registry.MaxWeight {
-			return cs, fmt.Errorf("weight must be from 0 to %d, got %d", registry.MaxWeight, *c.Weight)
-		}
 		cs.Weight = *c.Weight
 	}
-	return cs, nil
+	return cs
 }
 
 // checkers keeps the one health checker of the registry across reloads:

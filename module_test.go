@@ -78,16 +78,6 @@ http://127.0.0.1:%d {
 	}
 }
 
-// startCaddyNoReset loads a config without emptying the registry.
-func startCaddyNoReset(t *testing.T, caddyfile string) {
-	t.Helper()
-	tester := caddytest.NewTester(t)
-	tester.InitServer(caddyfile, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-}
-
 // TestJSONConfig loads the app and the handler from JSON.
 func TestJSONConfig(t *testing.T) {
 	port := freePort(t)

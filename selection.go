@@ -28,37 +28,9 @@ func (Selection) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Select chooses the upstream of the next attempt.
+// Select chooses the upstream of the next attempt. See proxy.go.
 func (Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	q := requestFrom(r)
-	if q == nil || q.pool == nil || len(q.pool.Available()) != len(pool) {
-		// the imagelb handler chose already (one upstream), or the pool
-		// is not ours
-		for _, u := range pool {
-			if u.Available() {
-				if q != nil {
-					q.stick(w, r)
-				}
-				return u
-			}
-		}
-		return nil
-	}
-	avail := q.pool.Available()
-	for range pool {
-		i := q.chooseIndex(q.pool)
-		if i < 0 {
-			return nil
-		}
-		if pool[i].Available() {
-			q.begin(avail[i])
-			q.stick(w, r)
-			return pool[i]
-		}
-		// reverse_proxy's own passive health state rules it out
-		q.tried = append(q.tried, avail[i].Stats)
-	}
-	return nil
+	return selectFromPool(pool, r, w)
 }
 
 // UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:

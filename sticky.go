@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -103,4 +104,32 @@ func hashKey(r *http.Request, svc *registry.Service) string {
 		return ""
 	}
 	return clientIP(r)
+}
+
+// stick sets the sticky cookie pinning the client to the container of the
+// latest attempt, unless the client's cookie names it already. A retry on
+// another container replaces the cookie the request set before.
+func (q *request) stick(w http.ResponseWriter, r *http.Request) {
+	if !q.service.Options.Sticky || q.last == nil || q.last.ContainerID == q.pick.Pinned {
+		return
+	}
+	id := q.service.ImageID
+	c := &http.Cookie{Name: stickyCookieName(id), Value: signSticky(q.app.stickyKey, id, q.last.ContainerID),
+		Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil}
+	h := w.Header()
+	if q.cookie > 0 && q.cookie <= len(h["Set-Cookie"]) {
+		h["Set-Cookie"][q.cookie-1] = c.String()
+		return
+	}
+	h.Add("Set-Cookie", c.String())
+	q.cookie = len(h["Set-Cookie"])
+}
+
+// unstick takes back the sticky cookie this request set.
+func (q *request) unstick(w http.ResponseWriter) {
+	h := w.Header()
+	if cookies := h["Set-Cookie"]; q.cookie > 0 && q.cookie <= len(cookies) {
+		h["Set-Cookie"] = slices.Delete(cookies, q.cookie-1, q.cookie)
+		q.cookie = 0
+	}
 }

@@ -92,7 +92,7 @@ func provisionSystemServices(cfg []SystemService) ([]*systemService, error) {
 	seen := map[string]bool{}
 	defaults := 0
 	for i, s := range cfg {
-		if s.ServiceType == "" || hasControl(s.ServiceType) || len(s.ServiceType) > registry.MaxNameLength {
+		if s.ServiceType == "" || !registry.ValidText(s.ServiceType, registry.MaxNameLength) {
 			return nil, fmt.Errorf("system_services[%d]: service_type is required (1-%d characters)", i, registry.MaxNameLength)
 		}
 		if seen[s.ServiceType] {

@@ -4,13 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,166 +18,6 @@ import (
 // limit, max_in_flight, outlier ejection, retry budget, zones) through a
 // real Caddy and real backends: they assert what a client sees.
 
-// trafficContainer is a container's entry in the statistics, with the
-// outlier-ejection fields.
-type trafficContainer struct {
-	ContainerID       string `json:"container_id"`
-	TotalRequests     int64  `json:"total_requests"`
-	FailedRequests    int64  `json:"failed_requests"`
-	ActiveConnections int64  `json:"active_connections"`
-	Ejected           bool   `json:"ejected"`
-	Ejections         int64  `json:"ejections"`
-}
-
-// trafficService is a service's entry in the statistics, with the counters
-// of requests turned away.
-type trafficService struct {
-	ImageID             int64              `json:"image_id"`
-	TotalRequests       int64              `json:"total_requests"`
-	FailedRequests      int64              `json:"failed_requests"`
-	ActiveConnections   int64              `json:"active_connections"`
-	RateLimitedRequests int64              `json:"rate_limited_requests"`
-	ShedRequests        int64              `json:"shed_requests"`
-	RetriesDenied       int64              `json:"retries_denied"`
-	Containers          []trafficContainer `json:"containers"`
-}
-
-// container returns the entry of the container with the given id.
-func (s trafficService) container(t testing.TB, id string) trafficContainer {
-	t.Helper()
-	for _, c := range s.Containers {
-		if c.ContainerID == id {
-			return c
-		}
-	}
-	t.Fatalf("image %d has no container %q in the statistics: %+v", s.ImageID, id, s)
-	return trafficContainer{}
-}
-
-// ejectedCount is how many of the service's containers are ejected.
-func (s trafficService) ejectedCount() int {
-	n := 0
-	for _, c := range s.Containers {
-		if c.Ejected {
-			n++
-		}
-	}
-	return n
-}
-
-// serviceStats fetches the statistics of one image.
-func serviceStats(t testing.TB, imageID int64) trafficService {
-	t.Helper()
-	var doc struct {
-		Services []trafficService `json:"services"`
-	}
-	mustDo(t, "GET", adminURL+"/imagelb/stats?image_id="+strconv.FormatInt(imageID, 10), nil, 200, &doc)
-	if len(doc.Services) != 1 {
-		t.Fatalf("stats of image %d: %d services", imageID, len(doc.Services))
-	}
-	return doc.Services[0]
-}
-
-// registerObject registers a service with a registration object (the form
-// that carries service options) through the site's API.
-func registerObject(t testing.TB, site string, imageID int64, obj map[string]any) {
-	t.Helper()
-	if _, ok := obj["image_name"]; !ok {
-		obj["image_name"] = fmt.Sprintf("img-%d", imageID)
-	}
-	mustDo(t, "POST", fmt.Sprintf("%s/api/v1/services/%d/register", site, imageID), obj, 200, nil)
-}
-
-// answer is what a client got from the proxy.
-type answer struct {
-	status  int
-	header  http.Header
-	cookies []*http.Cookie
-	body    []byte
-	backend string // the X-Backend header: the container that answered
-}
-
-// detail is the answer's JSON detail ("" when there is none).
-func (a answer) detail() string {
-	var e struct {
-		Detail string `json:"detail"`
-	}
-	_ = json.Unmarshal(a.body, &e)
-	return e.Detail
-}
-
-// send sends a GET with the given headers and cookies (no cookie jar: the
-// test decides what the client sends).
-func send(t testing.TB, url string, hdr http.Header, cookies ...*http.Cookie) answer {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, vs := range hdr {
-		req.Header[k] = vs
-	}
-	for _, c := range cookies {
-		req.AddCookie(c)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: reading body: %v", url, err)
-	}
-	return answer{status: resp.StatusCode, header: resp.Header, cookies: resp.Cookies(), body: body,
-		backend: resp.Header.Get("X-Backend")}
-}
-
-// sendOK sends a GET through the proxy and returns the container that
-// answered it with 200.
-func sendOK(t testing.TB, url string, hdr http.Header, cookies ...*http.Cookie) string {
-	t.Helper()
-	a := send(t, url, hdr, cookies...)
-	if a.status != http.StatusOK || a.backend == "" {
-		t.Fatalf("GET %s: status %d from %q, want 200 from a container: %.300s", url, a.status, a.backend, a.body)
-	}
-	return a.backend
-}
-
-// funcBackend is a real HTTP server on 127.0.0.1 that names itself in
-// X-Backend, passes health checks and answers everything else with fn.
-func funcBackend(t testing.TB, name string, fn http.HandlerFunc) *backend {
-	t.Helper()
-	b := &backend{name: name}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Backend", name)
-		if r.URL.Path == "/health" {
-			w.WriteHeader(http.StatusOK)
-			return
-		}
-		fn(w, r)
-	}))
-	t.Cleanup(b.srv.Close)
-	b.port = b.srv.Listener.Addr().(*net.TCPAddr).Port
-	return b
-}
-
-// metricValue returns the value of one series in the admin /metrics.
-func metricValue(t *testing.T, series string) float64 {
-	t.Helper()
-	for _, line := range strings.Split(scrape(t), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("/metrics: %q: %v", line, err)
-			}
-			return f
-		}
-	}
-	t.Fatalf("/metrics lacks %s", series)
-	return 0
-}
-
 // stickyContainer decodes the container id a sticky cookie names.
 func stickyContainer(t testing.TB, c *http.Cookie) string {
 	t.Helper()
@@ -191,16 +27,6 @@ func stickyContainer(t testing.TB, c *http.Cookie) string {
 		t.Fatalf("sticky cookie %q is not id.mac", c.Value)
 	}
 	return string(id)
-}
-
-// cookieNamed returns the answer's cookie with the given name, or nil.
-func (a answer) cookieNamed(name string) *http.Cookie {
-	for _, c := range a.cookies {
-		if c.Name == name {
-			return c
-		}
-	}
-	return nil
 }
 
 // TestWeightedRoundRobinThroughProxy: weights 5, 1, 1 give nginx's smooth
@@ -444,25 +270,6 @@ func TestRateLimit(t *testing.T) {
 			})
 		})
 	}
-}
-
-// holdBackend answers /slow only when released (or when the request ends).
-func holdBackend(t *testing.T, name string) (b *backend, release func()) {
-	t.Helper()
-	ch := make(chan struct{})
-	var once sync.Once
-	release = func() { once.Do(func() { close(ch) }) }
-	b = funcBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			select {
-			case <-ch:
-			case <-r.Context().Done():
-			}
-		}
-		w.WriteHeader(http.StatusOK)
-	})
-	t.Cleanup(release) // runs before the server's Close, which waits for the held requests
-	return b, release
 }
 
 // TestMaxInFlight: with max_in_flight 2 and two requests held at the

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imagelb/caddy-imagelb/ui"
 )
 
 // chromium runs headless Chromium (Debian's package, which .ci/run
@@ -258,7 +260,7 @@ func TestDashboardShapes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mux := http.NewServeMux()
-			mux.Handle("/api/v1/ui/", uiHandler("/api/v1/ui/"))
+			mux.Handle("/api/v1/ui/", ui.Dashboard("/api/v1/ui/"))
 			for path, body := range map[string]string{"/api/v1/stats": stats, "/api/v1/services": tc.services,
 				"/api/v1/port-mappings": tc.ports} {
 				mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/imagelb/caddy-imagelb/registry"
@@ -78,58 +77,15 @@ func (u *UpstreamSource) Validate() error {
 	return nil
 }
 
-// GetUpstreams returns the image's containers that may take new requests.
-// The returned upstreams are fresh values: reverse_proxy writes to them.
+// GetUpstreams returns, for each attempt, the container the service's
+// algorithm picked (behind the imagelb handler), or the image's available
+// containers (on an ordinary site). See proxy.go.
 func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	q := requestFrom(r)
 	if u.preselect {
-		return u.preselected(r, q), nil
+		return u.pickAttempt(q), nil
 	}
-	id := u.fixedID
-	if id == 0 {
-		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		raw := repl.ReplaceAll(u.ImageID, "")
-		var err error
-		if id, err = registry.ParseImageID(raw); err != nil {
-			return nil, fmt.Errorf("dynamic imagelb: image_id %q (from %q) is not a positive integer", raw, u.ImageID)
-		}
-	}
-	svc := u.reg.Lookup(id)
-	if svc == nil {
-		return nil, nil
-	}
-	avail := svc.Available()
-	if q == nil {
-		svc.State.Begin()
-		q = newRequest(r, svc, u.app)
-		q.watchBody(r) // r is reverse_proxy's own copy, which the transport sends
-		caddyhttp.SetVar(r.Context(), requestVar, q)
-		q.settleWhenDone(r.Context())
-	}
-	q.pool = svc
-	ups := make([]*reverseproxy.Upstream, len(avail))
-	for i, c := range avail {
-		ups[i] = &reverseproxy.Upstream{Dial: c.DialAddr()}
-	}
-	return ups, nil
-}
-
-// preselected chooses the container of this attempt for the imagelb handler
-// and returns just it.
-func (u *UpstreamSource) preselected(r *http.Request, q *request) []*reverseproxy.Upstream {
-	if q == nil {
-		return nil
-	}
-	svc := u.reg.Lookup(q.service.ImageID)
-	if svc == nil {
-		return nil
-	}
-	c := q.choose(svc)
-	if c == nil {
-		return nil
-	}
-	q.begin(c)
-	return []*reverseproxy.Upstream{{Dial: c.DialAddr()}}
+	return u.offerPool(r, q)
 }
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:

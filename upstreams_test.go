@@ -3,6 +3,8 @@ package imagelb
 import (
 	"fmt"
 	"testing"
+
+	"github.com/imagelb/caddy-imagelb/internal/testkit"
 )
 
 // TestDynamicUpstreamsOnOrdinarySite uses the registry from a plain
@@ -62,16 +64,4 @@ http://127.0.0.1:%d {
 	}
 }
 
-// checkRotation asserts that every n consecutive entries of seq are distinct.
-func checkRotation(t *testing.T, seq []string, n int) {
-	t.Helper()
-	for start := 0; start+n <= len(seq); start += n {
-		seen := map[string]bool{}
-		for _, s := range seq[start : start+n] {
-			seen[s] = true
-		}
-		if len(seen) != n {
-			t.Fatalf("window %d of %v is not a full rotation of %d containers", start/n, seq, n)
-		}
-	}
-}
+var checkRotation = testkit.CheckRotation

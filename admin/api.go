@@ -1,6 +1,8 @@
 // Package admin serves the imagelb management API over HTTP. The same API
 // value serves both mounts: Caddy's admin endpoint (prefix /imagelb) and a
-// site's imagelb handler (prefix /api/v1).
+// site's imagelb handler (prefix /api/v1). It is one router (routes) and
+// the JSON answers and errors of the contract. It imports net/http, zap and
+// registry, never Caddy: the root wires it to Caddy.
 package admin
 
 import (

@@ -2,7 +2,8 @@
 // imagelb plugin and the loop test that runs them. Each fixture is a file
 // testdata/NAME.caddytest: a Caddyfile, a line "----------", then the JSON
 // that Caddy's caddyfile adapter must produce from it (indented with tabs).
-// A new case is a new file.
+// A Caddyfile that must fail to adapt is a file testdata/invalid/NAME.caddyfile
+// instead (see TestCaddyfileInvalid). A new case is a new file.
 //
 // After a deliberate change to the adapter output, maintainers regenerate the
 // expected JSON with

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/imagelb/caddy-imagelb/internal/testkit"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -156,17 +157,7 @@ func checkNow(t testing.TB, c *Checker, imageID int64) Report {
 	return rep
 }
 
-// eventually polls cond until it holds, failing the test after 10s.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var eventually = testkit.Eventually
 
 func countMessage(logs *observer.ObservedLogs, msg string) int {
 	return logs.FilterMessage(msg).Len()

@@ -1,7 +1,10 @@
 // Package health runs the active and passive health checks of the
 // registry's containers. Caddy's own active health checks skip dynamic
 // upstreams, so the checker here probes every registered container itself
-// and moves it between healthy and unhealthy in the registry.
+// and moves it between healthy and unhealthy in the registry. It also
+// probes extra targets (the platform's system services) and counts the
+// passive failures the proxy reports. It imports registry and
+// internal/recycle, never Caddy.
 package health
 
 import (

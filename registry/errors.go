@@ -77,6 +77,16 @@ func (fe *fieldErrors) add(typ, msg string, loc ...any) {
 	*fe = append(*fe, FieldError{Loc: loc, Msg: msg, Type: typ})
 }
 
+// has reports whether an error is at loc already.
+func (fe fieldErrors) has(loc []any) bool {
+	for _, f := range fe {
+		if fmt.Sprint(f.Loc) == fmt.Sprint(loc) {
+			return true
+		}
+	}
+	return false
+}
+
 func (fe fieldErrors) err() error {
 	if len(fe) == 0 {
 		return nil

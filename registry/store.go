@@ -185,45 +185,21 @@ func (r *Registry) Restore(st *State) (dropped []string, err error) {
 	return dropped, nil
 }
 
-// spec validates a stored service as strictly as a registration.
+// spec validates a stored service as strictly as a registration: by the
+// same Check.
 func (rec ServiceRecord) spec() (ServiceSpec, error) {
-	alg, ok := ParseAlgorithm(string(rec.Algorithm))
-	if !ok {
-		return ServiceSpec{}, fmt.Errorf("unknown algorithm %q", rec.Algorithm)
-	}
-	if rec.ImageID <= 0 || rec.ImageName == "" || len(rec.ImageName) > MaxNameLength {
-		return ServiceSpec{}, fmt.Errorf("invalid image_id or image_name")
-	}
-	if rec.ExternalPort < 0 || rec.ExternalPort > 65535 {
-		return ServiceSpec{}, fmt.Errorf("invalid external_port %d", rec.ExternalPort)
-	}
-	spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: alg,
+	spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: rec.Algorithm,
 		ExternalPort: rec.ExternalPort, Static: rec.Static, Updated: rec.Updated, Options: rec.ServiceOptions}
-	if err := spec.Options.Normalize(alg); err != nil {
-		return spec, err
+	if alg, ok := ParseAlgorithm(string(rec.Algorithm)); ok {
+		spec.Algorithm = alg
 	}
-	seen := map[string]bool{}
 	for _, c := range rec.Containers {
-		switch {
-		case c.ContainerID == "" || len(c.ContainerID) > MaxIDLength || len(c.Name) > MaxNameLength:
-			return spec, fmt.Errorf("container %q: invalid container_id or name", c.ContainerID)
-		case seen[c.ContainerID]:
-			return spec, fmt.Errorf("container %q: duplicate container_id", c.ContainerID)
-		case CheckHost(c.Host) != "":
-			return spec, fmt.Errorf("container %q: %s", c.ContainerID, CheckHost(c.Host))
+		if c.Host == "" { // a registration may omit it, a stored record has it filled in
+			return spec, fmt.Errorf("container %q: host is empty", c.ContainerID)
 		}
-		if _, ok := ParseStatus(string(c.Status)); !ok || c.Port < 1 || c.Port > 65535 || c.Weight < 0 || c.Weight > MaxWeight || len(c.Zone) > MaxNameLength {
-			return spec, fmt.Errorf("container %q: invalid port, status or weight", c.ContainerID)
-		}
-		for _, u := range []*float64{c.CPUUsage, c.MemoryUsage, c.DiskUsage} {
-			if u != nil && !validUsage(*u) {
-				return spec, fmt.Errorf("container %q: invalid usage %v", c.ContainerID, *u)
-			}
-		}
-		seen[c.ContainerID] = true
 		spec.Containers = append(spec.Containers, ContainerSpec(c))
 	}
-	return spec, nil
+	return spec, FieldErrors(spec.Check())
 }
 
 func sortRecords(rs []ServiceRecord) {

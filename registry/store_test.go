@@ -432,8 +432,8 @@ func TestRestoreRejectsInvalidState(t *testing.T) {
 		damage func(rec *ServiceRecord)
 		want   string
 	}{
-		{"port 0", func(rec *ServiceRecord) { rec.Containers[0].Port = 0 }, "invalid port"},
-		{"port over 65535", func(rec *ServiceRecord) { rec.Containers[0].Port = 65536 }, "invalid port"},
+		{"port 0", func(rec *ServiceRecord) { rec.Containers[0].Port = 0 }, "port must be from 1 to 65535"},
+		{"port over 65535", func(rec *ServiceRecord) { rec.Containers[0].Port = 65536 }, "port must be from 1 to 65535"},
 		{"bad status", func(rec *ServiceRecord) { rec.Containers[0].Status = "sleeping" }, "status"},
 		{"empty status", func(rec *ServiceRecord) { rec.Containers[0].Status = "" }, "status"},
 		{"negative weight", func(rec *ServiceRecord) { rec.Containers[0].Weight = -1 }, "weight"},

@@ -383,6 +383,8 @@ func decodeContainer(raw json.RawMessage, imageID int64, loc []any, pathID strin
 		}
 		return ContainerSpec{}, fe
 	}
+	// Here the JSON is read into a ContainerSpec; what its values may be is
+	// ContainerSpec.Check's, below.
 	c := ContainerSpec{Status: StatusHealthy, Weight: DefaultWeight}
 	if pathID != "" {
 		if in.ContainerID != nil && *in.ContainerID != pathID {
@@ -391,54 +393,46 @@ func decodeContainer(raw json.RawMessage, imageID int64, loc []any, pathID strin
 		}
 		in.ContainerID = &pathID
 	}
-	if in.ContainerID == nil || *in.ContainerID == "" {
-		fe.add("missing", "container_id is required (1-255 characters)", at("container_id")...)
-	} else {
+	if in.ContainerID != nil {
 		c.ContainerID = *in.ContainerID
-		checkText(&fe, c.ContainerID, MaxIDLength, "container_id", at("container_id")...)
 	}
 	if in.Name != nil {
 		c.Name = *in.Name
-		checkText(&fe, c.Name, MaxNameLength, "name", at("name")...)
 	}
 	if in.Host != nil {
 		c.Host = *in.Host
-		if msg := CheckHost(c.Host); msg != "" {
-			fe.add("value_error", msg, at("host")...)
+		if c.Host == "" {
+			fe.add("value_error", CheckHost(c.Host), at("host")...) // Check takes "" as "the default host"
 		}
 	}
+	portGiven := false
 	if p, ok := in.Port.check(&fe, "port", true, at("port")...); ok {
-		if !validPort(p) {
-			fe.add("value_error", portMsg("port", p), at("port")...)
-		} else {
-			c.Port = int(p)
-		}
+		c.Port, portGiven = int(max(min(p, 1<<31), -1)), true
 	}
 	if id, ok := in.ImageID.check(&fe, "image_id", false, at("image_id")...); ok && id != imageID {
 		fe.add("value_error", fmt.Sprintf("image_id %d differs from image_id %d in the path", id, imageID), at("image_id")...)
 	}
 	if in.Status != nil {
-		s, ok := ParseStatus(*in.Status)
-		if !ok {
-			fe.add("enum", unknownStatus(*in.Status), at("status")...)
-		}
-		c.Status = s
+		c.Status = Status(*in.Status)
 	}
 	if w, ok := in.Weight.check(&fe, "weight", false, at("weight")...); ok {
-		if w < 0 || w > MaxWeight {
-			fe.add("value_error", fmt.Sprintf("weight must be from 0 to %d, got %d", MaxWeight, w), at("weight")...)
-		}
-		c.Weight = int(w)
+		c.Weight = int(max(min(w, 1<<31), -1))
 	}
 	if in.Zone != nil {
 		c.Zone = *in.Zone
-		checkText(&fe, c.Zone, MaxNameLength, "zone", at("zone")...)
 	}
 	usage := [3]**float64{&c.CPUUsage, &c.MemoryUsage, &c.DiskUsage}
 	for i, u := range in.usageInput.fields() {
 		if v, ok := u.in.check(&fe, u.name, at(u.name)...); ok {
 			*usage[i] = v
 		}
+	}
+	for _, f := range c.Check() {
+		l := append(append([]any{}, loc...), f.Loc...)
+		if (f.Loc[0] == "port" && !portGiven) || fe.has(l) {
+			continue // already said, as a missing field or one of the wrong type
+		}
+		fe = append(fe, FieldError{Loc: l, Msg: f.Msg, Type: f.Type})
 	}
 	return c, fe
 }

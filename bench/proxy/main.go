@@ -1,6 +1,6 @@
 // Command proxy compares, in one run on loopback, what a request costs
 // through imagelb against the backend direct, stock Caddy reverse_proxy,
-// nginx and HAProxy (see ../../../shared/BENCH.md): alternating rounds of
+// nginx and HAProxy (see the README, Performance): alternating rounds of
 // wrk, medians, ratios. It installs wrk, nginx and haproxy from Debian when
 // they are missing (as root), builds Caddy with the plugin, starts tiny
 // backends, and writes a markdown table to bench/results/proxy.md.

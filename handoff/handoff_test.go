@@ -1,4 +1,4 @@
-package imagelb
+package handoff
 
 import (
 	"bufio"
@@ -9,6 +9,20 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/imagelb/caddy-imagelb/internal/testkit"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// TestMain keeps what caddytest writes out of the real XDG directories.
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+var (
+	freePort   = testkit.FreePort
+	eventually = testkit.Eventually
 )
 
 // sameAddr is a second socket that claims the first one's address, as
@@ -129,13 +143,11 @@ func TestHandoffWithTLS(t *testing.T) {
 	for _, wrappers := range []string{"imagelb_handoff\n\t\t\ttls", "imagelb_handoff"} {
 		t.Run(strings.ReplaceAll(wrappers, "\n\t\t\t", "+"), func(t *testing.T) {
 			port := freePort(t)
-			startCaddy(t, fmt.Sprintf(`{
+			tester := caddytest.NewTester(t) // Caddy in this process, admin on localhost:2999
+			tester.InitServer(fmt.Sprintf(`{
 	admin localhost:2999
 	skip_install_trust
 	auto_https disable_redirects
-	imagelb {
-		persist off
-	}
 	servers {
 		listener_wrappers {
 			%s
@@ -146,7 +158,10 @@ https://localhost:%d {
 	tls internal
 	respond "served over {http.request.scheme} {http.request.proto}"
 }
-`, wrappers, port))
+`, wrappers, port), "caddyfile")
+			if t.Failed() {
+				t.FailNow()
+			}
 			hc := &http.Client{Transport: &http.Transport{
 				TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // Caddy's internal CA; the test checks the wrapper, not the chain
 				ForceAttemptHTTP2: true,

@@ -1,4 +1,12 @@
-package imagelb
+// Package handoff is the imagelb plugin's listener wrapper,
+// caddy.listeners.imagelb_handoff: it keeps a config reload from dropping the
+// connections the old server accepted in its last milliseconds, by handing
+// each one, with its first bytes, to the newest server listening on the
+// address (see Handoff). It owns that module's config, its Caddyfile syntax
+// and the per-address list of open wrapped listeners. It imports nothing of
+// the root package github.com/imagelb/caddy-imagelb; the root blank-imports
+// it, so that building Caddy with the root registers the module.
+package handoff
 
 import (
 	"crypto/tls"

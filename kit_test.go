@@ -1,5 +1,13 @@
 package imagelb
 
+// The end-to-end test kit of the root package: Caddy in-process
+// (startCaddy, siteConfig), real backends on 127.0.0.1 (newBackend,
+// funcBackend, holdBackend, newHealthBackend), API calls that check every
+// answer against the OpenAPI document (do, mustDo, wantError, register,
+// registerObject), statistics and metrics (getStats, serviceStats, scrape,
+// metricValue) and client load (startLoad). Helpers other packages share
+// too are in internal/testkit.
+
 import (
 	"bytes"
 	"context"
@@ -10,7 +18,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,24 +27,15 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/imagelb/caddy-imagelb/internal/testkit"
 )
 
 // adminURL is caddytest's admin endpoint.
 const adminURL = "http://localhost:2999"
 
-func TestMain(m *testing.M) {
-	// caddytest writes autosave.json and data into the real XDG dirs:
-	// keep them in a temporary directory.
-	dir, err := os.MkdirTemp("", "imagelb-test-")
-	if err != nil {
-		panic(err)
-	}
-	os.Setenv("XDG_CONFIG_HOME", dir)
-	os.Setenv("XDG_DATA_HOME", dir)
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+// TestMain keeps what caddytest writes out of the real XDG directories.
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // client is the HTTP client of the tests; it does not follow redirects.
 var client = &http.Client{
@@ -45,16 +43,11 @@ var client = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// freePort, eventually: the module's shared test helpers (internal/testkit).
+var (
+	freePort   = testkit.FreePort
+	eventually = testkit.Eventually
+)
 
 // echo is what a test backend answers: who it is and what it received.
 type echo struct {
@@ -246,18 +239,6 @@ func getStats(t testing.TB, imageID int64) statsDoc {
 	return s
 }
 
-// eventually polls cond until it holds or 10s pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval of a condition, not a wait for time to pass
-	}
-}
-
 // siteConfig is a Caddyfile with the imagelb handler on a site.
 func siteConfig(port int, global string) string {
 	return fmt.Sprintf(`{
@@ -361,4 +342,265 @@ func wantError(t *testing.T, method, url, body string, status int, detail string
 	if !strings.Contains(string(e.Detail), detail) {
 		t.Fatalf("detail %.300s does not mention %q", e.Detail, detail)
 	}
+}
+
+// startCaddyNoReset loads a config without emptying the registry.
+func startCaddyNoReset(t *testing.T, caddyfile string) {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(caddyfile, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// trafficContainer is a container's entry in the statistics, with the
+// outlier-ejection fields.
+type trafficContainer struct {
+	ContainerID       string `json:"container_id"`
+	TotalRequests     int64  `json:"total_requests"`
+	FailedRequests    int64  `json:"failed_requests"`
+	ActiveConnections int64  `json:"active_connections"`
+	Ejected           bool   `json:"ejected"`
+	Ejections         int64  `json:"ejections"`
+}
+
+// trafficService is a service's entry in the statistics, with the counters
+// of requests turned away.
+type trafficService struct {
+	ImageID             int64              `json:"image_id"`
+	TotalRequests       int64              `json:"total_requests"`
+	FailedRequests      int64              `json:"failed_requests"`
+	ActiveConnections   int64              `json:"active_connections"`
+	RateLimitedRequests int64              `json:"rate_limited_requests"`
+	ShedRequests        int64              `json:"shed_requests"`
+	RetriesDenied       int64              `json:"retries_denied"`
+	Containers          []trafficContainer `json:"containers"`
+}
+
+// container returns the entry of the container with the given id.
+func (s trafficService) container(t testing.TB, id string) trafficContainer {
+	t.Helper()
+	for _, c := range s.Containers {
+		if c.ContainerID == id {
+			return c
+		}
+	}
+	t.Fatalf("image %d has no container %q in the statistics: %+v", s.ImageID, id, s)
+	return trafficContainer{}
+}
+
+// ejectedCount is how many of the service's containers are ejected.
+func (s trafficService) ejectedCount() int {
+	n := 0
+	for _, c := range s.Containers {
+		if c.Ejected {
+			n++
+		}
+	}
+	return n
+}
+
+// serviceStats fetches the statistics of one image.
+func serviceStats(t testing.TB, imageID int64) trafficService {
+	t.Helper()
+	var doc struct {
+		Services []trafficService `json:"services"`
+	}
+	mustDo(t, "GET", adminURL+"/imagelb/stats?image_id="+strconv.FormatInt(imageID, 10), nil, 200, &doc)
+	if len(doc.Services) != 1 {
+		t.Fatalf("stats of image %d: %d services", imageID, len(doc.Services))
+	}
+	return doc.Services[0]
+}
+
+// registerObject registers a service with a registration object (the form
+// that carries service options) through the site's API.
+func registerObject(t testing.TB, site string, imageID int64, obj map[string]any) {
+	t.Helper()
+	if _, ok := obj["image_name"]; !ok {
+		obj["image_name"] = fmt.Sprintf("img-%d", imageID)
+	}
+	mustDo(t, "POST", fmt.Sprintf("%s/api/v1/services/%d/register", site, imageID), obj, 200, nil)
+}
+
+// answer is what a client got from the proxy.
+type answer struct {
+	status  int
+	header  http.Header
+	cookies []*http.Cookie
+	body    []byte
+	backend string // the X-Backend header: the container that answered
+}
+
+// detail is the answer's JSON detail ("" when there is none).
+func (a answer) detail() string {
+	var e struct {
+		Detail string `json:"detail"`
+	}
+	_ = json.Unmarshal(a.body, &e)
+	return e.Detail
+}
+
+// send sends a GET with the given headers and cookies (no cookie jar: the
+// test decides what the client sends).
+func send(t testing.TB, url string, hdr http.Header, cookies ...*http.Cookie) answer {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	for _, c := range cookies {
+		req.AddCookie(c)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading body: %v", url, err)
+	}
+	return answer{status: resp.StatusCode, header: resp.Header, cookies: resp.Cookies(), body: body,
+		backend: resp.Header.Get("X-Backend")}
+}
+
+// sendOK sends a GET through the proxy and returns the container that
+// answered it with 200.
+func sendOK(t testing.TB, url string, hdr http.Header, cookies ...*http.Cookie) string {
+	t.Helper()
+	a := send(t, url, hdr, cookies...)
+	if a.status != http.StatusOK || a.backend == "" {
+		t.Fatalf("GET %s: status %d from %q, want 200 from a container: %.300s", url, a.status, a.backend, a.body)
+	}
+	return a.backend
+}
+
+// funcBackend is a real HTTP server on 127.0.0.1 that names itself in
+// X-Backend, passes health checks and answers everything else with fn.
+func funcBackend(t testing.TB, name string, fn http.HandlerFunc) *backend {
+	t.Helper()
+	b := &backend{name: name}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Backend", name)
+		if r.URL.Path == "/health" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		fn(w, r)
+	}))
+	t.Cleanup(b.srv.Close)
+	b.port = b.srv.Listener.Addr().(*net.TCPAddr).Port
+	return b
+}
+
+// metricValue returns the value of one series in the admin /metrics.
+func metricValue(t *testing.T, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrape(t), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("/metrics: %q: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("/metrics lacks %s", series)
+	return 0
+}
+
+// cookieNamed returns the answer's cookie with the given name, or nil.
+func (a answer) cookieNamed(name string) *http.Cookie {
+	for _, c := range a.cookies {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// holdBackend answers /slow only when released (or when the request ends).
+func holdBackend(t *testing.T, name string) (b *backend, release func()) {
+	t.Helper()
+	ch := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	b = funcBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-ch:
+			case <-r.Context().Done():
+			}
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	t.Cleanup(release) // runs before the server's Close, which waits for the held requests
+	return b, release
+}
+
+func scrape(t *testing.T) string {
+	t.Helper()
+	resp, err := client.Get(adminURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	return string(body)
+}
+
+// healthBackend is a backend whose /health answer can be switched.
+type healthBackend struct {
+	*backend
+	failing atomic.Bool
+	checks  atomic.Int64
+}
+
+func newHealthBackend(t *testing.T, name string) *healthBackend {
+	t.Helper()
+	hb := &healthBackend{backend: &backend{name: name}}
+	hb.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			hb.checks.Add(1)
+			if hb.failing.Load() {
+				http.Error(w, "down", http.StatusServiceUnavailable)
+				return
+			}
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		hb.serve(w, r)
+	}))
+	t.Cleanup(hb.srv.Close)
+	hb.port = hb.srv.Listener.Addr().(*net.TCPAddr).Port
+	return hb
+}
+
+// containerStatus reads one container's status and last health error through the admin API.
+func containerStatus(t *testing.T, imageID int64, containerID string) (status string, lastErr *string) {
+	t.Helper()
+	var svc struct {
+		Containers []struct {
+			ContainerID     string  `json:"container_id"`
+			Status          string  `json:"status"`
+			LastHealthCheck *string `json:"last_health_check"`
+			LastHealthError *string `json:"last_health_error"`
+		} `json:"containers"`
+	}
+	mustDo(t, "GET", fmt.Sprintf("%s/imagelb/services/%d", adminURL, imageID), nil, 200, &svc)
+	for _, c := range svc.Containers {
+		if c.ContainerID == containerID {
+			return c.Status, c.LastHealthError
+		}
+	}
+	t.Fatalf("container %s of image %d not found", containerID, imageID)
+	return "", nil
 }

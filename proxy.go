@@ -1,0 +1,549 @@
+package imagelb
+
+// The request path of a proxied request, top to bottom in call order, as
+// Caddy's reverseproxy.go reads: the imagelb handler admits the request
+// (serveProxy, proxy: lookup, availability, rate limit, max_in_flight),
+// starts its record (newRequest), calls Caddy's reverse_proxy, which asks the
+// upstream source for each attempt (pickAttempt: the service's algorithm
+// chooses ONE container), and settles the record when the proxy returns
+// (finish), mapping errors to the answers the contract names. On an ordinary
+// site (reverse_proxy { dynamic imagelb N; lb_policy imagelb }) the source
+// offers the whole pool (offerPool) and the policy picks from it
+// (selectFromPool); the request is settled when the server is done with it
+// (settleWhenDone). upstreams.go and selection.go are the thin module files
+// of the source and the policy; sticky.go owns the sticky cookie.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/imagelb/caddy-imagelb/admin"
+	"github.com/imagelb/caddy-imagelb/registry"
+)
+
+// serveProxy serves /api/v1/proxy/{image_id}/{path...}: the container gets
+// /{path...} with the query string unchanged.
+func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	id, target, status, detail := parseProxyPath(r.URL.EscapedPath())
+	if status == http.StatusUnprocessableEntity {
+		// the original's list form, at the path's image_id
+		_, err := registry.ParseImageID(detail)
+		admin.WriteRegistryError(w, err)
+		return nil
+	}
+	if status != 0 {
+		admin.WriteError(w, status, detail)
+		return nil
+	}
+	svc := h.reg.Lookup(id)
+	if svc == nil {
+		admin.WriteError(w, http.StatusNotFound, fmt.Sprintf("image_id %d is not registered", id))
+		return nil
+	}
+	u := *r.URL
+	u.RawPath = target
+	u.Path, _ = url.PathUnescape(target) // parseProxyPath checked it
+	return h.proxy(w, r, next, svc, &u)
+}
+
+// parseProxyPath splits the escaped path of a proxy request,
+// /api/v1/proxy/{image_id}[/{path...}], into the image id and the escaped
+// path the container gets ("/" at least). The image id is the first
+// segment exactly as sent: an encoded slash or a dot segment in it is no
+// id, so no path can reach another image than the one it names. A non-zero
+// status is the error to answer with (for 422, detail is the bad image_id).
+func parseProxyPath(escaped string) (id int64, target string, status int, detail string) {
+	rest, ok := strings.CutPrefix(escaped, proxyPrefix)
+	if !ok || (rest != "" && rest[0] != '/') {
+		return 0, "", http.StatusNotFound, "not a proxy path: use /api/v1/proxy/{image_id}/{path}"
+	}
+	idRaw, tail, _ := strings.Cut(strings.TrimPrefix(rest, "/"), "/")
+	if idRaw == "" {
+		return 0, "", http.StatusNotFound, "missing image_id: use /api/v1/proxy/{image_id}/{path}"
+	}
+	id, err := registry.ParseImageID(idRaw)
+	if err != nil {
+		return 0, "", http.StatusUnprocessableEntity, idRaw // the caller words it
+	}
+	target = "/" + tail
+	if _, err := url.PathUnescape(target); err != nil {
+		return 0, "", http.StatusBadRequest, fmt.Sprintf("malformed path: %v", err)
+	}
+	return id, target, 0, ""
+}
+
+// proxy sends the request to one of the service's containers through the
+// embedded reverse proxy, counting it for the image and its attempts for
+// the containers. target, when not nil, replaces the request's URL.
+func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
+	if len(svc.Available()) == 0 {
+		svc.State.Refuse(http.StatusServiceUnavailable, true)
+		admin.WriteError(w, http.StatusServiceUnavailable,
+			fmt.Sprintf("no healthy container for image_id %d (%d registered, none healthy with weight > 0)", svc.ImageID, len(svc.Containers)))
+		return nil
+	}
+	if rl := svc.Options.RateLimit; rl != nil && h.rateLimited(w, r, svc, rl) {
+		return nil
+	}
+	if !svc.TryBegin() {
+		admin.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf(
+			"image_id %d has max_in_flight %d requests in flight; try again shortly", svc.ImageID, svc.Options.MaxInFlight))
+		return nil
+	}
+	if target != nil {
+		r2 := *r
+		r2.URL = target
+		r = &r2
+	}
+	q := newRequest(r, svc, h.app)
+	q.watchBody(r)
+	caddyhttp.SetVar(r.Context(), requestVar, q)
+	sw := statusWriters.Get().(*statusWriter)
+	sw.ResponseWriter, sw.status = w, 0
+	err := h.rp.ServeHTTP(sw, r, next)
+	status := sw.status
+	sw.ResponseWriter = nil
+	statusWriters.Put(sw)
+
+	if err == nil {
+		how := outcomeAnswered
+		if status == 499 {
+			how = outcomeClient // reverse_proxy's mark of a client that went away
+		}
+		q.finish(status, status >= 500, how)
+		if c := h.logger.Check(zap.DebugLevel, "proxied"); c != nil && q.last != nil {
+			c.Write(zap.Int64("image_id", svc.ImageID), zap.String("container_id", q.last.ContainerID),
+				zap.String("upstream", q.last.DialAddr()), zap.Int("status", status), zap.Int("attempts", len(q.tried)))
+		}
+		return nil
+	}
+	if code, cause := q.clientFault(r); code != 0 {
+		// the client's request failed, not the container: no passive
+		// failure, no outlier count, no retry
+		q.finish(code, false, outcomeClient)
+		if c := h.logger.Check(zap.DebugLevel, "client request failed"); c != nil {
+			c.Write(zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Error(cause))
+		}
+		if status == 0 && code != 499 {
+			q.unstick(w)
+			admin.WriteError(w, code, fmt.Sprintf("reading the request failed: %v; the container was not at fault", cause))
+		}
+		return nil
+	}
+	var herr caddyhttp.HandlerError
+	code := http.StatusBadGateway
+	if errors.As(err, &herr) && herr.StatusCode != 0 {
+		code = herr.StatusCode
+	}
+	how := outcomeAnswered
+	if code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
+		how = outcomeUnreachable
+	}
+	q.finish(code, code >= 500, how)
+	if status != 0 || code == 499 {
+		return nil // the client has its answer, or is gone
+	}
+	var detail string
+	switch code {
+	case http.StatusServiceUnavailable:
+		detail = fmt.Sprintf("no healthy container for image_id %d could take the request", svc.ImageID)
+	case http.StatusGatewayTimeout:
+		detail = fmt.Sprintf("the container of image_id %d did not answer within %s", svc.ImageID, h.app.timeout)
+	default:
+		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts): %v", svc.ImageID, len(q.tried), unwrapHandlerError(err))
+		if q.noRetry {
+			detail += fmt.Sprintf("; the retry budget of image_id %d (%g of requests) allowed no more retries", svc.ImageID, svc.Options.RetryBudget)
+		}
+	}
+	q.unstick(w) // the client got no answer from the container it would be pinned to
+	if c := h.logger.Check(zap.WarnLevel, "proxy failed"); c != nil {
+		fields := []zap.Field{zap.Int64("image_id", svc.ImageID), zap.Int("status", code), zap.Int("attempts", len(q.tried)), zap.Error(err)}
+		if q.last != nil {
+			fields = append(fields, zap.String("container_id", q.last.ContainerID), zap.String("upstream", q.last.DialAddr()))
+		}
+		c.Write(fields...)
+	}
+	admin.WriteError(w, code, detail)
+	return nil
+}
+
+// rateLimited takes the request from the service's rate limit; past it, it
+// answers 429 with Retry-After and reports true.
+func (h *Handler) rateLimited(w http.ResponseWriter, r *http.Request, svc *registry.Service, rl *registry.RateLimit) bool {
+	client := ""
+	if rl.Per == registry.PerClientIP {
+		client = clientIP(r)
+	}
+	ok, wait := svc.AllowRate(client, time.Now())
+	if ok {
+		return false
+	}
+	svc.State.Refuse(http.StatusTooManyRequests, false)
+	w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(wait.Seconds())), 1)))
+	admin.WriteError(w, http.StatusTooManyRequests, fmt.Sprintf(
+		"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
+		svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
+	return true
+}
+
+func unwrapHandlerError(err error) error {
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) && herr.Err != nil {
+		return herr.Err
+	}
+	return err
+}
+
+// requestVar is the name of the request variable that carries a *request
+// from the imagelb handler (or the first GetUpstreams call) to the upstream
+// source and the selection policy, which see only the request.
+const requestVar = "imagelb.request"
+
+// request is the accounting of one client request for one image: it counts
+// the request once for the service and each attempt for the container that
+// got it, whatever the number of retries.
+type request struct {
+	service   *registry.Service // the version the request started with
+	pool      *registry.Service // the version whose Available() offerPool offered, in order
+	offered   bool              // offerPool offered the pool (an ordinary site), not the handler's pick
+	app       *App
+	start     time.Time
+	cur       *registry.Container // the container of the attempt in progress
+	last      *registry.Container // the container of the latest attempt
+	curStart  time.Time
+	tried     []*registry.ContainerStats
+	triedBuf  [4]*registry.ContainerStats
+	pick      registry.PickRequest // the request's hash key, sticky pin and zone
+	finished  bool
+	noRetry   bool            // the retry budget refused a retry
+	cookie    int             // 1 + the index of the sticky cookie this request set, 0: none
+	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
+	body      clientBody      // the client's request body, watched for read errors
+}
+
+// clientBody wraps the client's request body to tell a failure of the
+// client's side (malformed chunked framing, a body cut short, a read
+// timeout) from a failure of the container. The transport reads it on its
+// own goroutine, so the verdict is an atomic.
+type clientBody struct {
+	io.ReadCloser
+	err atomic.Pointer[error]
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	// EOF is the normal end; a read after Close is the transport giving
+	// up on the body after a failure of its own.
+	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) && b.err.Load() == nil {
+		b.err.Store(&err)
+	}
+	return n, err
+}
+
+// watchBody makes the request's body go through q.body.
+func (q *request) watchBody(r *http.Request) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return
+	}
+	q.body.ReadCloser = r.Body
+	r.Body = &q.body
+}
+
+// clientFault returns the status a failed request gets when the client's
+// side failed, and why, or 0: the client is not at fault. A body that could
+// not be read is answered (400, 408 or 413) even when the client seems gone:
+// a client that half-closed its connection after a short body still reads.
+// A client that went away otherwise gets 499 (Caddy's code for it; nobody
+// reads the answer).
+func (q *request) clientFault(r *http.Request) (int, error) {
+	p := q.body.err.Load()
+	if p == nil {
+		if r.Context().Err() != nil {
+			return 499, context.Cause(r.Context())
+		}
+		return 0, nil
+	}
+	err := *p
+	var maxBytes *http.MaxBytesError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &maxBytes):
+		return http.StatusRequestEntityTooLarge, err
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return http.StatusRequestTimeout, err
+	}
+	return http.StatusBadRequest, err
+}
+
+// newRequest starts the accounting of a request that the caller has counted
+// for the service already (Begin or TryBegin).
+func newRequest(r *http.Request, svc *registry.Service, app *App) *request {
+	q := &request{service: svc, app: app, start: time.Now()}
+	q.tried = q.triedBuf[:0]
+	svc.DepositRetry()
+	if svc.Algorithm.UsesKey() {
+		q.pick.Key = hashKey(r, svc)
+	}
+	if svc.Options.Sticky {
+		q.pick.Pinned = verifySticky(app.stickyKey, r, svc.ImageID)
+	}
+	q.pick.Zone = app.Zone
+	if app.ZoneHeader != "" {
+		if z := r.Header.Get(app.ZoneHeader); z != "" {
+			q.pick.Zone = z
+		}
+	}
+	return q
+}
+
+// choose picks the container of the next attempt from svc, or nil: none
+// can take it, or this is a retry and the retry budget is spent.
+func (q *request) choose(svc *registry.Service) *registry.Container {
+	i := q.chooseIndex(svc)
+	if i < 0 {
+		return nil
+	}
+	return svc.Available()[i]
+}
+
+func (q *request) chooseIndex(svc *registry.Service) int {
+	if len(q.tried) > 0 && q.body.err.Load() != nil {
+		return -1 // the client's body failed: no container can do better
+	}
+	if len(q.tried) > 0 && (q.noRetry || !svc.AllowRetry()) {
+		q.noRetry = true
+		return -1
+	}
+	q.pick.Tried = q.tried
+	return svc.Choose(&q.pick)
+}
+
+// requestFrom returns the request accounting stored in the request's vars.
+func requestFrom(r *http.Request) *request {
+	q, _ := caddyhttp.GetVar(r.Context(), requestVar).(*request)
+	return q
+}
+
+// pickAttempt chooses the container of the next attempt of a request the
+// imagelb handler admitted, and returns just it, so per-attempt cost does not
+// grow with the container count; nil when none can take it.
+func (u *UpstreamSource) pickAttempt(q *request) []*reverseproxy.Upstream {
+	if q == nil {
+		return nil
+	}
+	svc := u.reg.Lookup(q.service.ImageID)
+	if svc == nil {
+		return nil
+	}
+	c := q.choose(svc)
+	if c == nil {
+		return nil
+	}
+	q.begin(c)
+	return []*reverseproxy.Upstream{{Dial: c.DialAddr()}}
+}
+
+// offerPool is the source on an ordinary site: it starts the request's
+// record on its first attempt and offers the image's available containers,
+// in order, as fresh upstreams (reverse_proxy writes to them), for
+// selectFromPool to pick from.
+func (u *UpstreamSource) offerPool(r *http.Request, q *request) ([]*reverseproxy.Upstream, error) {
+	id := u.fixedID
+	if id == 0 {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		raw := repl.ReplaceAll(u.ImageID, "")
+		var err error
+		if id, err = registry.ParseImageID(raw); err != nil {
+			return nil, fmt.Errorf("dynamic imagelb: image_id %q (from %q) is not a positive integer", raw, u.ImageID)
+		}
+	}
+	svc := u.reg.Lookup(id)
+	if svc == nil {
+		return nil, nil
+	}
+	avail := svc.Available()
+	if q == nil {
+		svc.State.Begin()
+		q = newRequest(r, svc, u.app)
+		q.watchBody(r) // r is reverse_proxy's own copy, which the transport sends
+		caddyhttp.SetVar(r.Context(), requestVar, q)
+		q.settleWhenDone(r.Context())
+	}
+	q.pool, q.offered = svc, true
+	ups := make([]*reverseproxy.Upstream, len(avail))
+	for i, c := range avail {
+		ups[i] = &reverseproxy.Upstream{Dial: c.DialAddr()}
+	}
+	return ups, nil
+}
+
+// selectFromPool is the imagelb policy: from the pool offerPool offered it
+// picks by the service's algorithm, with the state kept per image in the
+// registry. Behind the imagelb handler the one upstream was picked already;
+// with another source it takes the first available upstream.
+func selectFromPool(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	q := requestFrom(r)
+	if q == nil || !q.offered {
+		for _, u := range pool {
+			if u.Available() {
+				if q != nil {
+					q.stick(w, r)
+				}
+				return u
+			}
+		}
+		return nil
+	}
+	avail := q.pool.Available()
+	for range pool {
+		i := q.chooseIndex(q.pool)
+		if i < 0 {
+			return nil
+		}
+		if pool[i].Available() {
+			q.begin(avail[i])
+			q.stick(w, r)
+			return pool[i]
+		}
+		// reverse_proxy's own passive health state rules it out
+		q.tried = append(q.tried, avail[i].Stats)
+	}
+	return nil
+}
+
+// begin counts a new attempt on c. An attempt still in progress when another
+// begins has failed to reach its container: the proxy only tries again
+// after a connection failure or a timeout.
+func (q *request) begin(c *registry.Container) {
+	now := time.Now()
+	if q.cur != nil {
+		q.endAttempt(0, outcomeUnreachable, now)
+	}
+	c.Stats.Begin()
+	q.cur, q.last, q.curStart = c, c, now
+	q.tried = append(q.tried, c.Stats)
+}
+
+// firstAttemptOn reports whether the attempt in progress is the request's
+// first on the container with stats s.
+func (q *request) firstAttemptOn(s *registry.ContainerStats) bool {
+	n := 0
+	for _, t := range q.tried {
+		if t == s {
+			n++
+		}
+	}
+	return n <= 1
+}
+
+// How an attempt ended, and so what it tells of its container.
+type outcome int
+
+const (
+	outcomeAnswered    outcome = iota // the container answered (a 5xx is a failed attempt)
+	outcomeUnreachable                // no answer: a refused or failed connection, or a timeout
+	outcomeUnknown                    // no answer, and whether the container or the client failed is unknown
+	outcomeClient                     // the client's side failed (its body, or it went away): says nothing of the container
+)
+
+func (q *request) endAttempt(status int, how outcome, now time.Time) {
+	d := now.Sub(q.curStart)
+	switch how {
+	case outcomeUnreachable, outcomeUnknown:
+		q.cur.Stats.Finish(0, true, d)
+		q.service.Observe(q.cur, true, d)
+		// a request counts against a container once, however often it
+		// was retried there (with one container, every retry goes back)
+		if how == outcomeUnreachable && q.app.checker != nil && q.firstAttemptOn(q.cur.Stats) {
+			q.app.checker.PassiveFailure(q.service.ImageID, q.cur)
+		}
+	case outcomeClient:
+		// neither health, nor outlier ejection, nor latency learn from it
+		q.cur.Stats.Finish(status, false, d)
+	default:
+		q.cur.Stats.Finish(status, status >= 500, d)
+		q.service.Observe(q.cur, status >= 500, d)
+	}
+	q.cur = nil
+}
+
+// finish settles the request: the client got status, the request failed
+// or not, and how says what the last attempt tells of its container.
+func (q *request) finish(status int, failed bool, how outcome) {
+	if q.finished {
+		return
+	}
+	q.finished = true
+	now := time.Now()
+	if q.cur != nil {
+		q.endAttempt(status, how, now)
+	}
+	q.service.State.Finish(status, failed, now.Sub(q.start))
+}
+
+// settleWhenDone arranges for a request that no imagelb handler owns (a
+// reverse_proxy with "dynamic imagelb" on an ordinary site) to be settled
+// when the server is done with it: net/http cancels the request's context
+// after the handler chain returns. The final status is the one reverse_proxy
+// recorded in its status_code placeholder. Without one, the last attempt got
+// no response — but whether the container failed or the client went away
+// cannot be told from here, so it counts as failed in the statistics and is
+// not held against the container (retried attempts are: reverse_proxy
+// retries only after a transport failure).
+func (q *request) settleWhenDone(ctx context.Context) {
+	q.statusSrc, _ = ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	context.AfterFunc(ctx, func() {
+		if q.statusSrc != nil {
+			if v, ok := q.statusSrc.Get("http.reverse_proxy.status_code"); ok {
+				if code, ok := v.(int); ok {
+					q.finish(code, code >= 500, outcomeAnswered)
+					return
+				}
+			}
+		}
+		if q.body.err.Load() != nil {
+			q.finish(0, false, outcomeClient) // the client's body failed
+			return
+		}
+		q.finish(0, true, outcomeUnknown)
+	})
+}
+
+// statusWriter records the final status code written to the client.
+// Unwrap lets reverse_proxy flush and hijack through it.
+type statusWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	status int
+}
+
+var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
