@@ -1,8 +1,10 @@
+// balance.go owns a pick, in call order: Choose, then the filter every strategy picks through (sticky pin, zones, tried, ejection, slow start), then Observe.
+
 package registry
 
 import (
-	"math"
 	"math/rand/v2"
+	"sync"
 	"time"
 )
 
@@ -46,12 +48,32 @@ const maxClaimRetries = 4
 // tried while another one is available. It returns -1 when no container can
 // take the request, and allocates nothing.
 func (s *Service) PickIndex(tried []*ContainerStats) int {
-	return s.Choose(&PickRequest{Tried: tried})
+	if len(tried) == 0 {
+		return s.Choose(&plainRequest)
+	}
+	req := triedRequests.Get().(*PickRequest)
+	req.Tried = tried
+	i := s.Choose(req)
+	req.Tried = nil
+	triedRequests.Put(req)
+	return i
 }
+
+// plainRequest is the request of PickIndex without tried containers; a
+// pick only reads it.
+var plainRequest PickRequest
+
+// triedRequests recycles PickIndex's requests: Choose hands its request to
+// the strategy, so one made on PickIndex's stack would move to the heap on
+// every call.
+var triedRequests = sync.Pool{New: func() any { return new(PickRequest) }}
 
 // Pick is PickIndex returning the container itself, or nil.
 func (s *Service) Pick(tried []*ContainerStats) *Container {
-	return s.ChooseContainer(&PickRequest{Tried: tried})
+	if i := s.PickIndex(tried); i >= 0 {
+		return s.available[i]
+	}
+	return nil
 }
 
 // ChooseContainer is Choose returning the container itself, or nil.
@@ -63,327 +85,133 @@ func (s *Service) ChooseContainer(req *PickRequest) *Container {
 }
 
 // Choose is PickIndex for a request with a hash key, a sticky pin or a
-// zone. It allocates nothing.
+// zone. It allocates nothing, but req reaches the strategy through an
+// interface call and so must not live on the caller's stack (the compiler
+// would move it to the heap): keep it in the request's own state, as the
+// handler does. A pick only reads it.
 func (s *Service) Choose(req *PickRequest) int {
 	if len(s.available) == 0 {
 		return -1
 	}
-	p := picker{svc: s, req: req, excluded: -1}
-	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.alg == algLeastLatency {
-		p.now = now().UnixNano()
+	f := filter{svc: s, req: req, rule: rule{excluded: -1}}
+	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.observer != nil {
+		f.now = now().UnixNano()
 	}
 	if req.Pinned != "" {
-		for i, c := range s.available {
-			if c.ContainerID == req.Pinned {
-				if p.eligible(c) && p.claim(c) {
-					return i
-				}
-				break
-			}
+		if i := f.pinned(); i >= 0 {
+			return i
 		}
 	}
-	p.chooseZone()
+	f.zoned, f.away = f.chooseZone()
 	for range maxClaimRetries {
-		i := p.pick()
-		if i < 0 && p.zone != "" {
-			p.zone = "" // nothing in (or out of) the zone can take it: any zone
-			i = p.pick()
+		i := s.strategy.pick(f.ready())
+		if i < 0 && f.zoned {
+			f.zoned = false // nothing in (or out of) the zone can take it: any zone
+			i = s.strategy.pick(f.ready())
 		}
-		if i < 0 && len(req.Tried) > 0 && !p.anyTried {
-			p.anyTried = true // everything was tried: try again
-			i = p.pick()
+		if i < 0 && len(req.Tried) > 0 && !f.anyTried {
+			f.anyTried = true // everything was tried: try again
+			i = s.strategy.pick(f.ready())
 		}
 		if i < 0 {
 			return -1
 		}
-		if p.claim(s.available[i]) {
+		if f.claim(s.available[i]) {
 			return i
 		}
-		p.excluded = i
+		f.excluded = int32(i)
 	}
 	return -1
 }
 
-// picker is one pick: which containers it may choose from.
-type picker struct {
-	svc      *Service
-	req      *PickRequest
-	now      int64  // unix nanoseconds, when slow start or outlier ejection needs it
-	zone     string // the zone to choose in, or (with away) to avoid; "": any
-	away     bool   // spill-over: choose outside zone
-	anyTried bool   // tried containers may be chosen again
-	excluded int    // an index that must not be chosen (-1: none)
-	plain    bool   // every available container may be chosen (set by pick)
+// filter is one pick's rule of which available containers may be chosen:
+// the part every strategy shares (zone preference, the containers already
+// tried, outlier ejection) and the slow-start weight they weigh by.
+//
+// Choose passes it by value and never takes its address: a pointer to it
+// passed through the strategy's interface call would move it to the heap on
+// every pick. It stays within 32 bytes and four fields per struct, so that
+// the compiler keeps it in registers; copied through memory, it cost as much
+// as a round robin pick (TestFilterFitsInRegisters). A strategy may take the
+// address of its own copy: the methods it calls per container do.
+type filter struct {
+	svc *Service
+	req *PickRequest
+	now int64 // unix nanoseconds, when slow start, outlier ejection or the strategy needs it
+	rule
+}
+
+// rule is what of the request a pick currently honours.
+type rule struct {
+	excluded int32 // an index that must not be chosen (-1: none)
+	ruleFlags
+}
+
+type ruleFlags struct {
+	zoned    bool // choose in req.Zone, or (with away) outside it
+	away     bool // spill-over: choose outside the zone
+	anyTried bool // tried containers may be chosen again
+	plain    bool // every available container may be chosen (set by ready)
+}
+
+// pinned returns the index of the container the sticky pin names when it
+// may be chosen and is claimed for the request, else -1.
+func (f filter) pinned() int {
+	for i, c := range f.svc.available {
+		if c.ContainerID == f.req.Pinned {
+			if f.eligible(c) && f.claim(c) {
+				return i
+			}
+			break
+		}
+	}
+	return -1
+}
+
+// ready returns f as a strategy gets it: plain when nothing is ruled out.
+func (f filter) ready() filter {
+	f.plain = !f.filtered()
+	return f
 }
 
 // filtered reports whether some available containers may not be chosen.
-func (p *picker) filtered() bool {
-	return p.zone != "" || p.excluded >= 0 || p.svc.Options.Outlier != nil || (len(p.req.Tried) > 0 && !p.anyTried)
+func (f filter) filtered() bool {
+	return f.zoned || f.excluded >= 0 || f.svc.Options.Outlier != nil || (len(f.req.Tried) > 0 && !f.anyTried)
 }
 
 // eligible reports whether c may be chosen.
-func (p *picker) eligible(c *Container) bool {
-	if p.zone != "" && (c.Zone == p.zone) == p.away {
-		return false
-	}
-	if !p.anyTried && containsStats(p.req.Tried, c.Stats) {
-		return false
-	}
-	return p.svc.Options.Outlier == nil || c.Stats.circuit.admits(p.now)
+func (f *filter) eligible(c *Container) bool {
+	return (!f.zoned || (c.Zone == f.req.Zone) != f.away) &&
+		(f.anyTried || !containsStats(f.req.Tried, c.Stats)) &&
+		(f.svc.Options.Outlier == nil || c.Stats.circuit.admits(f.now))
 }
 
-func (p *picker) eligibleAt(i int) bool {
-	return p.plain || (i != p.excluded && p.eligible(p.svc.available[i]))
+// eligibleAt reports whether the available container at index i may be
+// chosen.
+func (f *filter) eligibleAt(i int) bool {
+	return f.plain || (i != int(f.excluded) && f.eligible(f.svc.available[i]))
 }
 
-// claim takes c for the request: an ejected container past its cooldown
-// lets exactly one probe request through.
-func (p *picker) claim(c *Container) bool {
-	od := p.svc.Options.Outlier
-	return od == nil || c.Stats.circuit.claim(p.now, time.Duration(od.Cooldown))
-}
-
-// chooseZone restricts the pick to the client's zone when that zone has
-// enough available containers; when it has too few, the missing share of
-// the requests spills over to the other zones.
-func (p *picker) chooseZone() {
-	zone := p.req.Zone
-	if zone == "" {
-		return
-	}
-	total, up := 0, 0
-	for _, c := range p.svc.Containers {
-		if c.Zone == zone {
-			total++
-			if c.Available() && (p.svc.Options.Outlier == nil || c.Stats.circuit.admits(p.now)) {
-				up++
-			}
-		}
-	}
-	if up == 0 {
-		return // nothing local: any zone
-	}
-	p.zone = zone
-	share := zoneOverprovisioning * float64(up) / float64(total)
-	p.away = share < 1 && float64(randUint64()>>11)/(1<<53) >= share
-}
-
-// weight is c's effective weight: its weight, scaled down during its slow
-// start.
-func (p *picker) weight(c *Container) int64 {
-	w := int64(c.Weight) * weightScale
-	if ss := int64(p.svc.Options.SlowStart); ss > 0 && p.now > 0 {
-		if since := c.Stats.healthySince.Load(); since > 0 && p.now-since < ss {
-			share := max(float64(p.now-since)/float64(ss), slowStartMinShare)
-			w = max(int64(float64(w)*share), 1)
-		}
-	}
-	return w
-}
-
-// algorithmID numbers the algorithms, so that a pick switches on an int.
-type algorithmID uint8
-
-const (
-	algRoundRobin algorithmID = iota // also the unknown or empty algorithm
-	algLeastConnections
-	algWeightedRoundRobin
-	algRandom
-	algPowerOfTwo
-	algLeastLatency
-	algHash
-)
-
-var algorithmIDs = map[Algorithm]algorithmID{
-	RoundRobin: algRoundRobin, LeastConnections: algLeastConnections, WeightedRoundRobin: algWeightedRoundRobin,
-	Random: algRandom, PowerOfTwo: algPowerOfTwo, LeastLatency: algLeastLatency, IPHash: algHash, ConsistentHash: algHash,
-}
-
-// pick chooses an eligible index by the service's algorithm, or -1.
-func (p *picker) pick() int {
-	p.plain = !p.filtered()
-	switch p.svc.alg {
-	case algLeastConnections:
-		return p.leastConnections()
-	case algWeightedRoundRobin:
-		return p.smoothWeighted()
-	case algRandom:
-		return p.random()
-	case algPowerOfTwo:
-		return p.powerOfTwo(false)
-	case algLeastLatency:
-		return p.powerOfTwo(true)
-	case algHash:
-		return p.hashed()
-	}
-	return p.roundRobin()
-}
-
-// hashed is rendezvous hashing of the request's key; a request without
-// one is balanced round robin.
-func (p *picker) hashed() int {
-	if p.req.Key == "" {
-		return p.roundRobin()
-	}
-	return p.rendezvous(hashString(p.req.Key))
-}
-
-// roundRobin takes the next eligible container in rotation: with every
-// container eligible, n consecutive picks reach each of n exactly once.
-func (p *picker) roundRobin() int {
-	turn := p.svc.State.rr.Add(1) - 1
-	if p.plain {
-		return int(turn % uint64(len(p.svc.available)))
-	}
-	// rotate over the containers that may be chosen, so that the
-	// rotation stays exact while some are ruled out
-	n := p.countEligible()
-	if n == 0 {
-		return -1
-	}
-	return p.nthEligible(int(turn % uint64(n)))
-}
-
-func (p *picker) countEligible() int {
+// countEligible returns how many available containers may be chosen.
+func (f *filter) countEligible() int {
 	n := 0
-	for i := range p.svc.available {
-		if p.eligibleAt(i) {
+	for i := range f.svc.available {
+		if f.eligibleAt(i) {
 			n++
 		}
 	}
 	return n
 }
 
-// leastConnections returns an eligible container with the fewest requests
-// in flight per unit of weight. Among the containers tied for the fewest,
-// a rotation chooses, so ties rotate exactly whatever the loads of others.
-func (p *picker) leastConnections() int {
-	avail := p.svc.available
-	turn := p.svc.State.rr.Add(1) - 1
-	ties, best := 0, -1
-	var bestLoad, bestW int64
-	for i, c := range avail {
-		if !p.eligibleAt(i) {
-			continue
-		}
-		load, w := c.Stats.InFlight.Load(), p.weight(c)
-		switch {
-		case best < 0 || load*bestW < bestLoad*w:
-			ties, best, bestLoad, bestW = 1, i, load, w
-		case load*bestW == bestLoad*w:
-			ties++
-		}
-	}
-	if best < 0 {
-		return -1
-	}
-	// loads may have moved since the first pass: take the chosen tie, or
-	// failing that the best container of the first pass
-	want := int(turn % uint64(ties))
-	for i, c := range avail {
-		if !p.eligibleAt(i) || c.Stats.InFlight.Load()*bestW != bestLoad*p.weight(c) {
-			continue
-		}
-		if want == 0 {
-			return i
-		}
-		want--
-	}
-	return best
-}
-
-// smoothWeighted is nginx's smooth weighted round robin: every pick adds
-// each container's weight to its current value, takes the highest and
-// subtracts the total from it. Weights 5, 1, 1 give a a b a c a a.
-func (p *picker) smoothWeighted() int {
-	st := p.svc.State
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	var total int64
-	best := -1
-	for i, c := range p.svc.available {
-		if !p.eligibleAt(i) {
-			continue
-		}
-		w := p.weight(c)
-		c.Stats.swrr += w
-		total += w
-		if best < 0 || c.Stats.swrr > p.svc.available[best].Stats.swrr {
-			best = i
-		}
-	}
-	if best >= 0 {
-		p.svc.available[best].Stats.swrr -= total
-	}
-	return best
-}
-
-// random picks an eligible container with probability proportional to its
-// weight.
-func (p *picker) random() int {
-	var total int64
-	for i, c := range p.svc.available {
-		if p.eligibleAt(i) {
-			total += p.weight(c)
-		}
-	}
-	if total == 0 {
-		return -1
-	}
-	r := int64(randUint64() % uint64(total))
-	last := -1
-	for i, c := range p.svc.available {
-		if !p.eligibleAt(i) {
-			continue
-		}
-		if r -= p.weight(c); r < 0 {
-			return i
-		}
-		last = i
-	}
-	return last // weights changed between the passes (slow start)
-}
-
-// powerOfTwo picks two different eligible containers at random and takes
-// the one with the lower cost (Envoy's least request, Finagle's P2C).
-func (p *picker) powerOfTwo(byLatency bool) int {
-	n := len(p.svc.available)
-	if !p.plain {
-		n = p.countEligible()
-	}
-	switch n {
-	case 0:
-		return -1
-	case 1:
-		return p.nthEligible(0)
-	}
-	a := int(randUint64() % uint64(n))
-	b := int(randUint64() % uint64(n-1))
-	if b >= a {
-		b++
-	}
-	ia, ib := p.nthEligible(a), p.nthEligible(b)
-	switch {
-	case ib < 0:
-		return ia
-	case ia < 0 || ia == ib:
-		return ib
-	}
-	if p.cost(p.svc.available[ib], byLatency) < p.cost(p.svc.available[ia], byLatency) {
-		return ib
-	}
-	return ia
-}
-
 // nthEligible returns the index of the n-th (from 0) eligible container;
 // when fewer are eligible by now (ejections race with picks), the last one.
-func (p *picker) nthEligible(n int) int {
-	if p.plain {
+func (f *filter) nthEligible(n int) int {
+	if f.plain {
 		return n
 	}
 	last := -1
-	for i := range p.svc.available {
-		if p.eligibleAt(i) {
+	for i := range f.svc.available {
+		if f.eligibleAt(i) {
 			if n == 0 {
 				return i
 			}
@@ -394,77 +222,55 @@ func (p *picker) nthEligible(n int) int {
 	return last
 }
 
-// cost is power_of_two's cost, the requests in flight (plus this one) per
-// unit of weight, multiplied for least_latency by the peak-EWMA response
-// time. A container without a response time yet costs nothing while it is
-// idle (so it gets tried) and the most while it has requests in flight (one
-// that never answers must not look fast), as in Finagle.
-func (p *picker) cost(c *Container, byLatency bool) float64 {
-	inFlight := c.Stats.InFlight.Load()
-	cost := float64(inFlight+1) / float64(p.weight(c))
-	if byLatency {
-		lat := c.Stats.latency(p.now)
-		if lat == 0 && inFlight > 0 {
-			return math.MaxFloat64
-		}
-		cost *= lat
-	}
-	return cost
+// claim takes c for the request: an ejected container past its cooldown
+// lets exactly one probe request through.
+func (f filter) claim(c *Container) bool {
+	od := f.svc.Options.Outlier
+	return od == nil || c.Stats.circuit.claim(f.now, time.Duration(od.Cooldown))
 }
 
-// rendezvous is weighted rendezvous hashing: each container scores the key,
-// the highest score wins. Adding or removing one of n containers moves only
-// the keys it wins or won, about 1/n of them.
-func (p *picker) rendezvous(key uint64) int {
-	if p.svc.uniform && p.svc.Options.SlowStart == 0 {
-		// equal weights: the order of the scores is the order of u, so
-		// compare the hashes themselves
-		best, bestHash := -1, uint64(0)
-		for i, c := range p.svc.available {
-			if !p.eligibleAt(i) {
-				continue
-			}
-			if h := mix64(key^c.key) >> 11; best < 0 || h > bestHash {
-				best, bestHash = i, h
+// chooseZone restricts the pick to the client's zone when that zone has
+// enough available containers (zoned); when it has too few, the missing
+// share of the requests spills over to the other zones (away).
+func (f filter) chooseZone() (zoned, away bool) {
+	zone := f.req.Zone
+	if zone == "" {
+		return false, false
+	}
+	total, up := 0, 0
+	for _, c := range f.svc.Containers {
+		if c.Zone == zone {
+			total++
+			if c.Available() && (f.svc.Options.Outlier == nil || c.Stats.circuit.admits(f.now)) {
+				up++
 			}
 		}
-		return best
 	}
-	best, bestScore := -1, 0.0
-	for i, c := range p.svc.available {
-		if !p.eligibleAt(i) {
-			continue
-		}
-		// a uniform number in (0, 1) from the pair, then -w/ln(u)
-		u := (float64(mix64(key^c.key)>>11) + 0.5) / (1 << 53)
-		score := -float64(p.weight(c)) / math.Log(u)
-		if best < 0 || score > bestScore {
-			best, bestScore = i, score
-		}
+	if up == 0 {
+		return false, false // nothing local: any zone
 	}
-	return best
+	share := zoneOverprovisioning * float64(up) / float64(total)
+	return true, share < 1 && float64(randUint64()>>11)/(1<<53) >= share
 }
 
-// hashString is 64-bit FNV-1a: stable across processes and nodes, so a key
-// maps to the same container everywhere.
-func hashString(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
+// weight is c's effective weight: its weight, scaled down during its slow
+// start.
+func (f *filter) weight(c *Container) int64 {
+	w := int64(c.Weight) * weightScale
+	if ss := int64(f.svc.Options.SlowStart); ss > 0 && f.now > 0 {
+		if since := c.Stats.healthySince.Load(); since > 0 && f.now-since < ss {
+			share := max(float64(f.now-since)/float64(ss), slowStartMinShare)
+			w = max(int64(float64(w)*share), 1)
+		}
 	}
-	return h
+	return w
 }
 
-// mix64 is the SplitMix64 finalizer: it spreads every input bit over the
-// output, so pairs differing in a few bits score independently.
-func mix64(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
+// markHealthy starts the slow start of a container that became healthy.
+func markHealthy(c *Container, prev Status, known bool) {
+	if c.Status == StatusHealthy && (!known || prev != StatusHealthy) {
+		c.Stats.healthySince.Store(now().UnixNano())
+	}
 }
 
 func containsStats(set []*ContainerStats, s *ContainerStats) bool {
@@ -474,4 +280,16 @@ func containsStats(set []*ContainerStats, s *ContainerStats) bool {
 		}
 	}
 	return false
+}
+
+// Observe records the outcome of an attempt on c, which belongs to s: it
+// feeds the strategy when it learns from outcomes (least_latency) and
+// outlier ejection.
+func (s *Service) Observe(c *Container, failed bool, d time.Duration) {
+	if s.observer != nil {
+		s.observer.observe(c, failed, d)
+	}
+	if od := s.Options.Outlier; od != nil {
+		s.observeOutlier(c, od, failed, now().UnixNano())
+	}
 }

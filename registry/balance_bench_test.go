@@ -68,7 +68,8 @@ func BenchmarkPick(b *testing.B) {
 
 var sinkIndex int
 
-// BenchmarkChoose measures one pick of every algorithm over 2, 10 and 100
+// BenchmarkChoose measures one pick of every algorithm (every row of
+// algorithmTable) over 2, 10 and 100
 // containers (hashing ones with a key), and with the traffic options that
 // add work to a pick: slow start, outlier ejection and a client zone.
 func BenchmarkChoose(b *testing.B) {
@@ -82,8 +83,7 @@ func BenchmarkChoose(b *testing.B) {
 		SlowStart: Duration(30 * time.Second),
 		Outlier:   &Outlier{ConsecutiveFailures: 5, ErrorRate: 0.5},
 	}}
-	for _, alg := range []Algorithm{RoundRobin, LeastConnections, WeightedRoundRobin, Random, PowerOfTwo,
-		IPHash, ConsistentHash, LeastLatency} {
+	for _, alg := range allAlgorithms {
 		for _, n := range []int{2, 10, 100} {
 			for _, v := range []variant{plain, full} {
 				if v.name != "" && n != 10 {

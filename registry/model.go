@@ -4,6 +4,17 @@
 //
 // It imports nothing from Caddy and nothing from net/http, so it can be tested
 // and benchmarked on its own and reused by every mount of the API.
+//
+// Files: model.go the data model; check.go the rules input obeys; validate.go
+// and options.go decoding the API's bodies and the service options;
+// registry.go the registry and its changes; store.go and filestore.go
+// persistence; guard.go allowed upstreams; view.go the JSON views; stats.go
+// counters and histograms; errors.go errors. Balancing: strategy.go the
+// table of algorithms and the strategy interface, one file per algorithm
+// (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),
+// balance.go a pick and the filter every strategy shares (zones, tried
+// containers, ejection, slow start); outlier.go outlier ejection; limits.go
+// max_in_flight, the retry budget and rate limits.
 package registry
 
 import (
@@ -11,42 +22,6 @@ import (
 	"strconv"
 	"time"
 )
-
-// Algorithm names a balancing algorithm of a service.
-type Algorithm string
-
-// The balancing algorithms.
-const (
-	RoundRobin         Algorithm = "round_robin"
-	LeastConnections   Algorithm = "least_connections"
-	WeightedRoundRobin Algorithm = "weighted_round_robin"
-	Random             Algorithm = "random"
-	PowerOfTwo         Algorithm = "power_of_two"
-	IPHash             Algorithm = "ip_hash"
-	ConsistentHash     Algorithm = "consistent_hash"
-	LeastLatency       Algorithm = "least_latency"
-)
-
-// AlgorithmNames lists the algorithm names ParseAlgorithm accepts, for messages.
-const AlgorithmNames = "round_robin, weighted_round_robin, least_connections (alias least_conn), random, " +
-	"power_of_two, ip_hash, consistent_hash or least_latency"
-
-// ParseAlgorithm returns the algorithm for name, accepting the alias
-// least_conn. The empty name yields the empty algorithm (meaning "the default").
-func ParseAlgorithm(name string) (Algorithm, bool) {
-	switch a := Algorithm(name); a {
-	case "":
-		return "", true
-	case "least_conn":
-		return LeastConnections, true
-	case RoundRobin, LeastConnections, WeightedRoundRobin, Random, PowerOfTwo, IPHash, ConsistentHash, LeastLatency:
-		return a, true
-	}
-	return "", false
-}
-
-// UsesKey reports whether the algorithm balances by a request key.
-func (a Algorithm) UsesKey() bool { return a == IPHash || a == ConsistentHash }
 
 // Status is the status of a container.
 type Status string
@@ -156,8 +131,8 @@ type Service struct {
 	Options      ServiceOptions
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
-	alg          algorithmID  // the algorithm, resolved once per version
-	uniform      bool         // every available container has the same weight
+	strategy     strategy     // the algorithm, built once per version (strategy.go)
+	observer     observer     // strategy, when it learns from outcomes; else nil
 	State        *ServiceState
 }
 
@@ -210,11 +185,8 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 			c.Stats.circuit.state.Store(circuitClosed) // ejection was turned off
 		}
 	}
-	s.alg = algorithmIDs[s.Algorithm]
-	s.uniform = true
-	for _, c := range s.available {
-		s.uniform = s.uniform && c.Weight == s.available[0].Weight
-	}
+	s.strategy = newStrategy(s)
+	s.observer, _ = s.strategy.(observer)
 	return s
 }
 
@@ -235,5 +207,6 @@ func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
 	return &Container{ContainerSpec: spec, dial: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
 }
 
-// Clock is the registry's time source; tests may replace it.
+// now is the registry's clock: every reading of the time in the package
+// goes through it, so that tests can replace it.
 var now = time.Now

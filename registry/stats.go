@@ -78,9 +78,8 @@ func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bo
 // ServiceState is the runtime state of a service shared by all its versions.
 type ServiceState struct {
 	Counters
-	rr       atomic.Uint64 // rotation counter of round robin and of tie-breaks
-	mu       sync.Mutex    // guards the smooth weighted round robin's current weights
-	ejecting sync.Mutex    // makes "under the cap? then eject" one step
+	strategies strategyStates // what the balancing strategies keep across versions (strategy.go)
+	ejecting   sync.Mutex     // makes "under the cap? then eject" one step
 
 	// RateLimited, Shed and RetriesDenied count requests answered 429 by
 	// the rate limit, answered 503 by max_in_flight, and retries refused
@@ -103,11 +102,10 @@ type ContainerStats struct {
 	// so that its expiry does not undo a later judgement.
 	PassiveEjection atomic.Uint64
 
-	circuit      circuit       // outlier ejection
-	swrr         int64         // smooth weighted round robin's current weight, under ServiceState.mu
-	healthySince atomic.Int64  // unix nanoseconds of the last change to healthy, for slow start
-	ewma         atomic.Uint64 // least_latency's peak-EWMA response time (float64 bits, nanoseconds)
-	ewmaAt       atomic.Int64  // unix nanoseconds of its last update
+	circuit      circuit      // outlier ejection (outlier.go)
+	healthySince atomic.Int64 // unix nanoseconds of the last change to healthy, for slow start
+	wrr          wrrWeight    // weighted_round_robin's current weight (wrr.go)
+	latency      peakEWMA     // least_latency's response-time average (leastlatency.go)
 
 	mu              sync.Mutex
 	lastHealthCheck time.Time
