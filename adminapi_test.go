@@ -131,24 +131,17 @@ func TestBadInputChangesNothing(t *testing.T) {
 		"admin": adminURL + "/imagelb",
 		"site":  fmt.Sprintf("http://127.0.0.1:%d/api/v1", port),
 	}
-	before := snapshot(t)
+	before := registrySnapshot(t)
 	for mount, base := range mounts {
 		for _, tc := range cases {
 			t.Run(mount+"/"+tc.name, func(t *testing.T) {
 				wantError(t, tc.method, base+tc.path, tc.body, tc.status, tc.detail)
-				if after := snapshot(t); !bytes.Equal(before, after) {
+				if after := registrySnapshot(t); !bytes.Equal(before, after) {
 					t.Fatalf("registry changed:\nbefore %s\nafter  %s", before, after)
 				}
 			})
 		}
 	}
-}
-
-// snapshot is the registry as the API lists it.
-func snapshot(t *testing.T) []byte {
-	t.Helper()
-	_, raw := do(t, "GET", adminURL+"/imagelb/services", nil)
-	return raw
 }
 
 // TestAdminProtections: the admin mount keeps Caddy's Host check, and an

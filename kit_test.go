@@ -604,3 +604,34 @@ func containerStatus(t *testing.T, imageID int64, containerID string) (status st
 	t.Fatalf("container %s of image %d not found", containerID, imageID)
 	return "", nil
 }
+
+// registrySnapshot is the registry as the API lists it, without what moves
+// by itself (health check results, rates), for tests that a rejected
+// request changes nothing.
+func registrySnapshot(t *testing.T) []byte {
+	t.Helper()
+	var doc any
+	mustDo(t, "GET", adminURL+"/imagelb/services", nil, 200, &doc)
+	var strip func(v any)
+	strip = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			delete(v, "last_health_check")
+			delete(v, "last_health_error")
+			delete(v, "requests_per_second") // a rate over a sliding window: it moves with the clock
+			for _, x := range v {
+				strip(x)
+			}
+		case []any:
+			for _, x := range v {
+				strip(x)
+			}
+		}
+	}
+	strip(doc)
+	out, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
