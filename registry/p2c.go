@@ -13,7 +13,7 @@ type powerOfTwo struct {
 	cost func(f filter, c *Container) float64
 }
 
-func newPowerOfTwo(*Service) strategy { return powerOfTwo{} }
+func newPowerOfTwo(*Service) strategy { return powerOfTwo{cost: loadPerWeight} }
 
 func (p powerOfTwo) pick(f filter) int {
 	n := len(f.svc.available)
@@ -37,12 +37,6 @@ func (p powerOfTwo) pick(f filter) int {
 		return a
 	case a < 0 || a == b:
 		return b
-	}
-	if p.cost == nil { // power_of_two: a direct call is cheaper
-		if loadPerWeight(f, f.svc.available[b]) < loadPerWeight(f, f.svc.available[a]) {
-			return b
-		}
-		return a
 	}
 	if p.cost(f, f.svc.available[b]) < p.cost(f, f.svc.available[a]) {
 		return b
