@@ -16,6 +16,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 
 	"github.com/imagelb/caddy-imagelb/admin"
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 // The OpenAPI document, loaded and validated once per test binary.
@@ -180,4 +181,45 @@ func matchTemplate(doc *openapi3.T, path string) (string, map[string]string) {
 		}
 	}
 	return best, bestParams
+}
+
+// TestOpenAPIAlgorithms: the document's algorithm enums are the registry's
+// table (the one list of algorithms the table cannot write itself).
+func TestOpenAPIAlgorithms(t *testing.T) {
+	doc := openAPIDoc(t)
+	// "a, b (alias c), d or e" -> a b c d e
+	var names []string
+	for _, part := range strings.FieldsFunc(registry.AlgorithmNames, func(r rune) bool { return r == ',' || r == '(' || r == ')' }) {
+		part = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(part), "or "))
+		part = strings.TrimPrefix(part, "alias ")
+		for _, name := range strings.Split(part, " or ") {
+			if name = strings.TrimSpace(name); name != "" {
+				names = append(names, name)
+			}
+		}
+	}
+	enum := func(schema string) []string {
+		var out []string
+		for _, v := range doc.Components.Schemas[schema].Value.Enum {
+			out = append(out, v.(string))
+		}
+		slices.Sort(out)
+		return out
+	}
+	var canonical []string
+	for _, n := range names {
+		if alg, ok := registry.ParseAlgorithm(n); !ok {
+			t.Fatalf("AlgorithmNames lists %q, which ParseAlgorithm refuses", n)
+		} else if string(alg) == n {
+			canonical = append(canonical, n)
+		}
+	}
+	slices.Sort(names)
+	slices.Sort(canonical)
+	if got := enum("AlgorithmIn"); !slices.Equal(got, names) {
+		t.Errorf("AlgorithmIn enum %v, the registry accepts %v", got, names)
+	}
+	if got := enum("Algorithm"); !slices.Equal(got, canonical) {
+		t.Errorf("Algorithm enum %v, the registry answers %v", got, canonical)
+	}
 }
