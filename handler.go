@@ -1,7 +1,6 @@
 package imagelb
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -189,12 +188,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveProxy(w, r, next) // CORS is the container's business
 	}
 	api := path == apiPrefix || strings.HasPrefix(path, apiPrefix+"/")
-	var sys *systemService
-	if api && !h.api.Owns(r) {
-		sys = matchSystem(h.app.system, strings.TrimPrefix(path, apiPrefix))
-	}
-	if sys != nil {
-		return h.forwardSystem(w, r, next, sys) // so is a system service's
+	managed := api && h.api.Owns(r)
+	if api && !managed {
+		if sys := matchSystem(h.app.system, strings.TrimPrefix(path, apiPrefix)); sys != nil {
+			return h.forwardSystem(w, r, next, sys) // so is a system service's
+		}
 	}
 	own := api || path == "/" || path == healthPath || path == "/openapi.json" || path == "/docs" || strings.HasPrefix(path, "/docs/")
 	if !own {
@@ -221,7 +219,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if allowGet(w, r) {
 			ui.Docs(w, r)
 		}
-	case path == apiPrefix+"/openapi.json" || !h.api.Owns(r):
+	case path == apiPrefix+"/openapi.json" || !managed:
 		h.api.ServeHTTP(w, r) // the document, or a JSON 404 under /api/v1/
 	case h.API == APIOff:
 		admin.WriteError(w, http.StatusNotFound, "the management API is turned off on this site")
@@ -303,19 +301,9 @@ func (h *Handler) forwardSystem(w http.ResponseWriter, r *http.Request, next cad
 	c := &sys.state.counters
 	c.Begin()
 	start := time.Now()
-	sw := statusWriters.Get().(*statusWriter)
-	sw.ResponseWriter, sw.status = w, 0
-	err := h.system[sys.ServiceType].ServeHTTP(sw, &r2, next)
-	status := sw.status
-	sw.ResponseWriter = nil
-	statusWriters.Put(sw)
+	status, err := serveRecorded(h.system[sys.ServiceType], w, &r2, next)
 	if err != nil && status == 0 {
-		var herr caddyhttp.HandlerError
-		status = http.StatusBadGateway
-		if errors.As(err, &herr) && herr.StatusCode != 0 {
-			status = herr.StatusCode
-		}
-		if status != 499 {
+		if status = errorStatus(err); status != 499 {
 			admin.WriteError(w, status, fmt.Sprintf("system service %s (%s) could not be reached: %v",
 				sys.ServiceType, sys.Upstream, unwrapHandlerError(err)))
 		}
@@ -329,7 +317,7 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
 	admin.WriteJSON(w, http.StatusOK, map[string]any{
 		"status":             "healthy",
 		"service":            "load-balancer",
-		"version":            moduleVersion(),
+		"version":            moduleVersion,
 		"uptime_seconds":     h.reg.Uptime().Seconds(),
 		"services":           sum.Services,
 		"containers":         sum.Containers,
@@ -338,8 +326,10 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // moduleVersion is this module's version in the binary ("devel" when it
-// has none, as in go run).
-func moduleVersion() string {
+// has none, as in go run); the build info does not change, so it is read once.
+var moduleVersion = readModuleVersion()
+
+func readModuleVersion() string {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if bi.Main.Path == modulePath && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 			return bi.Main.Version

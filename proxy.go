@@ -114,12 +114,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	q := newRequest(r, svc, h.app)
 	q.watchBody(r)
 	caddyhttp.SetVar(r.Context(), requestVar, q)
-	sw := statusWriters.Get().(*statusWriter)
-	sw.ResponseWriter, sw.status = w, 0
-	err := h.rp.ServeHTTP(sw, r, next)
-	status := sw.status
-	sw.ResponseWriter = nil
-	statusWriters.Put(sw)
+	status, err := serveRecorded(h.rp, w, r, next)
 
 	if err == nil {
 		how := outcomeAnswered
@@ -146,11 +141,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		}
 		return nil
 	}
-	var herr caddyhttp.HandlerError
-	code := http.StatusBadGateway
-	if errors.As(err, &herr) && herr.StatusCode != 0 {
-		code = herr.StatusCode
-	}
+	code := errorStatus(err)
 	how := outcomeAnswered
 	if code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
 		how = outcomeUnreachable
@@ -200,6 +191,15 @@ func (h *Handler) rateLimited(w http.ResponseWriter, r *http.Request, svc *regis
 		"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
 		svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
 	return true
+}
+
+// errorStatus is the status of a reverse_proxy error: its own, else 502.
+func errorStatus(err error) int {
+	var herr caddyhttp.HandlerError
+	if errors.As(err, &herr) && herr.StatusCode != 0 {
+		return herr.StatusCode
+	}
+	return http.StatusBadGateway
 }
 
 func unwrapHandlerError(err error) error {
@@ -533,6 +533,18 @@ type statusWriter struct {
 }
 
 var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
+
+// serveRecorded runs rp and returns the status it wrote to the client (0:
+// none) and its error.
+func serveRecorded(rp *reverseproxy.Handler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (int, error) {
+	sw := statusWriters.Get().(*statusWriter)
+	sw.ResponseWriter, sw.status = w, 0
+	err := rp.ServeHTTP(sw, r, next)
+	status := sw.status
+	sw.ResponseWriter = nil
+	statusWriters.Put(sw)
+	return status, err
+}
 
 func (s *statusWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {

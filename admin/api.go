@@ -502,13 +502,12 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	body := buf.Bytes()
 	if err := enc.Encode(v); err != nil {
 		status = http.StatusInternalServerError
-		body = []byte(`{"detail":"encoding the response failed"}` + "\n")
-	} else {
-		body = buf.Bytes()
+		buf.Reset()
+		buf.WriteString(`{"detail":"encoding the response failed"}` + "\n")
 	}
+	body := buf.Bytes()
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
