@@ -482,6 +482,9 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 		status = http.StatusRequestEntityTooLarge
 	case registry.KindStorage:
 		status = http.StatusInternalServerError
+	case registry.KindUnavailable:
+		status = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "5")
 	}
 	if len(re.Fields) > 0 {
 		WriteJSON(w, status, map[string]any{"detail": re.Fields})

@@ -15,8 +15,13 @@ const (
 	KindNotFound                 // 404
 	KindConflict                 // 409
 	KindTooLarge                 // 413
-	KindStorage                  // 500: applied, but not durable
+	KindStorage                  // 500: the store failed; nothing was applied
+	KindUnavailable              // 503: a shared store cannot be reached; nothing was applied
 )
+
+// ErrStoreUnavailable is wrapped by a store's errors when it cannot be
+// reached (etcd down, no quorum): the registry answers 503, not 500.
+var ErrStoreUnavailable = errors.New("the shared store cannot be reached")
 
 // FieldError is one validation failure, located like FastAPI locates them:
 // Loc is a path such as ["body", 0, "port"] or ["query", "image_name"].

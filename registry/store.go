@@ -25,13 +25,6 @@ type Store interface {
 	Describe() string
 }
 
-// Watcher is implemented by stores that other writers share (several Caddy
-// nodes on one etcd): Watch calls fn with each state committed elsewhere
-// until stop is called. The local file store has no other writers.
-type Watcher interface {
-	Watch(fn func(*State)) (stop func())
-}
-
 // StateFormat is the version of the state's encoding.
 const StateFormat = 1
 
@@ -58,6 +51,9 @@ type ServiceRecord struct {
 	Updated      time.Time         `json:"last_updated,omitzero"`
 	Containers   []ContainerRecord `json:"containers"`
 	ServiceOptions
+	// Revision is the store's revision of the record's last change (a
+	// shared store's mod_revision); it is not part of the record.
+	Revision int64 `json:"-"`
 }
 
 // ContainerRecord is a stored container.
