@@ -53,6 +53,22 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		max_body        <size>
 //		max_containers  <n>
 //		allowed_upstreams <cidr|ip|hostname>...
+//		store local|memory|etcd [{
+//			endpoints    <url>...
+//			prefix       <prefix>
+//			username     <name>
+//			password     <password>
+//			tls {
+//				cert_file   <path>
+//				key_file    <path>
+//				ca_file     <path>
+//				server_name <name>
+//				insecure_skip_verify
+//			}
+//			dial_timeout    <duration>
+//			request_timeout <duration>
+//		}]
+//		node_id         <name>
 //		persist         on|off
 //		state_file      <path>
 //		on_corrupt_state refuse|start_empty
@@ -101,7 +117,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // default, so a value that could only mean "the default" (a burst,
 // consecutive_failures, min_requests, interval, cooldown or
 // max_ejected_percent of 0) is refused.
-// sticky_secret may be a placeholder such as {env.IMAGELB_STICKY_SECRET}.
+// sticky_secret, and the etcd username, password and tls files, may be
+// placeholders such as {env.IMAGELB_STICKY_SECRET}. persist off is store
+// memory; the block of store is for etcd.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
 	if d.NextArg() {
@@ -232,6 +250,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body %q: want a size such as 1MiB or 65536", v)
 			}
 			a.MaxBody = int64(size)
+		case "store":
+			sc, err := parseStore(d)
+			if err != nil {
+				return err
+			}
+			a.Store = sc
+		case "node_id":
+			v, err := singleArg(d)
+			if err != nil {
+				return err
+			}
+			a.NodeID = v
 		case "persist":
 			v, err := singleArg(d)
 			if err != nil {
@@ -653,6 +683,113 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 		return c, d.Errf("container %q: %v", c.ContainerID, err)
 	}
 	return c, nil
+}
+
+// parseStore parses the store option: its kind, and for etcd its block.
+func parseStore(d *caddyfile.Dispenser) (*StoreConfig, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	sc := &StoreConfig{Kind: d.Val()}
+	switch sc.Kind {
+	case storeLocal, storeMemory, storeEtcd:
+	default:
+		return nil, d.Errf("store %q: use local, memory or etcd", sc.Kind)
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if sc.Kind != storeEtcd {
+			return nil, d.Errf("store %s takes no options; %s is an option of store etcd", sc.Kind, opt)
+		}
+		if seen[opt] {
+			return nil, d.Errf("store etcd: %s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "endpoints":
+			sc.Endpoints = d.RemainingArgs()
+			if len(sc.Endpoints) == 0 {
+				return nil, d.ArgErr()
+			}
+		case "prefix":
+			sc.Prefix, err = singleArg(d)
+		case "username":
+			sc.Username, err = singleArg(d)
+		case "password":
+			sc.Password, err = singleArg(d)
+		case "dial_timeout", "request_timeout":
+			var v string
+			if v, err = singleArg(d); err != nil {
+				return nil, err
+			}
+			dur, perr := caddy.ParseDuration(v)
+			if perr != nil || dur <= 0 {
+				return nil, d.Errf("store etcd: %s %q: want a duration such as 5s", opt, v)
+			}
+			if opt == "dial_timeout" {
+				sc.DialTimeout = caddy.Duration(dur)
+			} else {
+				sc.RequestTimeout = caddy.Duration(dur)
+			}
+		case "tls":
+			sc.TLS, err = parseStoreTLS(d)
+		default:
+			return nil, d.Errf("unrecognized subdirective '%s'", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if sc.Kind == storeEtcd && len(sc.Endpoints) == 0 {
+		return nil, d.Err("store etcd: endpoints is required, e.g. endpoints http://127.0.0.1:2379")
+	}
+	return sc, nil
+}
+
+// parseStoreTLS parses the tls block of store etcd.
+func parseStoreTLS(d *caddyfile.Dispenser) (*StoreTLS, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	t := &StoreTLS{}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("store etcd: tls: %s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "cert_file":
+			t.CertFile, err = singleArg(d)
+		case "key_file":
+			t.KeyFile, err = singleArg(d)
+		case "ca_file":
+			t.CAFile, err = singleArg(d)
+		case "server_name":
+			t.ServerName, err = singleArg(d)
+		case "insecure_skip_verify":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			t.InsecureSkipVerify = true
+		default:
+			return nil, d.Errf("unrecognized subdirective '%s'", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return nil, d.Err("store etcd: tls: cert_file and key_file go together")
+	}
+	return t, nil
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

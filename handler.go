@@ -322,6 +322,7 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
 		"services":           sum.Services,
 		"containers":         sum.Containers,
 		"healthy_containers": sum.HealthyContainers,
+		"store":              h.app.holder.storeState().Status,
 	})
 }
 

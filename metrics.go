@@ -20,7 +20,7 @@ var metrics = newCollector()
 type collector struct {
 	requests, failures, inFlight, duration                              *prometheus.Desc
 	ctrRequests, ctrFailures, ctrInFlight, ctrDuration, healthy, checks *prometheus.Desc
-	operations, services, containers                                    *prometheus.Desc
+	operations, services, containers, storeUp, storeRevision            *prometheus.Desc
 	turnedAway, retriesDenied, ejected, ejections                       *prometheus.Desc
 }
 
@@ -41,7 +41,10 @@ func newCollector() *collector {
 		checks:      d("imagelb_health_checks_total", "Active health checks of a container, by result (pass, fail).", append(ctr, "result"), nil),
 		operations:  d("imagelb_registry_operations_total", "Changes applied to the registry, by operation (register, remove, put_container, patch_container, remove_container).", []string{"operation"}, nil),
 		services:    d("imagelb_services", "Services registered.", nil, nil),
-		containers:  d("imagelb_containers", "Containers registered, by status.", []string{"status"}, nil),
+		storeUp: d("imagelb_store_up", "1 if the registry's store answers (status ok), 0 while it is degraded "+
+			"(etcd unreachable: this node serves the last state it saw and refuses writes).", []string{"kind"}, nil),
+		storeRevision: d("imagelb_store_revision", "The shared store's revision this node has applied.", []string{"kind"}, nil),
+		containers:    d("imagelb_containers", "Containers registered, by status.", []string{"status"}, nil),
 		turnedAway: d("imagelb_requests_turned_away_total", "Client requests for an image answered before reaching a container, "+
 			"by reason (rate_limit: 429, max_in_flight: 503).", append(img, "reason"), nil),
 		retriesDenied: d("imagelb_retries_denied_total", "Retries the image's retry budget refused.", img, nil),
@@ -54,7 +57,7 @@ func newCollector() *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
 		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers,
-		c.turnedAway, c.retriesDenied, c.ejected, c.ejections} {
+		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision} {
 		ch <- d
 	}
 }
@@ -107,6 +110,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.services, gauge, float64(len(svcs)))
 	for _, st := range []registry.Status{registry.StatusHealthy, registry.StatusUnhealthy, registry.StatusStarting, registry.StatusDraining, registry.StatusUnknown} {
 		ch <- prometheus.MustNewConstMetric(c.containers, gauge, float64(byStatus[st]), string(st))
+	}
+	if app := running.Load(); app != nil {
+		st := app.holder.storeState()
+		up := 0.0
+		if st.Status == "ok" {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.storeUp, gauge, up, st.Kind)
+		ch <- prometheus.MustNewConstMetric(c.storeRevision, gauge, float64(st.Revision), st.Kind)
 	}
 }
 

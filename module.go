@@ -17,11 +17,9 @@ package imagelb
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -121,19 +119,26 @@ type App struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 	// The most containers one service may have. Default: 1000.
 	MaxContainers int `json:"max_containers,omitempty"`
-	// Whether the registry is kept on disk, so that it survives restarts
-	// and crashes: every acknowledged change is synced to state_file before
-	// the answer is sent. false keeps it in memory only. Default: true.
+	// Where the registry is kept: every acknowledged change is committed
+	// there before the answer is sent, and before anyone sees it. Read at
+	// the first start of the process; changing it takes a restart.
+	// Default: {"kind": "local"}.
+	Store *StoreConfig `json:"store,omitempty"`
+	// false is store memory (kept for configs written before store).
+	// Default: true.
 	Persist *bool `json:"persist,omitempty"`
-	// The file the registry is kept in. Read at the first start of the
-	// process; changing it takes a restart. Default:
-	// {data directory}/imagelb/registry.json.
+	// The database file of store local. A name ending in .json (the
+	// whole-state file of earlier versions) is imported once into the same
+	// name ending in .db. Default: {data directory}/imagelb/registry.db.
 	StateFile string `json:"state_file,omitempty"`
-	// What to do when the state file cannot be read back: "refuse" (Caddy
+	// What to do when the database cannot be read back: "refuse" (Caddy
 	// does not start, and says why and how to recover) or "start_empty"
 	// (the bad file is renamed NAME.corrupt-TIMESTAMP and kept, and the
 	// registry starts empty). Default: refuse.
 	OnCorruptState string `json:"on_corrupt_state,omitempty"`
+	// This node's name among the nodes sharing a store. Default: the host
+	// name and the first 8 digits of Caddy's instance id.
+	NodeID string `json:"node_id,omitempty"`
 	// The zone this Caddy runs in: containers of the same zone are
 	// preferred while enough of them are available. Default: none.
 	Zone string `json:"zone,omitempty"`
@@ -155,6 +160,7 @@ type App struct {
 	SystemServices []SystemService `json:"system_services,omitempty"`
 
 	reg        *registry.Registry
+	holder     *registryHolder
 	checker    *health.Checker
 	events     *caddyevents.App
 	ctx        caddy.Context
@@ -229,6 +235,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.resolveOptions(); err != nil {
 		return err
 	}
+	if err := a.checkStore(); err != nil {
+		return err
+	}
 	opts, err := a.registryOptions()
 	if err != nil {
 		return err
@@ -244,11 +253,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	holder := val.(*registryHolder)
-	a.reg = holder.Registry
-	if loaded && holder.stateFile != a.stateFile() {
-		a.logger.Warn("persist and state_file take effect at the next start of the process",
-			zap.String("in_use", holder.stateFile), zap.String("configured", a.stateFile()))
+	a.holder = val.(*registryHolder)
+	a.reg = a.holder.Registry
+	if loaded && a.holder.identity != a.storeIdentity() {
+		a.logger.Warn("store, persist and state_file take effect at the next start of the process",
+			zap.String("in_use", a.holder.identity), zap.String("configured", a.storeIdentity()))
 	}
 	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
 		return checkerHolder{health.NewChecker(a.reg)}, nil
@@ -275,7 +284,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 // registry and system services.
 func (a *App) newAPI(prefix string) *admin.API {
 	api := &admin.API{Prefix: prefix, MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow,
-		Logger: a.logger.Named("api"), OpenAPI: openAPIDocument}
+		Logger: a.logger.Named("api"), OpenAPI: openAPIDocument, Cluster: a.holder.cluster}
 	if prefix != "/imagelb" {
 		reg := a.reg
 		api.Registry = func() *registry.Registry { return reg }
@@ -532,69 +541,6 @@ type checkerHolder struct{ *health.Checker }
 func (h checkerHolder) Destruct() error {
 	h.Stop()
 	return nil
-}
-
-// registryHolder lets the registry live in a caddy.UsagePool.
-type registryHolder struct {
-	*registry.Registry
-	stateFile string // "" when memory only
-}
-
-// Destruct is called when the last configuration using the registry is gone.
-func (*registryHolder) Destruct() error { return nil }
-
-// stateFile is where this config wants the registry kept, or "" for memory only.
-func (a *App) stateFile() string {
-	if a.Persist != nil && !*a.Persist {
-		return ""
-	}
-	if a.StateFile != "" {
-		return a.StateFile
-	}
-	return filepath.Join(caddy.AppDataDir(), "imagelb", "registry.json")
-}
-
-// openRegistry creates the process's registry and, unless persistence is
-// off, restores it from the state file and keeps it there from now on.
-func (a *App) openRegistry(opts registry.Options) (*registryHolder, error) {
-	reg := registry.New(opts)
-	path := a.stateFile()
-	if path == "" {
-		a.logger.Info("registry is kept in memory only (persist off)")
-		return &registryHolder{Registry: reg}, nil
-	}
-	store := &registry.FileStore{Path: path}
-	st, err := store.Load()
-	var corrupt *registry.CorruptStateError
-	switch {
-	case errors.As(err, &corrupt) && a.OnCorruptState == "start_empty":
-		aside, rerr := store.SetAside()
-		if rerr != nil {
-			return nil, fmt.Errorf("%v; moving it aside failed too: %v", err, rerr)
-		}
-		a.logger.Error("registry state is corrupt: starting empty; the bad file is kept",
-			zap.String("state_file", path), zap.String("kept_as", aside), zap.Error(err))
-	case errors.As(err, &corrupt):
-		return nil, fmt.Errorf("%v. Caddy did not start and changed nothing. To recover: restore the file "+
-			"from a backup; or move it away to start with an empty registry (the orchestrator then registers "+
-			"its containers again); or set the imagelb option on_corrupt_state start_empty, which keeps the "+
-			"bad file as %s.corrupt-TIMESTAMP and starts empty", err, path)
-	case err != nil:
-		return nil, fmt.Errorf("loading registry state from %s: %v", path, err)
-	case st != nil:
-		dropped, err := reg.Restore(st)
-		if err != nil {
-			return nil, fmt.Errorf("restoring registry state from %s: %v (move the file away to start empty)", path, err)
-		}
-		for _, d := range dropped {
-			a.logger.Warn("container left out of the restored registry: allowed_upstreams refuses it",
-				zap.String("state_file", path), zap.String("container", d))
-		}
-		a.logger.Info("registry restored", zap.String("state_file", path),
-			zap.Int("services", len(st.Services)), zap.Time("saved_at", st.SavedAt))
-	}
-	reg.SetStore(store)
-	return &registryHolder{Registry: reg, stateFile: path}, nil
 }
 
 // currentRegistry returns the registry of the running app, or nil.

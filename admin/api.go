@@ -48,6 +48,9 @@ type API struct {
 	SystemServices func() []SystemService
 	// OpenAPI is the OpenAPI document served at Prefix+"/openapi.json".
 	OpenAPI []byte
+	// Cluster describes this node, its store and the nodes sharing it
+	// (GET Prefix+"/cluster"); nil answers 404.
+	Cluster func(ctx context.Context) (any, error)
 }
 
 // SystemService is a system service as GET .../system-services shows it:
@@ -110,6 +113,7 @@ var routes = []route{
 	{[]string{"stats"}, map[string]handlerFunc{http.MethodGet: (*API).stats}},
 	{[]string{"system-services"}, map[string]handlerFunc{http.MethodGet: (*API).systemServices}},
 	{[]string{"openapi.json"}, map[string]handlerFunc{http.MethodGet: (*API).openAPI}},
+	{[]string{"cluster"}, map[string]handlerFunc{http.MethodGet: (*API).cluster}},
 }
 
 // The errors of unknown routes and methods, worded as the original's.
@@ -361,6 +365,13 @@ func (a *API) systemServices(c *call) (any, error) {
 		return []SystemService{}, nil
 	}
 	return a.SystemServices(), nil
+}
+
+func (a *API) cluster(c *call) (any, error) {
+	if a.Cluster == nil {
+		return nil, &registry.Error{Kind: registry.KindNotFound, Detail: "this server does not describe its cluster"}
+	}
+	return a.Cluster(c.r.Context())
 }
 
 func (a *API) openAPI(c *call) (any, error) {

@@ -11,12 +11,12 @@ type Kind int
 
 // Error kinds.
 const (
-	KindInvalid  Kind = iota + 1 // 422
-	KindNotFound                 // 404
-	KindConflict                 // 409
-	KindTooLarge                 // 413
-	KindStorage                  // 500: the store failed; nothing was applied
-	KindUnavailable              // 503: a shared store cannot be reached; nothing was applied
+	KindInvalid     Kind = iota + 1 // 422
+	KindNotFound                    // 404
+	KindConflict                    // 409
+	KindTooLarge                    // 413
+	KindStorage                     // 500: the store failed; nothing was applied
+	KindUnavailable                 // 503: a shared store cannot be reached; nothing was applied
 )
 
 // ErrStoreUnavailable is wrapped by a store's errors when it cannot be

@@ -87,4 +87,3 @@ func (f *FileStore) SetAside() (string, error) {
 }
 
 // the file store is the local store
-var _ Store = (*FileStore)(nil)

@@ -235,3 +235,32 @@ func TestDecodeStateRoundTrip(t *testing.T) {
 		t.Fatalf("decoded\n%+v\nwant %+v", got, st)
 	}
 }
+
+// newFileStore returns a file store in a fresh temporary directory; the file
+// does not exist yet.
+func newFileStore(tb testing.TB) *FileStore {
+	tb.Helper()
+	return &FileStore{Path: filepath.Join(tb.TempDir(), "registry.json")}
+}
+
+// loadState reads the state file with a fresh store, as a restart would.
+func loadState(t *testing.T, path string) *State {
+	t.Helper()
+	st, err := (&FileStore{Path: path}).Load()
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if st == nil {
+		t.Fatalf("Load: no state in %s", path)
+	}
+	return st
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}

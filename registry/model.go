@@ -7,8 +7,11 @@
 //
 // Files: model.go the data model; check.go the rules input obeys; validate.go
 // and options.go decoding the API's bodies and the service options;
-// registry.go the registry and its changes; store.go and filestore.go
-// persistence; guard.go allowed upstreams; view.go the JSON views; stats.go
+// registry.go the registry and its changes; commit.go commit, then
+// publish (group commit); records.go the per-image store seam, remote.go
+// applying what other nodes committed; store.go the stored records,
+// boltstore.go the local database, filestore.go the JSON state file of
+// earlier versions (imported once); guard.go allowed upstreams; view.go the JSON views; stats.go
 // counters and histograms; errors.go errors. Balancing: strategy.go the
 // table of algorithms and the strategy interface, one file per algorithm
 // (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),
@@ -105,10 +108,14 @@ type ContainerPatch struct {
 // Stats, which is shared by every version of the same container_id so that a
 // re-registration keeps them.
 type Container struct {
+	// ContainerSpec.Status is the effective status: this node's health
+	// verdict when it has one since the orchestrator's last push, else
+	// the pushed status.
 	ContainerSpec
-	dial  string
-	key   uint64 // hash of the container_id, for rendezvous hashing
-	Stats *ContainerStats
+	pushed Status // the status the orchestrator pushed: what is stored and shared
+	dial   string
+	key    uint64 // hash of the container_id, for rendezvous hashing
+	Stats  *ContainerStats
 }
 
 // DialAddr returns the container's "host:port" network address.
@@ -204,7 +211,7 @@ func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
 	if stats == nil {
 		stats = new(ContainerStats)
 	}
-	return &Container{ContainerSpec: spec, dial: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
+	return &Container{ContainerSpec: spec, pushed: spec.Status, dial: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
 }
 
 // now is the registry's clock: every reading of the time in the package

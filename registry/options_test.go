@@ -465,7 +465,7 @@ func TestStoreRoundTripOptionsAndZones(t *testing.T) {
 		mustRegister(t, r, spec)
 	}
 
-	data, err := EncodeState(r.snap.Load().state())
+	data, err := EncodeState(&State{Services: r.Records()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +479,7 @@ func TestStoreRoundTripOptionsAndZones(t *testing.T) {
 		t.Fatal(err)
 	}
 	restored := newTestRegistry(t, Options{})
-	if _, err := restored.Restore(st); err != nil {
+	if _, err := restored.Restore(&Loaded{Records: st.Services}); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []int64{1, 2, 3} {
@@ -517,7 +517,7 @@ func TestStoreRoundTripOptionsAndZones(t *testing.T) {
 				t.Fatal(err)
 			}
 			change(&bad.Services[0])
-			if _, err := New(Options{}).Restore(bad); err == nil {
+			if _, err := New(Options{}).Restore(&Loaded{Records: bad.Services}); err == nil {
 				t.Errorf("restored %s", jsonOf(t, bad.Services[0]))
 			}
 		}

@@ -10,7 +10,7 @@ import (
 
 // numShards splits the service index so that adding or removing one service
 // copies 1/numShards of it, keeping registration cheap at 100,000 images.
-const numShards = 64
+const numShards = 1024
 
 // snapshot is an immutable view of the whole registry. Writers build a new
 // one (copying only the shard they change) and publish it atomically; the
@@ -21,6 +21,7 @@ type snapshot struct {
 	count   int           // number of services
 	version uint64        // incremented by every change
 	retired uint64        // dial addresses that changes took out of a service, so far
+	touched int64         // the image the last replace changed
 }
 
 func (s *snapshot) lookup(id int64) *Service {
@@ -49,12 +50,20 @@ type Registry struct {
 	snap    atomic.Pointer[snapshot]
 	started time.Time
 
-	mu    sync.Mutex // serializes writers
+	mu    sync.Mutex // serializes writers; guards the fields below
 	opts  Options
-	store Store // nil: memory only
+	store RecordStore // nil: memory only
+	// head is the published snapshot plus the queued changes; writers
+	// compute on it (commit.go).
+	head       *snapshot
+	queue      []*pending
+	inflight   []*pending // the batch being committed
+	committing bool
+	cond       *sync.Cond      // on mu: a commit finished
+	revs       map[int64]int64 // the store's revision of each image's record
+	revision   int64           // the shared store's revision applied
 
-	commits committer
-	ops     [numOps]atomic.Int64
+	ops [numOps]atomic.Int64
 }
 
 // Op names a kind of acknowledged change, for the operation counters.
@@ -85,10 +94,11 @@ func (r *Registry) Operations() map[Op]int64 {
 
 // New returns an empty registry with the given options.
 func New(opts Options) *Registry {
-	r := &Registry{started: now()}
-	r.commits.cond = sync.NewCond(&r.commits.mu)
+	r := &Registry{started: now(), revs: map[int64]int64{}}
+	r.cond = sync.NewCond(&r.mu)
 	r.opts = opts.withDefaults()
-	r.snap.Store(emptySnapshot())
+	r.head = emptySnapshot()
+	r.snap.Store(r.head)
 	return r
 }
 
@@ -185,24 +195,17 @@ func (r *Registry) PortMappings() []PortMapping {
 	return out
 }
 
-// update runs change under the writers' lock and publishes the snapshot it
-// returns (nil: nothing changed). With wait, it then returns only when the
-// change is durable in the store, sharing the flush with concurrent writers.
+// update applies change: a durable one (wait, with a store) is committed,
+// then published (commit.go); any other is published at once. change
+// returns the next snapshot (nil: nothing changed).
 func (r *Registry) update(wait bool, change func(snap *snapshot) (*snapshot, error)) error {
 	r.mu.Lock()
-	cur := r.snap.Load()
-	next, err := change(cur)
-	if err != nil || next == nil || next == cur {
+	if wait && r.store != nil {
 		r.mu.Unlock()
-		return err
+		return r.durable(change)
 	}
-	next.version = cur.version + 1
-	r.snap.Store(next)
-	r.mu.Unlock()
-	if !wait {
-		return nil
-	}
-	return r.makeDurable(next.version)
+	defer r.mu.Unlock()
+	return r.applyNow(change)
 }
 
 // Register creates the service or replaces its container set atomically.
@@ -216,7 +219,7 @@ func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
 		next, svc, err = r.register(snap, spec)
 		return next, err
 	})
-	r.count(OpRegister, svc != nil)
+	r.count(OpRegister, err == nil)
 	return svc, err
 }
 
@@ -336,6 +339,7 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 		shard[id] = svc
 	}
 	next.shards[i] = shard
+	next.touched = id
 	next.retired += retiredAddrs(old, svc)
 
 	oldPort, newPort := 0, 0
@@ -402,7 +406,7 @@ func (r *Registry) Remove(imageID int64) (old *Service, err error) {
 		}
 		return snap.replace(old, nil), nil
 	})
-	r.count(OpRemove, err == nil || KindOf(err) == KindStorage)
+	r.count(OpRemove, err == nil)
 	return old, err
 }
 
@@ -437,7 +441,7 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 		}
 		return snap.replace(old, old.withContainers(cs)), nil
 	})
-	r.count(OpPutContainer, err == nil || KindOf(err) == KindStorage)
+	r.count(OpPutContainer, err == nil)
 	return c, err
 }
 
@@ -476,7 +480,7 @@ func (r *Registry) count(op Op, applied bool) {
 // status set by the orchestrator starts the health-check streaks afresh, so
 // thresholds count only checks made after it.
 func (r *Registry) PatchContainer(imageID int64, containerID string, p ContainerPatch) (*Container, error) {
-	c, err := r.patch(true, imageID, containerID, func(c *ContainerSpec) bool {
+	c, err := r.patch(false, p.Status != nil, imageID, containerID, func(c *ContainerSpec) bool {
 		if p.Status != nil {
 			c.Status = *p.Status
 		}
@@ -490,7 +494,7 @@ func (r *Registry) PatchContainer(imageID int64, containerID string, p Container
 		}
 		return true
 	})
-	r.count(OpPatchContainer, err == nil || KindOf(err) == KindStorage)
+	r.count(OpPatchContainer, err == nil)
 	if c != nil && p.Status != nil {
 		c.Stats.ResetChecks() // the orchestrator's word starts the judgement afresh
 	}
@@ -503,7 +507,7 @@ func (r *Registry) PatchContainer(imageID int64, containerID string, p Container
 // store: health is re-checked after a restart anyway.
 func (r *Registry) CompareAndSwapStatus(imageID int64, containerID string, from, to Status) bool {
 	changed := false
-	_, _ = r.patch(false, imageID, containerID, func(c *ContainerSpec) bool {
+	_, _ = r.patch(true, false, imageID, containerID, func(c *ContainerSpec) bool {
 		if c.Status != from || from == to {
 			return false
 		}
@@ -514,9 +518,12 @@ func (r *Registry) CompareAndSwapStatus(imageID int64, containerID string, from,
 }
 
 // patch applies change to a copy of one container and publishes it; change
-// returns false to leave everything as it is.
-func (r *Registry) patch(wait bool, imageID int64, containerID string, change func(*ContainerSpec) bool) (c *Container, err error) {
-	err = r.update(wait, func(snap *snapshot) (*snapshot, error) {
+// returns false to leave everything as it is. A verdict (this node's health
+// check) is not stored; anything else is the orchestrator's word, committed
+// before it is published. Only push (a status in the orchestrator's patch)
+// changes the pushed status.
+func (r *Registry) patch(verdict, push bool, imageID int64, containerID string, change func(*ContainerSpec) bool) (c *Container, err error) {
+	err = r.update(!verdict, func(snap *snapshot) (*snapshot, error) {
 		old, i, err := snap.findContainer(imageID, containerID)
 		if err != nil {
 			return nil, err
@@ -530,11 +537,18 @@ func (r *Registry) patch(wait bool, imageID int64, containerID string, change fu
 		if spec.Status != cs[i].Status {
 			cs[i].Stats.ResetChecks()
 		}
-		prev := cs[i].Status
+		prev, pushed := cs[i].Status, cs[i].pushed
 		cs[i] = newContainer(spec, cs[i].Stats)
+		if !push {
+			cs[i].pushed = pushed
+		}
 		c = cs[i]
 		markHealthy(c, prev, true)
-		return snap.replace(old, old.withContainers(cs)), nil
+		svc := old.withContainers(cs)
+		if verdict {
+			svc.Updated = old.Updated // a verdict is not a change to what is registered
+		}
+		return snap.replace(old, svc), nil
 	})
 	return c, err
 }
@@ -563,7 +577,7 @@ func (r *Registry) RemoveContainer(imageID int64, containerID string) (removed *
 		cs := slices.Delete(slices.Clone(old.Containers), i, i+1)
 		return snap.replace(old, old.withContainers(cs)), nil
 	})
-	r.count(OpRemoveContainer, err == nil || KindOf(err) == KindStorage)
+	r.count(OpRemoveContainer, err == nil)
 	return removed, err
 }
 

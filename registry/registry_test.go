@@ -717,7 +717,7 @@ func TestApplyStatic(t *testing.T) {
 }
 
 func TestServicesSortedAndSpread(t *testing.T) {
-	const n = 1000
+	const n = 4 * numShards
 	r := newTestRegistry(t, Options{})
 	rng := rand.New(rand.NewPCG(1, 2))
 	order := rng.Perm(n)

@@ -7,23 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 )
-
-// Store keeps the registry's state durably. It is the one seam between the
-// registry and where its state lives: the local file store below today, a
-// distributed store (etcd) later, without touching the request path.
-type Store interface {
-	// Load returns the last committed state, or nil when nothing was ever
-	// committed. A state that cannot be read back is a *CorruptStateError.
-	Load() (*State, error)
-	// Commit durably replaces the stored state: when it returns nil the
-	// state survives a crash; when it fails the previous state is intact.
-	Commit(*State) error
-	// Describe names where the state lives, for messages to the user.
-	Describe() string
-}
 
 // StateFormat is the version of the state's encoding.
 const StateFormat = 1
@@ -113,72 +98,12 @@ func DecodeState(data []byte) (*State, error) {
 	return &st, nil
 }
 
-// state returns the durable part of a snapshot.
-func (s *snapshot) state() *State {
-	st := &State{Version: s.version, SavedAt: now().UTC(), Services: make([]ServiceRecord, 0, s.count)}
-	for _, shard := range s.shards {
-		for _, svc := range shard {
-			rec := ServiceRecord{ImageID: svc.ImageID, ImageName: svc.ImageName, Algorithm: svc.Algorithm,
-				ExternalPort: svc.ExternalPort, Static: svc.Static, Updated: svc.Updated, Containers: make([]ContainerRecord, len(svc.Containers)),
-				ServiceOptions: svc.Options}
-			for i, c := range svc.Containers {
-				rec.Containers[i] = ContainerRecord(c.ContainerSpec)
-			}
-			st.Services = append(st.Services, rec)
-		}
-	}
-	sortRecords(st.Services)
-	return st
-}
-
 // SetStore makes the registry durable in store: from now on every
-// acknowledged change is committed there before the change returns.
-func (r *Registry) SetStore(store Store) {
+// acknowledged change is committed there before it is published.
+func (r *Registry) SetStore(store RecordStore) {
 	r.mu.Lock()
 	r.store = store
 	r.mu.Unlock()
-}
-
-// Restore replaces the registry's content with a stored state (at start,
-// before any traffic). Statuses come back as last stored; the health
-// checker re-checks every container at once. The state is validated like a
-// registration; a container whose host the upstream guard now refuses (the
-// operator tightened allowed_upstreams) is left out and named in dropped,
-// so that it gets no traffic while the rest of the registry comes back.
-func (r *Registry) Restore(st *State) (dropped []string, err error) {
-	specs := make([]ServiceSpec, 0, len(st.Services))
-	for _, rec := range st.Services {
-		spec, err := rec.spec()
-		if err != nil {
-			return nil, fmt.Errorf("service %d: %v", rec.ImageID, err)
-		}
-		kept := spec.Containers[:0]
-		for _, c := range spec.Containers {
-			if err := r.checkHosts(c); err != nil {
-				dropped = append(dropped, fmt.Sprintf("service %d container %q: %v", rec.ImageID, c.ContainerID, err))
-				continue
-			}
-			kept = append(kept, c)
-		}
-		spec.Containers = kept
-		specs = append(specs, spec)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	next := emptySnapshot()
-	next.retired = r.snap.Load().retired // it only grows
-	for _, spec := range specs {
-		var err error
-		if next, _, err = r.register(next, spec); err != nil {
-			return nil, fmt.Errorf("service %d: %v", spec.ImageID, err)
-		}
-	}
-	next.version = st.Version
-	r.snap.Store(next)
-	r.commits.mu.Lock()
-	r.commits.durable = st.Version
-	r.commits.mu.Unlock()
-	return dropped, nil
 }
 
 // spec validates a stored service as strictly as a registration: by the
@@ -200,53 +125,4 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 
 func sortRecords(rs []ServiceRecord) {
 	slices.SortFunc(rs, func(a, b ServiceRecord) int { return cmpInt64(a.ImageID, b.ImageID) })
-}
-
-// committer implements group commit: a writer waiting for its change to be
-// durable either flushes (writing the latest snapshot, which holds every
-// change published so far) or, when a flush is already running, waits for
-// the next one, which a waiter then starts for everyone who arrived meanwhile.
-type committer struct {
-	mu       sync.Mutex
-	cond     *sync.Cond
-	flushing bool
-	durable  uint64 // the highest version known to be committed
-}
-
-// makeDurable returns when the snapshot of the given version (or a later one)
-// is committed to the store, or with the error of the flush that tried.
-func (r *Registry) makeDurable(version uint64) error {
-	store := r.currentStore()
-	if store == nil {
-		return nil
-	}
-	c := &r.commits
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for c.durable < version {
-		if c.flushing {
-			c.cond.Wait()
-			continue
-		}
-		c.flushing = true
-		c.mu.Unlock()
-		snap := r.snap.Load()
-		err := store.Commit(snap.state())
-		c.mu.Lock()
-		c.flushing = false
-		c.cond.Broadcast()
-		if err != nil {
-			return &Error{Kind: KindStorage, Detail: fmt.Sprintf(
-				"the change is applied but could not be saved to %s: %v; it is saved with the next successful change",
-				store.Describe(), err)}
-		}
-		c.durable = max(c.durable, snap.version)
-	}
-	return nil
-}
-
-func (r *Registry) currentStore() Store {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.store
 }

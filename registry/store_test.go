@@ -1,7 +1,7 @@
 package registry
 
 import (
-	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -16,71 +16,63 @@ import (
 	"time"
 )
 
-// newFileStore returns a file store in a fresh temporary directory; the file
-// does not exist yet.
-func newFileStore(tb testing.TB) *FileStore {
+// openTestBolt opens a bbolt store in a fresh temporary directory.
+func openTestBolt(tb testing.TB) *BoltStore {
 	tb.Helper()
-	return &FileStore{Path: filepath.Join(tb.TempDir(), "registry.json")}
+	store, err := OpenBolt(filepath.Join(tb.TempDir(), "registry.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { store.Close() })
+	return store
 }
 
-// countingStore is a FileStore that counts its commits. When before is set it
+// countingStore is a store that counts its commits. When before is set it
 // runs before commit number n (from 1) and an error it returns fails that
 // commit without writing.
 type countingStore struct {
-	*FileStore
+	RecordStore
 	commits atomic.Int64
 	before  func(n int64) error
 }
 
 func newCountingStore(tb testing.TB) *countingStore {
 	tb.Helper()
-	return &countingStore{FileStore: newFileStore(tb)}
+	return &countingStore{RecordStore: openTestBolt(tb)}
 }
 
-func (s *countingStore) Commit(st *State) error {
+func (s *countingStore) Commit(ctx context.Context, changes []Change) (int64, error) {
 	n := s.commits.Add(1)
 	if s.before != nil {
 		if err := s.before(n); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return s.FileStore.Commit(st)
+	return s.RecordStore.Commit(ctx, changes)
 }
 
-// loadState reads the state file with a fresh store, as a restart would.
-func loadState(t *testing.T, path string) *State {
+// loadRecords reads what the store holds.
+func loadRecords(t *testing.T, store RecordStore) []ServiceRecord {
 	t.Helper()
-	st, err := (&FileStore{Path: path}).Load()
+	loaded, err := store.Load(context.Background())
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	if st == nil {
-		t.Fatalf("Load: no state in %s", path)
-	}
-	return st
-}
-
-func readFile(t *testing.T, path string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
+	return loaded.Records
 }
 
 // record returns the stored service of the given image, or nil.
-func record(st *State, id int64) *ServiceRecord {
-	i := slices.IndexFunc(st.Services, func(s ServiceRecord) bool { return s.ImageID == id })
+func record(recs []ServiceRecord, id int64) *ServiceRecord {
+	i := slices.IndexFunc(recs, func(s ServiceRecord) bool { return s.ImageID == id })
 	if i < 0 {
 		return nil
 	}
-	return &st.Services[i]
+	return &recs[i]
 }
 
 // storedContainer returns a stored container, or nil.
-func storedContainer(st *State, id int64, containerID string) *ContainerRecord {
-	rec := record(st, id)
+func storedContainer(recs []ServiceRecord, id int64, containerID string) *ContainerRecord {
+	rec := record(recs, id)
 	if rec == nil {
 		return nil
 	}
@@ -123,13 +115,13 @@ func durableViews(r *Registry) []ServiceView {
 func statusPtr(s Status) *Status { return &s }
 func intPtr(n int) *int          { return &n }
 
-// TestStoreRoundTrip restarts a registry from its state file: services,
-// containers, ports, statuses, weights and static flags come back, counters do
-// not, and the restored registry goes on from the stored version.
+// TestStoreRoundTrip restarts a registry from its store: services,
+// containers, ports, pushed statuses and weights come back; counters, this
+// node's health verdicts and static services (the configuration's) do not.
 func TestStoreRoundTrip(t *testing.T) {
 	opts := Options{PortLo: 10000, PortHi: 10009}
 	r := newTestRegistry(t, opts)
-	store := newFileStore(t)
+	store := openTestBolt(t)
 	r.SetStore(store)
 
 	one := svcSpec(1, ContainerSpec{ContainerID: "a", Host: "::1", Port: 8001, Status: StatusHealthy, Weight: 5},
@@ -155,12 +147,10 @@ func TestStoreRoundTrip(t *testing.T) {
 	if !r.CompareAndSwapStatus(1, "a", StatusHealthy, StatusUnhealthy) {
 		t.Fatal("CompareAndSwapStatus did not change a")
 	}
-	// Counters and health history are runtime state: not stored.
 	b := r.Lookup(1).Container("b").Stats
 	b.Begin()
 	b.Finish(0, true, time.Millisecond)
 	b.SetHealth(time.Now(), "connection refused")
-	// An acknowledged change makes everything above durable.
 	if _, err := r.PutContainer(5, ctr("x", 1)); KindOf(err) != KindNotFound {
 		t.Fatalf("PutContainer on an unknown image: %v", err)
 	}
@@ -168,32 +158,37 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st := loadState(t, store.Path)
-	if st.Version != r.snap.Load().version {
-		t.Fatalf("stored version %d, registry at %d", st.Version, r.snap.Load().version)
+	loaded, err := store.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if st.Format != StateFormat || st.SavedAt.IsZero() || len(st.Services) != 4 {
-		t.Fatalf("stored format %d saved_at %v with %d services", st.Format, st.SavedAt, len(st.Services))
+	if len(loaded.Records) != 3 || record(loaded.Records, 4) != nil {
+		t.Fatalf("stored %d records (want 3: the static service is the configuration's)", len(loaded.Records))
 	}
-
 	restored := newTestRegistry(t, opts)
-	if _, err := restored.Restore(st); err != nil {
+	if _, err := restored.Restore(loaded); err != nil {
+		t.Fatal(err)
+	}
+	if c := restored.Lookup(1).Container("a"); c.Status != StatusHealthy {
+		t.Fatalf("restored 1/a %s: want the pushed status, healthy, not this node's verdict", c.Status)
+	}
+	if !r.CompareAndSwapStatus(1, "a", StatusUnhealthy, StatusHealthy) {
+		t.Fatal("CompareAndSwapStatus did not change a back")
+	}
+	if _, err := r.Remove(4); err != nil { // in memory only: it was never stored
 		t.Fatal(err)
 	}
 	want, got := durableViews(r), durableViews(restored)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("restored services =\n%+v\nwant %+v", got, want)
 	}
-	if got, want := restored.PortMappings(), r.PortMappings(); !reflect.DeepEqual(got, want) || len(got) != 4 {
+	if got, want := restored.PortMappings(), r.PortMappings(); !reflect.DeepEqual(got, want) || len(got) != 3 {
 		t.Fatalf("restored port mappings = %+v, want %+v", got, want)
 	}
-	for _, port := range []int{7000, 8080, 10000, 10001} {
+	for _, port := range []int{8080, 10000, 10001} {
 		if svc := restored.ByPort(port); svc == nil || svc.ExternalPort != port {
 			t.Fatalf("ByPort(%d) = %v after restore", port, svc)
 		}
-	}
-	if !restored.Lookup(4).Static || restored.Lookup(1).Static {
-		t.Fatal("static flags not restored")
 	}
 	if c := restored.Lookup(1).Container("b").Stats; c.Requests.Load() != 0 || c.Failures.Load() != 0 {
 		t.Fatal("counters were restored")
@@ -201,39 +196,33 @@ func TestStoreRoundTrip(t *testing.T) {
 	if got := ids(restored.Lookup(2).Available()); !slices.Equal(got, []string{"d"}) {
 		t.Fatalf("restored available containers of 2 = %v, want [d]", got)
 	}
-	if restored.snap.Load().version != st.Version {
-		t.Fatalf("restored version %d, stored %d", restored.snap.Load().version, st.Version)
-	}
 
-	// The restored registry continues: the next change is the next version,
-	// allocation skips the restored ports, and nothing restored is lost.
-	restored.SetStore(&FileStore{Path: store.Path})
+	// The restored registry continues: allocation skips the restored
+	// ports, and nothing restored is lost.
+	restored.SetStore(store)
 	if p := mustRegister(t, restored, svcSpec(6, ctr("f", 8006))).ExternalPort; p != 10002 {
 		t.Fatalf("port allocated after restore = %d, want 10002", p)
 	}
-	next := loadState(t, store.Path)
-	if next.Version != st.Version+1 {
-		t.Fatalf("version after restore and one change = %d, want %d", next.Version, st.Version+1)
-	}
-	if len(next.Services) != 5 || record(next, 6) == nil || !reflect.DeepEqual(next.Services[:4], st.Services) {
-		t.Fatalf("state after restore and one change:\n%+v\nwas %+v", next.Services, st.Services)
+	next := loadRecords(t, store)
+	if len(next) != 4 || record(next, 6) == nil || !reflect.DeepEqual(next[:3], loaded.Records) {
+		t.Fatalf("records after restore and one change:\n%+v\nwas %+v", next, loaded.Records)
 	}
 }
 
-// TestAcknowledgedChangesAreOnDisk reads the file back after every
+// TestAcknowledgedChangesAreStored reads the store back after every
 // acknowledged change, before doing anything else.
-func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
+func TestAcknowledgedChangesAreStored(t *testing.T) {
 	r := newTestRegistry(t, Options{})
-	store := newFileStore(t)
+	store := openTestBolt(t)
 	r.SetStore(store)
-	if st, err := store.Load(); st != nil || err != nil {
-		t.Fatalf("SetStore wrote a state: %+v, %v", st, err)
+	if recs := loadRecords(t, store); len(recs) != 0 {
+		t.Fatalf("SetStore wrote records: %+v", recs)
 	}
 
 	steps := []struct {
 		name  string
 		op    func() error
-		check func(st *State) string // "" when the change is there
+		check func(recs []ServiceRecord) string // "" when the change is there
 	}{
 		{"register",
 			func() error {
@@ -242,8 +231,8 @@ func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
 				_, err := r.Register(spec)
 				return err
 			},
-			func(st *State) string {
-				rec := record(st, 1)
+			func(recs []ServiceRecord) string {
+				rec := record(recs, 1)
 				if rec == nil || rec.ExternalPort != 9000 || !slices.Equal(storedIDs(rec), []string{"a", "b"}) {
 					return "service 1 with a, b on port 9000 missing"
 				}
@@ -251,16 +240,16 @@ func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
 			}},
 		{"register another",
 			func() error { _, err := r.Register(svcSpec(2, ctr("z", 8100))); return err },
-			func(st *State) string {
-				if record(st, 2) == nil || record(st, 1) == nil {
+			func(recs []ServiceRecord) string {
+				if record(recs, 2) == nil || record(recs, 1) == nil {
 					return "services 1 and 2 not both stored"
 				}
 				return ""
 			}},
 		{"register replaces",
 			func() error { _, err := r.Register(svcSpec(2, ctr("y", 8101))); return err },
-			func(st *State) string {
-				if rec := record(st, 2); rec == nil || !slices.Equal(storedIDs(rec), []string{"y"}) {
+			func(recs []ServiceRecord) string {
+				if rec := record(recs, 2); rec == nil || !slices.Equal(storedIDs(rec), []string{"y"}) {
 					return "service 2 does not have exactly y"
 				}
 				return ""
@@ -270,8 +259,8 @@ func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
 				_, err := r.PutContainer(1, ContainerSpec{ContainerID: "d", Host: "10.0.0.4", Port: 8004, Status: StatusStarting, Weight: 3})
 				return err
 			},
-			func(st *State) string {
-				c := storedContainer(st, 1, "d")
+			func(recs []ServiceRecord) string {
+				c := storedContainer(recs, 1, "d")
 				if c == nil || *c != (ContainerRecord{ContainerID: "d", Host: "10.0.0.4", Port: 8004, Status: StatusStarting, Weight: 3}) {
 					return "container d not stored as put"
 				}
@@ -282,24 +271,24 @@ func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
 				_, err := r.PatchContainer(1, "d", ContainerPatch{Status: statusPtr(StatusHealthy), Weight: intPtr(7)})
 				return err
 			},
-			func(st *State) string {
-				if c := storedContainer(st, 1, "d"); c == nil || c.Status != StatusHealthy || c.Weight != 7 {
+			func(recs []ServiceRecord) string {
+				if c := storedContainer(recs, 1, "d"); c == nil || c.Status != StatusHealthy || c.Weight != 7 {
 					return "patched status and weight of d not stored"
 				}
 				return ""
 			}},
 		{"remove container",
 			func() error { _, err := r.RemoveContainer(1, "a"); return err },
-			func(st *State) string {
-				if rec := record(st, 1); rec == nil || !slices.Equal(storedIDs(rec), []string{"b", "d"}) {
+			func(recs []ServiceRecord) string {
+				if rec := record(recs, 1); rec == nil || !slices.Equal(storedIDs(rec), []string{"b", "d"}) {
 					return "service 1 does not have exactly b, d"
 				}
 				return ""
 			}},
 		{"remove",
 			func() error { _, err := r.Remove(2); return err },
-			func(st *State) string {
-				if record(st, 2) != nil || len(st.Services) != 1 {
+			func(recs []ServiceRecord) string {
+				if record(recs, 2) != nil || len(recs) != 1 {
 					return "service 2 still stored"
 				}
 				return ""
@@ -310,12 +299,12 @@ func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
 			if err := step.op(); err != nil {
 				t.Fatal(err)
 			}
-			st := loadState(t, store.Path)
-			if msg := step.check(st); msg != "" {
-				t.Fatalf("%s; stored: %+v", msg, st.Services)
+			recs := loadRecords(t, store)
+			if msg := step.check(recs); msg != "" {
+				t.Fatalf("%s; stored: %+v", msg, recs)
 			}
-			if v := r.snap.Load().version; st.Version != v {
-				t.Fatalf("stored version %d, registry at %d", st.Version, v)
+			if !reflect.DeepEqual(recs, r.Records()) {
+				t.Fatalf("stored %+v, registry has %+v", recs, r.Records())
 			}
 		})
 		if !ok {
@@ -324,37 +313,44 @@ func TestAcknowledgedChangesAreOnDisk(t *testing.T) {
 	}
 }
 
-// TestCompareAndSwapStatusDoesNotWrite: a health check change is not written
-// on its own, and the next acknowledged change carries it.
-func TestCompareAndSwapStatusDoesNotWrite(t *testing.T) {
+// TestHealthVerdictsAreNotStored: a health check's verdict is this node's:
+// it is published at once, never written, and a later change stores the
+// status the orchestrator pushed, not the verdict.
+func TestHealthVerdictsAreNotStored(t *testing.T) {
 	r := newTestRegistry(t, Options{})
 	store := newCountingStore(t)
 	r.SetStore(store)
 	mustRegister(t, r, svcSpec(1, ctr("a", 8001), ctr("b", 8002)))
-	before, commits, version := readFile(t, store.Path), store.commits.Load(), r.snap.Load().version
+	commits := store.commits.Load()
 
 	if !r.CompareAndSwapStatus(1, "a", StatusHealthy, StatusUnhealthy) {
 		t.Fatal("CompareAndSwapStatus did not change a")
 	}
-	if r.snap.Load().version != version+1 {
-		t.Fatal("CompareAndSwapStatus did not publish a new version")
+	if r.Lookup(1).Container("a").Status != StatusUnhealthy {
+		t.Fatal("CompareAndSwapStatus did not publish")
 	}
-	if !bytes.Equal(readFile(t, store.Path), before) || store.commits.Load() != commits {
-		t.Fatal("CompareAndSwapStatus wrote the state file")
+	if store.commits.Load() != commits {
+		t.Fatal("CompareAndSwapStatus committed")
 	}
-	if c := storedContainer(loadState(t, store.Path), 1, "a"); c.Status != StatusHealthy {
-		t.Fatalf("stored status of a = %s before any acknowledged change", c.Status)
-	}
-
-	if _, err := r.PatchContainer(1, "b", ContainerPatch{Weight: intPtr(4)}); err != nil {
+	if _, err := r.PatchContainer(1, "a", ContainerPatch{Weight: intPtr(4)}); err != nil {
 		t.Fatal(err)
 	}
-	st := loadState(t, store.Path)
-	if a, b := storedContainer(st, 1, "a"), storedContainer(st, 1, "b"); a.Status != StatusUnhealthy || b.Weight != 4 {
-		t.Fatalf("after the next change: a %s (want unhealthy), b weight %d (want 4)", a.Status, b.Weight)
+	recs := loadRecords(t, store)
+	if a := storedContainer(recs, 1, "a"); a.Status != StatusHealthy || a.Weight != 4 {
+		t.Fatalf("stored a: %s weight %d, want the pushed healthy and weight 4", a.Status, a.Weight)
 	}
-	if st.Version != version+2 || store.commits.Load() != commits+1 {
-		t.Fatalf("stored version %d (want %d) after %d commits (want %d)", st.Version, version+2, store.commits.Load(), commits+1)
+	if c := r.Lookup(1).Container("a"); c.Status != StatusUnhealthy {
+		t.Fatalf("a weight change replaced this node's verdict: a is %s", c.Status)
+	}
+	// A pushed status is the orchestrator's word: stored, and it wins.
+	if _, err := r.PatchContainer(1, "a", ContainerPatch{Status: statusPtr(StatusDraining)}); err != nil {
+		t.Fatal(err)
+	}
+	if a := storedContainer(loadRecords(t, store), 1, "a"); a.Status != StatusDraining {
+		t.Fatalf("stored a: %s, want draining", a.Status)
+	}
+	if c := r.Lookup(1).Container("a"); c.Status != StatusDraining {
+		t.Fatalf("a is %s after a pushed drain", c.Status)
 	}
 }
 
@@ -406,22 +402,22 @@ func TestRejectedOperationsWriteNothing(t *testing.T) {
 			one.ExternalPort = 9000
 			mustRegister(t, r, one)
 			mustRegister(t, r, svcSpec(2, ctr("a", 1)))
-			before, commits := readFile(t, store.Path), store.commits.Load()
+			before, commits := loadRecords(t, store), store.commits.Load()
 
 			wantKind(t, tt.op(r), tt.kind)
 			if store.commits.Load() != commits {
 				t.Errorf("%d commits for a rejected operation", store.commits.Load()-commits)
 			}
-			if !bytes.Equal(readFile(t, store.Path), before) {
-				t.Error("the state file changed")
+			if !reflect.DeepEqual(loadRecords(t, store), before) {
+				t.Error("the stored records changed")
 			}
 		})
 	}
 }
 
-// TestRestoreRejectsInvalidState: a state that passes the checksum but holds
-// what the API would refuse is rejected, naming the service, and the registry
-// is left as it was.
+// TestRestoreRejectsInvalidState: a record that decodes but holds what the
+// API would refuse is rejected, naming the service, and the registry is left
+// as it was.
 func TestRestoreRejectsInvalidState(t *testing.T) {
 	valid := func() ServiceRecord {
 		return ServiceRecord{ImageID: 42, ImageName: "image-42", Algorithm: RoundRobin, ExternalPort: 9042,
@@ -450,7 +446,7 @@ func TestRestoreRejectsInvalidState(t *testing.T) {
 			rec := valid()
 			tt.damage(&rec)
 			before := r.snap.Load()
-			_, err := r.Restore(&State{Format: StateFormat, Version: 9, Services: []ServiceRecord{valid(), rec}})
+			_, err := r.Restore(&Loaded{Revision: 9, Records: []ServiceRecord{valid(), rec}})
 			if err == nil {
 				t.Fatal("Restore accepted the state")
 			}
@@ -467,7 +463,7 @@ func TestRestoreRejectsInvalidState(t *testing.T) {
 		r := newTestRegistry(t, Options{})
 		other := valid()
 		other.ImageID = 43
-		_, err := r.Restore(&State{Format: StateFormat, Version: 9, Services: []ServiceRecord{valid(), other}})
+		_, err := r.Restore(&Loaded{Revision: 9, Records: []ServiceRecord{valid(), other}})
 		if err == nil || !strings.Contains(err.Error(), "service 43") || !strings.Contains(err.Error(), "9042") {
 			t.Fatalf("Restore with port 9042 on two services: %v", err)
 		}
@@ -477,57 +473,58 @@ func TestRestoreRejectsInvalidState(t *testing.T) {
 	})
 }
 
-// TestStorageFailure: when the store cannot be written the change is applied
-// but the caller hears about it, and the next change with a working store
-// saves both.
-func TestStorageFailure(t *testing.T) {
+// TestFailedCommitChangesNothing: commit, then publish. A change the store
+// does not take is nowhere: not in the registry, not in the store, and the
+// writer's error says nothing was applied; the next change with a working
+// store saves only itself.
+func TestFailedCommitChangesNothing(t *testing.T) {
 	r := newTestRegistry(t, Options{})
-	blocker := filepath.Join(t.TempDir(), "not-a-directory")
-	if err := os.WriteFile(blocker, []byte("a file where the state directory should be"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	broken := &FileStore{Path: filepath.Join(blocker, "registry.json")}
-	r.SetStore(broken)
+	store := newCountingStore(t)
+	r.SetStore(store)
+	mustRegister(t, r, svcSpec(1, ctr("a", 8001)))
+	store.before = func(int64) error { return errors.New("no space left on device") }
 
-	svc, err := r.Register(svcSpec(1, ctr("a", 8001)))
+	before := r.Lookup(1)
+	_, err := r.Register(svcSpec(2, ctr("b", 8002)))
 	wantKind(t, err, KindStorage)
-	if !strings.Contains(err.Error(), broken.Path) {
-		t.Fatalf("storage error %q does not name %s", err, broken.Path)
+	if !strings.Contains(err.Error(), "not applied") || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("storage error %q does not say the change was not applied and why", err)
 	}
-	if svc == nil || r.Lookup(1) != svc {
-		t.Fatal("the change is not visible in memory after a storage error")
-	}
-	// Still failing: the next change reports it again.
-	_, err = r.PutContainer(1, ctr("b", 8002))
+	_, err = r.PutContainer(1, ctr("c", 8003))
 	wantKind(t, err, KindStorage)
-	if data := readFile(t, blocker); !bytes.HasPrefix(data, []byte("a file where")) {
-		t.Fatal("the failed commit touched the blocking file")
+	_, err = r.PatchContainer(1, "a", ContainerPatch{Status: statusPtr(StatusDraining)})
+	wantKind(t, err, KindStorage)
+	_, err = r.Remove(1)
+	wantKind(t, err, KindStorage)
+	if r.Lookup(2) != nil || r.Lookup(1) != before || r.Lookup(1).Container("a").Status != StatusHealthy {
+		t.Fatal("a change the store refused is visible")
+	}
+	if ops := r.Operations(); ops[OpRegister] != 1 || ops[OpPutContainer] != 0 || ops[OpRemove] != 0 {
+		t.Fatalf("operations counted refused changes: %v", ops)
 	}
 
-	working := newFileStore(t)
-	r.SetStore(working)
-	mustRegister(t, r, svcSpec(2, ctr("c", 8003)))
-	st := loadState(t, working.Path)
-	if rec := record(st, 1); rec == nil || !slices.Equal(storedIDs(rec), []string{"a", "b"}) || record(st, 2) == nil {
-		t.Fatalf("after a working store was set, stored: %+v", st.Services)
-	}
-	if st.Version != r.snap.Load().version {
-		t.Fatalf("stored version %d, registry at %d", st.Version, r.snap.Load().version)
+	store.before = nil
+	mustRegister(t, r, svcSpec(3, ctr("d", 8004)))
+	recs := loadRecords(t, store)
+	if len(recs) != 2 || record(recs, 1) == nil || record(recs, 3) == nil || !reflect.DeepEqual(recs, r.Records()) {
+		t.Fatalf("after the store recovered, stored %+v; registry %+v", recs, r.Records())
 	}
 }
 
-// TestGroupCommit makes the sharing of flushes deterministic: while the first
-// flush is held, more writers publish their changes and wait; when it is
-// released, one more flush saves all of them. When the held flush fails, its
-// writer gets the error and a waiter's flush saves every change.
+// TestGroupCommit makes the sharing of commits deterministic: while the
+// first commit is held, more writers queue their changes, and nothing of
+// theirs is visible; when it is released, one more commit carries all of
+// them. When the held commit fails, its writer gets the error, and the
+// waiters, whose changes were made on top of it, are made again and share
+// one commit.
 func TestGroupCommit(t *testing.T) {
 	const waiters = 8
 	tests := []struct {
 		name     string
 		firstErr error
 	}{
-		{"first flush succeeds", nil},
-		{"first flush fails", errors.New("disk on fire")},
+		{"first commit succeeds", nil},
+		{"first commit fails", errors.New("disk on fire")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -545,8 +542,8 @@ func TestGroupCommit(t *testing.T) {
 			r.SetStore(store)
 
 			var releaseOnce sync.Once
-			releaseFlush := func() { releaseOnce.Do(func() { close(release) }) }
-			t.Cleanup(releaseFlush) // a failed test does not leave the flush held
+			releaseCommit := func() { releaseOnce.Do(func() { close(release) }) }
+			t.Cleanup(releaseCommit) // a failed test does not leave the commit held
 
 			errs := make([]error, waiters+1)
 			var wg sync.WaitGroup
@@ -556,9 +553,12 @@ func TestGroupCommit(t *testing.T) {
 				_, errs[0] = r.Register(svcSpec(1, ctr("a", 1)))
 			})
 			select {
-			case <-entered: // the first flush has taken its snapshot: version 1 only
+			case <-entered:
 			case <-firstDone:
 				t.Fatalf("the first Register returned without committing: %v", errs[0])
+			}
+			if r.Lookup(1) != nil {
+				t.Fatal("a change is visible before its commit returned")
 			}
 			var returned atomic.Int64
 			for i := 1; i <= waiters; i++ {
@@ -567,27 +567,20 @@ func TestGroupCommit(t *testing.T) {
 					_, errs[i] = r.Register(svcSpec(int64(i+1), ctr("a", 1)))
 				})
 			}
-			// Wait until every waiter has published (or, if broken, returned).
-			for r.snap.Load().version < waiters+1 && returned.Load() < waiters {
+			for queued := 0; queued < waiters && returned.Load() == 0; {
 				runtime.Gosched()
+				r.mu.Lock()
+				queued = len(r.queue)
+				r.mu.Unlock()
 			}
 			if n := returned.Load(); n != 0 {
-				t.Errorf("%d writers returned while the flush holding their change was not done", n)
+				t.Errorf("%d writers returned while the commit before them was held", n)
 			}
-			// A health check change published now, by nobody waiting, is
-			// saved by the shared flush too: it saves the latest snapshot.
-			// (In a goroutine so that a CompareAndSwapStatus that wrongly
-			// waited for the held flush could not hang the test.)
-			casChanged := make(chan bool, 1)
-			go func() { casChanged <- r.CompareAndSwapStatus(1, "a", StatusHealthy, StatusUnhealthy) }()
-			for r.snap.Load().version < waiters+2 {
-				runtime.Gosched()
+			if n := r.Summary().Services; n != 0 {
+				t.Fatalf("%d services visible while their commits wait", n)
 			}
-			releaseFlush()
+			releaseCommit()
 			wg.Wait()
-			if !<-casChanged {
-				t.Fatal("CompareAndSwapStatus did not change 1/a")
-			}
 
 			if tt.firstErr != nil {
 				wantKind(t, errs[0], KindStorage)
@@ -605,25 +598,24 @@ func TestGroupCommit(t *testing.T) {
 			if n := store.commits.Load(); n != 2 {
 				t.Fatalf("%d commits for %d changes, want 2 (the held one and one shared by the waiters)", n, waiters+1)
 			}
-			st := loadState(t, store.Path)
-			if len(st.Services) != waiters+1 || st.Version != waiters+2 {
-				t.Fatalf("stored %d services at version %d, want %d at %d", len(st.Services), st.Version, waiters+1, waiters+2)
+			recs := loadRecords(t, store)
+			want := waiters + 1
+			if tt.firstErr != nil {
+				want = waiters
 			}
-			if c := storedContainer(st, 1, "a"); c.Status != StatusUnhealthy {
-				t.Fatalf("the shared flush did not save the latest snapshot: 1/a stored %s", c.Status)
+			if len(recs) != want || !reflect.DeepEqual(recs, r.Records()) {
+				t.Fatalf("stored %d records, want %d, equal to the registry's %d", len(recs), want, len(r.Records()))
 			}
-			// The registry knows the flush saved everything: the next
-			// acknowledged change that finds nothing newer would not write.
-			if r.commits.durable != waiters+2 {
-				t.Fatalf("durable version %d, want %d", r.commits.durable, waiters+2)
+			if (r.Lookup(1) == nil) != (tt.firstErr != nil) {
+				t.Fatalf("image 1 visible: %v, after a commit that failed: %v", r.Lookup(1) != nil, tt.firstErr != nil)
 			}
 		})
 	}
 }
 
-// TestConcurrentDurableWriters hammers a file store from many writers; run
-// it with -race. Every change is acknowledged only once saved, the file ends
-// equal to the registry, and concurrent writers share flushes.
+// TestConcurrentDurableWriters hammers the store from many writers; run it
+// with -race. Every change is acknowledged only once committed, the store
+// ends equal to the registry, and concurrent writers share commits.
 func TestConcurrentDurableWriters(t *testing.T) {
 	const (
 		goroutines = 16
@@ -653,6 +645,9 @@ func TestConcurrentDurableWriters(t *testing.T) {
 					}
 					changes.Add(1)
 				}
+				if !r.CompareAndSwapStatus(id, "a", StatusHealthy, StatusUnhealthy) {
+					t.Errorf("CompareAndSwapStatus(%d)", id)
+				}
 			}
 		})
 	}
@@ -664,40 +659,22 @@ func TestConcurrentDurableWriters(t *testing.T) {
 
 	commits, acked := store.commits.Load(), changes.Load()
 	t.Logf("%d acknowledged changes, %d commits", acked, commits)
-	if commits > acked {
-		t.Errorf("%d commits for %d changes", commits, acked)
-	}
-	// Writers blocked on a flush (an fsync) publish meanwhile and share the
-	// next one, so some changes always share.
 	if commits >= acked {
-		t.Errorf("no flush was shared: %d commits for %d changes", commits, acked)
+		t.Errorf("no commit was shared: %d commits for %d changes", commits, acked)
 	}
-
-	st := loadState(t, store.Path)
-	snap := r.snap.Load()
-	if len(st.Services) != goroutines*each || st.Version != snap.version {
-		t.Fatalf("stored %d services at version %d, registry has %d at %d", len(st.Services), st.Version, snap.count, snap.version)
-	}
-	if !reflect.DeepEqual(st.Services, snap.state().Services) {
-		t.Fatal("stored services differ from the registry")
+	recs := loadRecords(t, store)
+	if len(recs) != goroutines*each || !reflect.DeepEqual(recs, r.Records()) {
+		t.Fatalf("stored %d records, registry has %d, or they differ", len(recs), r.Summary().Services)
 	}
 	for id := int64(1); id <= goroutines*each; id++ {
-		b := storedContainer(st, id, "b")
+		b := storedContainer(recs, id, "b")
 		patched := (id-1)%each%5 == 0
 		if b == nil || patched != (b.Status == StatusDraining && b.Weight == 3) {
 			t.Errorf("image %d container b stored as %+v (patched: %v)", id, b, patched)
 		}
-	}
-	entries, err := os.ReadDir(filepath.Dir(store.Path))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(entries) != 1 || entries[0].Name() != filepath.Base(store.Path) {
-		var names []string
-		for _, e := range entries {
-			names = append(names, e.Name())
+		if a := r.Lookup(id).Container("a"); a.Status != StatusUnhealthy {
+			t.Errorf("image %d container a lost its verdict: %s", id, a.Status)
 		}
-		t.Fatalf("directory holds %v, want only the state file", names)
 	}
 }
 
@@ -711,7 +688,7 @@ func TestRestoreValidatesLikeARegistration(t *testing.T) {
 
 	t.Run("alias is normalised", func(t *testing.T) {
 		r := New(Options{})
-		if _, err := r.Restore(&State{Version: 3, Services: []ServiceRecord{rec(ok)}}); err != nil {
+		if _, err := r.Restore(&Loaded{Revision: 3, Records: []ServiceRecord{rec(ok)}}); err != nil {
 			t.Fatal(err)
 		}
 		if alg := r.Lookup(1).Algorithm; alg != LeastConnections {
@@ -719,21 +696,21 @@ func TestRestoreValidatesLikeARegistration(t *testing.T) {
 		}
 	})
 	t.Run("duplicate container_id", func(t *testing.T) {
-		if _, err := New(Options{}).Restore(&State{Services: []ServiceRecord{rec(ok, ok)}}); err == nil || !strings.Contains(err.Error(), "duplicate") {
+		if _, err := New(Options{}).Restore(&Loaded{Records: []ServiceRecord{rec(ok, ok)}}); err == nil || !strings.Contains(err.Error(), "duplicate") {
 			t.Fatalf("err = %v", err)
 		}
 	})
 	t.Run("external port out of range", func(t *testing.T) {
 		bad := rec(ok)
 		bad.ExternalPort = -5
-		if _, err := New(Options{}).Restore(&State{Services: []ServiceRecord{bad}}); err == nil {
+		if _, err := New(Options{}).Restore(&Loaded{Records: []ServiceRecord{bad}}); err == nil {
 			t.Fatal("a negative external port was restored")
 		}
 	})
 	t.Run("replaces, does not merge", func(t *testing.T) {
 		r := New(Options{})
 		mustRegister(t, r, svcSpec(9, ctr("x", 1)))
-		if _, err := r.Restore(&State{Services: []ServiceRecord{rec(ok)}}); err != nil {
+		if _, err := r.Restore(&Loaded{Records: []ServiceRecord{rec(ok)}}); err != nil {
 			t.Fatal(err)
 		}
 		if r.Lookup(9) != nil || r.Lookup(1) == nil {
@@ -748,7 +725,7 @@ func TestRestoreValidatesLikeARegistration(t *testing.T) {
 		r := New(Options{Guard: g})
 		meta := ContainerRecord{ContainerID: "m", Host: "169.254.169.254", Port: 80, Status: StatusHealthy, Weight: 1}
 		outside := ContainerRecord{ContainerID: "o", Host: "10.1.1.1", Port: 80, Status: StatusHealthy, Weight: 1}
-		dropped, err := r.Restore(&State{Services: []ServiceRecord{rec(ok, meta, outside)}})
+		dropped, err := r.Restore(&Loaded{Records: []ServiceRecord{rec(ok, meta, outside)}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 // proc is a running Caddy binary.
@@ -187,9 +189,27 @@ http://127.0.0.1:%d {
 	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
 	adm := fmt.Sprintf("http://localhost:%d/imagelb", adminPort)
 	health := site + "/health"
-	stateFile := filepath.Join(dir, "caddy", "imagelb", "registry.json")
+	stateFile := filepath.Join(dir, "caddy", "imagelb", "registry.db")
 
+	// The whole-state JSON file of earlier versions is imported on the
+	// first start, once, and kept as registry.json.imported.
+	legacy := filepath.Join(dir, "caddy", "imagelb", "registry.json")
+	old := &registry.State{Services: []registry.ServiceRecord{{ImageID: 7, ImageName: "legacy", Algorithm: registry.RoundRobin,
+		Containers: []registry.ContainerRecord{{ContainerID: "l", Host: "127.0.0.1", Port: backendPort, Status: registry.StatusHealthy, Weight: 1}}}}}
+	if err := (&registry.FileStore{Path: legacy}).Commit(old); err != nil {
+		t.Fatal(err)
+	}
 	p := runCaddy(t, bin, cfg, dir, health)
+	if st, svc := call(t, "GET", adm+"/services/7", ""); st != 200 || svc["image_name"] != "legacy" {
+		t.Fatalf("registry.json not imported: %d %v\n%s", st, svc, p.logs.String())
+	}
+	if _, err := os.Stat(legacy + ".imported"); err != nil {
+		t.Fatalf("registry.json not kept as .imported: %v", err)
+	}
+	if st, _ := call(t, "DELETE", adm+"/services/7", ""); st != 200 {
+		t.Fatalf("delete the imported image: %d", st)
+	}
+
 	if st, _ := call(t, "POST", fmt.Sprintf("%s/services/1/register?image_name=web&external_port=%d", adm, freePort(t)),
 		fmt.Sprintf(`[{"container_id":"a","port":%d},{"container_id":"b","port":%d}]`, backendPort, backendPort)); st != 200 {
 		t.Fatalf("register: %d", st)
@@ -363,4 +383,116 @@ func (l *reloadLoad) stop() (int64, []string) {
 	close(l.done)
 	l.wg.Wait()
 	return l.served.Load(), l.failed
+}
+
+// TestFullDisk: commit, then publish. With the database on a disk that is
+// full, a registration answers 500 and changes nothing: the API does not
+// show it, the proxy does not route it, and after a kill -9 and restart it
+// is not there either; the change made once space is back is.
+func TestFullDisk(t *testing.T) {
+	bin, _ := xcaddyBinary(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk")
+	if err := os.Mkdir(disk, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", disk).CombinedOutput(); err != nil {
+		t.Skipf("a tiny tmpfs is needed to fill a disk for real (mount needs root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", disk).Run() })
+	t.Cleanup(endAll)
+	adminPort, sitePort, backendPort := freePort(t), freePort(t), freePort(t)
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{
+	admin localhost:%d
+	imagelb {
+		health_interval 1h
+		state_file %s
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+http://127.0.0.1:%d {
+	respond "backend"
+}
+`, adminPort, filepath.Join(disk, "registry.db"), sitePort, backendPort)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
+	adm := fmt.Sprintf("http://localhost:%d/imagelb", adminPort)
+	p := runCaddy(t, bin, cfg, dir, site+"/health")
+	containers := func(n int) string {
+		var b strings.Builder
+		b.WriteString("[")
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, `{"container_id":"container-%04d-%s","port":%d}`, i, strings.Repeat("x", 40), backendPort)
+		}
+		return b.String() + "]"
+	}
+	if st, _ := call(t, "POST", adm+"/services/1/register?image_name=web", containers(1)); st != 200 {
+		t.Fatalf("register: %d", st)
+	}
+
+	// Fill the disk.
+	filler, err := os.Create(filepath.Join(disk, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := filler.Write(make([]byte, 4096)); err != nil {
+			break
+		}
+	}
+	filler.Close()
+
+	st, body := call(t, "POST", adm+"/services/2/register?image_name=big", containers(400))
+	if st != 500 || !strings.Contains(fmt.Sprint(body["detail"]), "not applied") {
+		t.Fatalf("register on a full disk: %d %v, want 500 saying nothing was applied", st, body)
+	}
+	if st, _ := call(t, "PATCH", adm+"/services/1/containers/container-0000-"+strings.Repeat("x", 40), `{"status":"draining"}`); st != 500 {
+		t.Logf("a small patch on a full disk: %d (bbolt may still find a free page)", st)
+	}
+	if st, _ := call(t, "GET", adm+"/services/2", ""); st != 404 {
+		t.Fatalf("the refused registration is visible in the API: %d", st)
+	}
+	if st, _ := call(t, "GET", site+"/api/v1/proxy/2/", ""); st != 404 {
+		t.Fatalf("the refused registration is routed: %d", st)
+	}
+	_, svc1 := call(t, "GET", adm+"/services/1", "")
+
+	p.kill9(t)
+	if err := os.Remove(filepath.Join(disk, "filler")); err != nil {
+		t.Fatal(err)
+	}
+	p = runCaddy(t, bin, cfg, dir, site+"/health")
+	if st, _ := call(t, "GET", adm+"/services/2", ""); st != 404 {
+		t.Fatalf("the refused registration came back after a restart: %d", st)
+	}
+	if _, now := call(t, "GET", adm+"/services/1", ""); registered(now) != registered(svc1) {
+		t.Fatalf("image 1 after the restart: %s, before: %s", registered(now), registered(svc1))
+	}
+	if st, _ := call(t, "POST", adm+"/services/2/register?image_name=big", containers(400)); st != 200 {
+		t.Fatalf("register once space is back: %d", st)
+	}
+	p.kill9(t)
+	p = runCaddy(t, bin, cfg, dir, site+"/health")
+	if st, _ := call(t, "GET", adm+"/services/2", ""); st != 200 {
+		t.Fatalf("the acknowledged registration is lost: %d", st)
+	}
+}
+
+// registered is what the orchestrator registered of a service, as the API
+// shows it: its containers' ids, statuses and weights.
+func registered(svc map[string]any) string {
+	var b strings.Builder
+	cs, _ := svc["containers"].([]any)
+	for _, c := range cs {
+		m, _ := c.(map[string]any)
+		fmt.Fprintf(&b, "%v %v %v; ", m["container_id"], m["status"], m["weight"])
+	}
+	return b.String()
 }

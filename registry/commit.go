@@ -1,0 +1,272 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Commit, then publish.
+//
+// A durable change is computed under the writers' lock on the head (the
+// published snapshot plus every change still waiting for the store), queued,
+// and published only once the store has committed it. One writer at a time
+// commits: it takes every change queued so far (group commit: concurrent
+// writers share one sync, one etcd transaction) and, when the store says
+// yes, publishes them; when the store fails, their writers get the error and
+// nothing of theirs is visible anywhere, and changes queued behind them
+// (computed on a head that included them) are computed again.
+//
+// Every durable change touches one image, so a commit writes one record per
+// image changed: its cost is the change's, not the registry's.
+
+// maxBatch is the most changes one Commit carries: etcd allows 128
+// operations per transaction and a change takes up to three.
+const maxBatch = 32
+
+// maxConflicts is how often a change is made again after another node won
+// a race for its record before the writer gets a 409.
+const maxConflicts = 8
+
+// commitTimeout bounds one Commit.
+const commitTimeout = 15 * time.Second
+
+// pending is one durable change waiting for the store.
+type pending struct {
+	change    func(snap *snapshot) (*snapshot, error)
+	id        int64
+	svc       *Service // the new version; nil: removed
+	conflicts int      // how often another node won the race for the record
+	done      bool
+	err       error
+}
+
+// durable computes change on the head, queues it and returns when it is
+// committed and published, or with why not.
+func (r *Registry) durable(change func(snap *snapshot) (*snapshot, error)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := &pending{change: change}
+	if !r.make(p) {
+		return p.err
+	}
+	r.queue = append(r.queue, p)
+	for !p.done {
+		if r.committing {
+			r.cond.Wait()
+			continue
+		}
+		r.committing = true
+		r.commitQueued()
+		r.committing = false
+		r.cond.Broadcast()
+	}
+	return p.err
+}
+
+// make computes p's change on the head and makes the result the head. It
+// reports false, with p settled, when there is nothing to commit: the
+// change was refused (p.err) or changes nothing.
+func (r *Registry) make(p *pending) bool {
+	cur := r.head
+	next, err := p.change(cur)
+	if err != nil || next == nil || next == cur {
+		p.done, p.err = true, err
+		return false
+	}
+	next.version = cur.version + 1
+	p.id = next.touched // every durable change replaces one image's version
+	p.svc = next.lookup(p.id)
+	r.head = next
+	return true
+}
+
+// remake makes the queued changes again, in order, on what is published
+// (after a commit failed, or another node changed an image they touch).
+func (r *Registry) remake(queue []*pending) {
+	r.head = r.snap.Load()
+	for _, p := range r.inflight { // being committed: the queue was made on them
+		r.head = r.head.put(p.id, p.svc)
+	}
+	r.queue = r.queue[:0:0]
+	for _, p := range queue {
+		if r.make(p) {
+			r.queue = append(r.queue, p)
+		}
+	}
+}
+
+// commitQueued commits a batch of queued changes and publishes it. It is
+// called with r.mu held and returns with it held; it releases it while the
+// store works.
+func (r *Registry) commitQueued() {
+	n := min(len(r.queue), maxBatch)
+	batch := r.queue[:n:n]
+	r.queue = r.queue[n:]
+	pub := r.snap.Load()
+	changes := r.changesOf(pub, batch)
+	store := r.store
+	r.inflight = batch
+	r.mu.Unlock()
+	var rev int64
+	var err error
+	if len(changes) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+		rev, err = store.Commit(ctx, changes)
+		cancel()
+	}
+	r.mu.Lock()
+	r.inflight = nil
+	if err != nil {
+		r.failed(batch, store, err)
+		return
+	}
+	pub = r.snap.Load()
+	newer := map[int64]bool{}
+	for _, ch := range changes {
+		switch {
+		case r.revs[ch.ImageID] > rev:
+			newer[ch.ImageID] = true // another node's later change is already applied
+		case ch.Record == nil:
+			delete(r.revs, ch.ImageID)
+		default:
+			r.revs[ch.ImageID] = rev
+		}
+	}
+	for _, p := range batch {
+		p.done = true
+		if newer[p.id] {
+			continue
+		}
+		svc := p.svc
+		if !r.queuedFor(p.id) {
+			svc = r.head.lookup(p.id) // keeps what health checks changed since
+		}
+		pub = pub.put(p.id, svc)
+	}
+	pub.version = r.head.version
+	r.snap.Store(pub)
+	if len(r.queue) == 0 {
+		r.head = pub
+	}
+}
+
+// changesOf returns the store changes of a batch: one per image, the last
+// version queued for it. Static services come from the configuration and are
+// not stored.
+func (r *Registry) changesOf(pub *snapshot, batch []*pending) []Change {
+	last := map[int64]*pending{}
+	var order []int64
+	for _, p := range batch {
+		if _, ok := last[p.id]; !ok {
+			order = append(order, p.id)
+		}
+		last[p.id] = p
+	}
+	var out []Change
+	for _, id := range order {
+		svc, old := last[id].svc, pub.lookup(id)
+		ch := Change{ImageID: id, Expect: r.revs[id]}
+		if old != nil {
+			ch.PrevPort = old.ExternalPort
+		}
+		switch {
+		case svc != nil && svc.Static:
+			continue
+		case svc != nil:
+			rec := svc.record()
+			ch.Record = &rec
+		case old == nil || old.Static:
+			continue
+		}
+		out = append(out, ch)
+	}
+	return out
+}
+
+// failed settles a batch the store refused: nothing of it is published.
+// On a conflict (another node won the race for a record) what that node
+// wrote is applied and the changes are made again on it; on any other error
+// their writers get it. Changes queued behind the batch were made on a head
+// that had it: they are made again too.
+func (r *Registry) failed(batch []*pending, store RecordStore, err error) {
+	var ce *ConflictError
+	if !errors.As(err, &ce) {
+		for _, p := range batch {
+			p.done, p.err = true, storeError(store, err)
+		}
+		r.remake(r.queue)
+		return
+	}
+	r.applyRemote(RemoteEvent{Records: ce.Current})
+	again := make([]*pending, 0, len(batch)+len(r.queue))
+	for _, p := range batch {
+		if p.conflicts++; p.conflicts > maxConflicts {
+			p.done, p.err = true, conflict("image_id %d was changed on another node %d times while this change "+
+				"was made (%s); read it again and retry", p.id, p.conflicts, ce.Detail)
+			continue
+		}
+		again = append(again, p)
+	}
+	r.remake(append(again, r.queue...))
+}
+
+// storeError is what a writer whose change the store did not take gets.
+func storeError(store RecordStore, err error) *Error {
+	if errors.Is(err, ErrStoreUnavailable) {
+		return &Error{Kind: KindUnavailable, Detail: fmt.Sprintf(
+			"the change was not applied: %v; the registry is read-only until the store answers again", err)}
+	}
+	return &Error{Kind: KindStorage, Detail: fmt.Sprintf(
+		"the change was not applied: saving it to %s failed: %v; nothing changed, retry once the store is fixed",
+		store.Describe(), err)}
+}
+
+// queuedFor reports whether a queued change touches the image.
+func (r *Registry) queuedFor(id int64) bool {
+	return slices.ContainsFunc(r.queue, func(p *pending) bool { return p.id == id })
+}
+
+// put returns snap with the image's version replaced by svc (nil: removed).
+func (snap *snapshot) put(id int64, svc *Service) *snapshot {
+	old := snap.lookup(id)
+	if old == nil && svc == nil {
+		return snap
+	}
+	return snap.replace(old, svc)
+}
+
+// now applies a change that is not stored (a health verdict, the static
+// services, a change another node committed) to what readers see and to
+// the head, at once.
+func (r *Registry) applyNow(change func(snap *snapshot) (*snapshot, error)) error {
+	pub := r.snap.Load()
+	next, err := change(pub)
+	if err != nil || next == nil || next == pub {
+		return err
+	}
+	next.version = max(pub.version, r.head.version) + 1
+	if r.head == pub {
+		r.head = next
+	} else if head, herr := change(r.head); herr == nil && head != nil {
+		head.version = next.version
+		r.head = head
+	}
+	r.snap.Store(next)
+	return nil
+}
+
+// record returns the stored form of a version: the statuses the
+// orchestrator pushed, not this node's health verdicts.
+func (s *Service) record() ServiceRecord {
+	rec := ServiceRecord{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
+		ExternalPort: s.ExternalPort, Static: s.Static, Updated: s.Updated,
+		Containers: make([]ContainerRecord, len(s.Containers)), ServiceOptions: s.Options}
+	for i, c := range s.Containers {
+		rec.Containers[i] = ContainerRecord(c.ContainerSpec)
+		rec.Containers[i].Status = c.pushed
+	}
+	return rec
+}

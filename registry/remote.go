@@ -1,0 +1,191 @@
+package registry
+
+import (
+	"fmt"
+	"slices"
+)
+
+// ApplyRemote applies what a shared store's watch delivered: records that
+// any node committed, through the same snapshot swap as a local change. A
+// record this node already has at that revision (its own commit coming
+// back) is skipped. It returns the records it could not apply (a record
+// that fails validation is left out, and the rest applies).
+//
+// Health verdicts, counters and rotation are this node's: a container
+// keeps its own verdict while the status the orchestrator pushed is
+// unchanged; a newly pushed status replaces it (effectiveStatus).
+func (r *Registry) ApplyRemote(ev RemoteEvent) []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applyRemote(ev)
+}
+
+// applyRemote is ApplyRemote with r.mu held.
+func (r *Registry) applyRemote(ev RemoteEvent) []error {
+	var errs []error
+	stale := false
+	records := ev.Records
+	if ev.Reset {
+		keep := make(map[int64]bool, len(records))
+		for _, rec := range records {
+			keep[rec.ImageID] = true
+		}
+		for _, svc := range r.Services() {
+			if !svc.Static && !keep[svc.ImageID] {
+				records = append(records, Remote{ImageID: svc.ImageID, Revision: ev.Revision})
+			}
+		}
+	}
+	for _, rec := range records {
+		if rec.Revision != 0 && rec.Revision <= r.revs[rec.ImageID] {
+			continue
+		}
+		change := func(snap *snapshot) (*snapshot, error) {
+			old := snap.lookup(rec.ImageID)
+			if rec.Record == nil {
+				if old == nil || old.Static {
+					return nil, nil
+				}
+				return snap.replace(old, nil), nil
+			}
+			svc, err := r.fromRecord(old, *rec.Record)
+			if err != nil {
+				return nil, err
+			}
+			return snap.replace(old, svc), nil
+		}
+		if err := r.applyNow(change); err != nil {
+			errs = append(errs, fmt.Errorf("record of image_id %d at revision %d: %w", rec.ImageID, rec.Revision, err))
+			continue
+		}
+		if rec.Record == nil {
+			delete(r.revs, rec.ImageID)
+		} else {
+			r.revs[rec.ImageID] = rec.Revision
+		}
+		if r.queuedFor(rec.ImageID) {
+			stale = true
+		}
+	}
+	if stale { // made on what this node had before: make them again
+		r.remake(r.queue)
+	}
+	if ev.Revision > r.revision {
+		r.revision = ev.Revision
+	}
+	return errs
+}
+
+// fromRecord returns the version of a service a stored record describes,
+// keeping from old (this node's version, may be nil) the counters and the
+// health verdicts of containers whose pushed status is unchanged. The port
+// mapping is the record's: the shared store decided it.
+func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (*Service, error) {
+	spec, err := rec.spec()
+	if err != nil {
+		return nil, err
+	}
+	if err := spec.Options.Normalize(spec.Algorithm); err != nil {
+		return nil, err
+	}
+	state := new(ServiceState)
+	if old != nil {
+		state = old.State
+	}
+	containers := make([]*Container, len(spec.Containers))
+	for i, cs := range spec.Containers {
+		var prev *Container
+		if old != nil {
+			prev = old.Container(cs.ContainerID)
+		}
+		containers[i] = containerFrom(cs, prev)
+	}
+	return newService(spec, containers, state), nil
+}
+
+// containerFrom builds a container's version from what the orchestrator
+// pushed (cs.Status) and this node's previous version of it (nil: none).
+//
+// The effective status is this node's verdict while the pushed status is
+// the one it judged; a new pushed status (a drain, a restart) wins and the
+// health-check streaks start afresh from it.
+func containerFrom(cs ContainerSpec, prev *Container) *Container {
+	pushed := cs.Status
+	if prev == nil {
+		c := newContainer(cs, nil)
+		markHealthy(c, "", false)
+		return c
+	}
+	if prev.pushed == pushed {
+		cs.Status = prev.Status // keep this node's verdict
+	} else {
+		prev.Stats.ResetChecks()
+	}
+	c := newContainer(cs, prev.Stats)
+	c.pushed = pushed
+	markHealthy(c, prev.Status, true)
+	return c
+}
+
+// Restore replaces the registry's content with what a store loaded (at
+// start, before any traffic). Statuses come back as last pushed; the health
+// checker re-checks every container at once. Each record is validated like
+// a registration; a container whose host the upstream guard now refuses
+// (the operator tightened allowed_upstreams) is left out and named in
+// dropped, so that it gets no traffic while the rest of the registry comes
+// back.
+func (r *Registry) Restore(loaded *Loaded) (dropped []string, err error) {
+	specs := make([]ServiceSpec, 0, len(loaded.Records))
+	for _, rec := range loaded.Records {
+		spec, err := rec.spec()
+		if err != nil {
+			return nil, fmt.Errorf("service %d: %v", rec.ImageID, err)
+		}
+		kept := spec.Containers[:0]
+		for _, c := range spec.Containers {
+			if err := r.checkHosts(c); err != nil {
+				dropped = append(dropped, fmt.Sprintf("service %d container %q: %v", rec.ImageID, c.ContainerID, err))
+				continue
+			}
+			kept = append(kept, c)
+		}
+		spec.Containers = kept
+		specs = append(specs, spec)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := emptySnapshot()
+	next.retired = r.snap.Load().retired // it only grows
+	revs := make(map[int64]int64, len(loaded.Records))
+	for i, spec := range specs {
+		var err error
+		if next, _, err = r.register(next, spec); err != nil {
+			return nil, fmt.Errorf("service %d: %v", spec.ImageID, err)
+		}
+		revs[spec.ImageID] = loaded.Records[i].Revision
+	}
+	next.version = r.head.version + 1
+	r.revs, r.revision = revs, loaded.Revision
+	r.snap.Store(next)
+	r.head = next
+	return dropped, nil
+}
+
+// Revision returns the shared store's revision this node has applied (0
+// for a store that is not shared).
+func (r *Registry) Revision() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.revision
+}
+
+// Records returns the stored form of every service, sorted by image_id.
+func (r *Registry) Records() []ServiceRecord {
+	svcs := r.Services()
+	out := make([]ServiceRecord, 0, len(svcs))
+	for _, svc := range svcs {
+		out = append(out, svc.record())
+	}
+	slices.SortFunc(out, func(a, b ServiceRecord) int { return cmpInt64(a.ImageID, b.ImageID) })
+	return out
+}
