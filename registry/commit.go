@@ -28,7 +28,7 @@ const maxBatch = 32
 
 // maxConflicts is how often a change is made again after another node won
 // a race for its record before the writer gets a 409.
-const maxConflicts = 8
+const maxConflicts = 32
 
 // commitTimeout bounds one Commit.
 const commitTimeout = 15 * time.Second
