@@ -259,6 +259,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.logger.Warn("store, persist and state_file take effect at the next start of the process",
 			zap.String("in_use", a.holder.identity), zap.String("configured", a.storeIdentity()))
 	}
+	if loaded && a.holder.nodeID != a.nodeID() {
+		a.logger.Warn("node_id takes effect at the next start of the process",
+			zap.String("in_use", a.holder.nodeID), zap.String("configured", a.nodeID()))
+	}
 	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
 		return checkerHolder{health.NewChecker(a.reg)}, nil
 	})
