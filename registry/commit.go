@@ -200,7 +200,7 @@ func (r *Registry) failed(batch []*pending, store RecordStore, err error) {
 		r.remake(r.queue)
 		return
 	}
-	r.applyRemote(RemoteEvent{Records: ce.Current})
+	r.applyRemote(RemoteEvent{Records: ce.Current}) // the queue is made again below
 	again := make([]*pending, 0, len(batch)+len(r.queue))
 	for _, p := range batch {
 		if p.conflicts++; p.conflicts > maxConflicts {

@@ -17,13 +17,16 @@ import (
 func (r *Registry) ApplyRemote(ev RemoteEvent) []error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.applyRemote(ev)
+	errs, stale := r.applyRemote(ev)
+	if stale { // queued changes were made on what this node had before: make them again
+		r.remake(r.queue)
+	}
+	return errs
 }
 
-// applyRemote is ApplyRemote with r.mu held.
-func (r *Registry) applyRemote(ev RemoteEvent) []error {
-	var errs []error
-	stale := false
+// applyRemote is ApplyRemote with r.mu held; stale reports that a queued
+// change touches an image it changed, so the queue must be made again.
+func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 	records := ev.Records
 	if ev.Reset {
 		keep := make(map[int64]bool, len(records))
@@ -67,13 +70,10 @@ func (r *Registry) applyRemote(ev RemoteEvent) []error {
 			stale = true
 		}
 	}
-	if stale { // made on what this node had before: make them again
-		r.remake(r.queue)
-	}
 	if ev.Revision > r.revision {
 		r.revision = ev.Revision
 	}
-	return errs
+	return errs, stale
 }
 
 // fromRecord returns the version of a service a stored record describes,
