@@ -127,8 +127,11 @@ func (r *Registry) commitQueued() {
 	newer := map[int64]bool{}
 	for _, ch := range changes {
 		switch {
-		case r.revs[ch.ImageID] > rev:
-			newer[ch.ImageID] = true // another node's later change is already applied
+		case rev > 0 && r.revs[ch.ImageID] >= rev:
+			// The watch already applied this commit (it can come back before
+			// Commit returns) or a later change of another node: keep that
+			// version, whose containers the health checker may be checking.
+			newer[ch.ImageID] = true
 		case ch.Record == nil:
 			delete(r.revs, ch.ImageID)
 		default:
