@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imagelb/caddy-imagelb/internal/testkit"
 )
 
 // TestProductionExample runs examples/production/Caddyfile as it is, on
@@ -42,6 +44,8 @@ func TestProductionExample(t *testing.T) {
 	if gone, _ := p.exited(); gone {
 		t.Fatalf("the production example did not start:\n%s", p.logs.String())
 	}
+	// the admin endpoint answers 503 until the imagelb app has started
+	testkit.Eventually(t, "the imagelb app on the admin endpoint", func() bool { return statusOf(adm+"/imagelb/services") == 200 })
 
 	// management on the admin endpoint; the guard refuses metadata addresses
 	if st, body := call(t, "POST", adm+"/imagelb/services/1/register?image_name=web",
