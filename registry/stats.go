@@ -80,7 +80,7 @@ type ServiceState struct {
 	Counters
 	// Usage is the image's usage counter (usage.go): it outlives the
 	// service, and counts bytes as well as requests.
-	Usage *UsageCounter
+	Usage      *UsageCounter
 	strategies strategyStates // what the balancing strategies keep across versions (strategy.go)
 	ejecting   sync.Mutex     // makes "under the cap? then eject" one step
 
