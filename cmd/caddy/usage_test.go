@@ -120,7 +120,7 @@ http://127.0.0.1:%d {
 		served := len(answered)
 		recent := 0 // answered in the last flush interval before the kill (and a margin for the timer)
 		for _, at := range answered {
-			if at.After(killed.Add(-flush - 200*time.Millisecond)) && !at.After(killed) {
+			if at.After(killed.Add(-flush-200*time.Millisecond)) && !at.After(killed) {
 				recent++
 			}
 		}
