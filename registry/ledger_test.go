@@ -188,3 +188,17 @@ func TestLedgerFlushFailure(t *testing.T) {
 		t.Fatalf("stored totals after a failed flush and a good one: %+v, want 5 requests", totals[1])
 	}
 }
+
+// BenchmarkUsageCounter is what the ledger adds to a proxied request on
+// the request path: a request finished, one read and one write counted.
+func BenchmarkUsageCounter(b *testing.B) {
+	u := new(UsageCounter)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			u.AddIn(100)
+			u.AddOut(1000)
+			u.finish(false, time.Millisecond)
+		}
+	})
+}
