@@ -69,6 +69,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //			request_timeout <duration>
 //		}]
 //		node_id         <name>
+//		usage_interval  <duration>
+//		usage_flush     <duration>
+//		usage_retention <duration>
 //		persist         on|off
 //		state_file      <path>
 //		on_corrupt_state refuse|start_empty
@@ -147,7 +150,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(err.Error())
 			}
 			a.AllowedUpstreams = append(a.AllowedUpstreams, rules...)
-		case "health_interval", "health_timeout", "timeout", "fail_duration":
+		case "health_interval", "health_timeout", "timeout", "fail_duration", "usage_interval", "usage_flush", "usage_retention":
 			v, err := singleArg(d)
 			if err != nil {
 				return err
@@ -163,6 +166,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.HealthTimeout = caddy.Duration(dur)
 			case "fail_duration":
 				a.FailDuration = caddy.Duration(dur)
+			case "usage_interval":
+				a.UsageInterval = caddy.Duration(dur)
+			case "usage_flush":
+				a.UsageFlush = caddy.Duration(dur)
+			case "usage_retention":
+				a.UsageRetention = caddy.Duration(dur)
 			default:
 				a.Timeout = caddy.Duration(dur)
 			}

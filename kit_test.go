@@ -223,6 +223,8 @@ type statsDoc struct {
 		TotalRequests     int64 `json:"total_requests"`
 		FailedRequests    int64 `json:"failed_requests"`
 		ActiveConnections int64 `json:"active_connections"`
+		BytesIn           int64 `json:"bytes_in"`
+		BytesOut          int64 `json:"bytes_out"`
 		Containers        []struct {
 			ContainerID       string `json:"container_id"`
 			TotalRequests     int64  `json:"total_requests"`

@@ -139,6 +139,16 @@ type App struct {
 	// This node's name among the nodes sharing a store. Default: the host
 	// name and the first 8 digits of Caddy's instance id.
 	NodeID string `json:"node_id,omitempty"`
+	// The length of a bucket of the usage ledger: usage is summed per
+	// image and per interval. At least 1s, and a multiple of usage_flush.
+	// Default: 1m.
+	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
+	// How often the usage counted since the last flush is committed to
+	// the store; a kill -9 loses at most this much. Default: 10s.
+	UsageFlush caddy.Duration `json:"usage_flush,omitempty"`
+	// How long usage buckets are kept; older ones are deleted. Default:
+	// 840h (35 days).
+	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
 	// The zone this Caddy runs in: containers of the same zone are
 	// preferred while enough of them are available. Default: none.
 	Zone string `json:"zone,omitempty"`
@@ -238,6 +248,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.checkStore(); err != nil {
 		return err
 	}
+	if err := a.checkUsage(); err != nil {
+		return err
+	}
 	opts, err := a.registryOptions()
 	if err != nil {
 		return err
@@ -288,7 +301,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 // registry and system services.
 func (a *App) newAPI(prefix string) *admin.API {
 	api := &admin.API{Prefix: prefix, MaxBody: a.MaxBody, Registry: currentRegistry, HealthCheck: a.checkNow,
-		Logger: a.logger.Named("api"), OpenAPI: openAPIDocument, Cluster: a.holder.cluster}
+		Logger: a.logger.Named("api"), OpenAPI: openAPIDocument, Cluster: a.holder.cluster, Usage: a.holder.usage}
 	if prefix != "/imagelb" {
 		reg := a.reg
 		api.Registry = func() *registry.Registry { return reg }

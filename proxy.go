@@ -14,6 +14,7 @@ package imagelb
 // of the source and the policy; sticky.go owns the sticky cookie.
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -114,7 +115,8 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	q := newRequest(r, svc, h.app)
 	q.watchBody(r)
 	caddyhttp.SetVar(r.Context(), requestVar, q)
-	status, err := serveRecorded(h.rp, w, r, next)
+	status, out, err := serveRecorded(h.rp, w, r, next, svc.State.Usage)
+	q.bytesOut = out
 
 	if err == nil {
 		how := outcomeAnswered
@@ -235,6 +237,7 @@ type request struct {
 	cookie    int             // 1 + the index of the sticky cookie this request set, 0: none
 	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
 	body      clientBody      // the client's request body, watched for read errors
+	bytesOut  int64           // response body bytes written to the client
 }
 
 // clientBody wraps the client's request body to tell a failure of the
@@ -243,11 +246,17 @@ type request struct {
 // own goroutine, so the verdict is an atomic.
 type clientBody struct {
 	io.ReadCloser
-	err atomic.Pointer[error]
+	err   atomic.Pointer[error]
+	usage *registry.UsageCounter // the image's: bytes_in
+	n     atomic.Int64           // bytes read, for the container
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.usage.AddIn(n)
+		b.n.Add(int64(n))
+	}
 	// EOF is the normal end; a read after Close is the transport giving
 	// up on the body after a failure of its own.
 	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) && b.err.Load() == nil {
@@ -262,6 +271,7 @@ func (q *request) watchBody(r *http.Request) {
 		return
 	}
 	q.body.ReadCloser = r.Body
+	q.body.usage = q.service.State.Usage
 	r.Body = &q.body
 }
 
@@ -494,6 +504,10 @@ func (q *request) finish(status int, failed bool, how outcome) {
 	if q.cur != nil {
 		q.endAttempt(status, how, now)
 	}
+	if q.last != nil {
+		q.last.Stats.BytesIn.Add(q.body.n.Load())
+		q.last.Stats.BytesOut.Add(q.bytesOut)
+	}
 	q.service.State.Finish(status, failed, now.Sub(q.start))
 }
 
@@ -525,25 +539,32 @@ func (q *request) settleWhenDone(ctx context.Context) {
 	})
 }
 
-// statusWriter records the final status code written to the client.
-// Unwrap lets reverse_proxy flush and hijack through it.
+// statusWriter records the final status code written to the client and
+// counts the body bytes (usage's bytes_out), those of an upgraded
+// connection (a WebSocket) included. Unwrap lets reverse_proxy flush
+// through it; it hijacks itself, to count what goes over the connection.
 type statusWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	status int
+	usage  *registry.UsageCounter // nil: nothing to count (a system service)
+	out    atomic.Int64           // body bytes written
 }
 
 var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
 
 // serveRecorded runs rp and returns the status it wrote to the client (0:
-// none) and its error.
-func serveRecorded(rp *reverseproxy.Handler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (int, error) {
+// none), the body bytes it wrote, and its error. Bytes are counted in usage
+// when it is not nil.
+func serveRecorded(rp *reverseproxy.Handler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
+	usage *registry.UsageCounter) (int, int64, error) {
 	sw := statusWriters.Get().(*statusWriter)
-	sw.ResponseWriter, sw.status = w, 0
+	sw.ResponseWriter, sw.status, sw.usage = w, 0, usage
+	sw.out.Store(0)
 	err := rp.ServeHTTP(sw, r, next)
-	status := sw.status
-	sw.ResponseWriter = nil
+	status, out := sw.status, sw.out.Load()
+	sw.ResponseWriter, sw.usage = nil, nil
 	statusWriters.Put(sw)
-	return status, err
+	return status, out, err
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -557,5 +578,52 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.count(n)
+	return n, err
+}
+
+func (s *statusWriter) count(n int) {
+	if n > 0 && s.usage != nil {
+		s.usage.AddOut(n)
+		s.out.Add(int64(n))
+	}
+}
+
+// Hijack hands reverse_proxy the client's connection for an upgraded
+// protocol, wrapped to count the bytes both ways. What the server had read
+// ahead is counted at once: reverse_proxy forwards it first.
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(s.ResponseWriter).Hijack()
+	if err != nil || s.usage == nil {
+		return conn, brw, err
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		s.usage.AddIn(n)
+	}
+	return &countingConn{Conn: conn, usage: s.usage}, brw, nil
+}
+
+// countingConn counts the bytes of an upgraded connection in the image's
+// usage. It may outlive the request (reverse_proxy's copies end on their
+// own goroutines), so it holds the counter, not the pooled writer.
+type countingConn struct {
+	net.Conn
+	usage *registry.UsageCounter
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.usage.AddIn(n)
+	}
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.usage.AddOut(n)
+	}
+	return n, err
 }

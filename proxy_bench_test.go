@@ -59,6 +59,8 @@ func BenchmarkStatsCost(b *testing.B) {
 		svc.State.Begin()
 		q := newRequest(req, svc, app)
 		q.begin(ctr)
+		svc.State.Usage.AddIn(100) // one read of the request body, one write of the answer
+		svc.State.Usage.AddOut(1000)
 		q.finish(200, false, outcomeAnswered)
 	}
 	accounting := time.Since(start)

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -171,13 +172,17 @@ type registryHolder struct {
 	nodeID   string
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+
+	usageStore registry.UsageStore
+	ledger     atomic.Pointer[registry.Ledger] // nil until the node's totals are loaded
+	usageCfg   usageConfig
 }
 
 // Destruct stops the watch and the membership and closes the store when
 // the last configuration using the registry is gone.
 func (h *registryHolder) Destruct() error {
 	if h.cancel != nil {
-		h.cancel()
+		h.cancel() // the ledger's goroutine flushes once more as it ends
 	}
 	h.wg.Wait()
 	if h.store != nil {
@@ -189,23 +194,30 @@ func (h *registryHolder) Destruct() error {
 // openRegistry creates the process's registry in the configured store and
 // restores what the store holds.
 func (a *App) openRegistry(opts registry.Options) (*registryHolder, error) {
-	h := &registryHolder{Registry: registry.New(opts), identity: a.storeIdentity(), nodeID: a.nodeID()}
+	h := &registryHolder{Registry: registry.New(opts), identity: a.storeIdentity(), nodeID: a.nodeID(),
+		usageCfg: a.usageConfig()}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
 	var err error
 	switch a.storeKind() {
 	case storeMemory:
 		a.logger.Info("registry is kept in memory only (store memory)")
-		return h, nil
+		h.usageStore = &registry.MemoryUsage{}
 	case storeLocal:
 		err = a.openLocal(h)
 	case storeEtcd:
-		err = a.openEtcd(h)
+		err = a.openEtcd(ctx, h)
 	}
 	if err != nil {
+		cancel()
+		h.wg.Wait()
 		if h.store != nil {
 			h.store.Close()
 		}
 		return nil, err
 	}
+	logger := a.logger.Named("usage")
+	h.goSafe(logger, "usage", func() { h.keepLedger(ctx, logger) })
 	return h, nil
 }
 
@@ -217,7 +229,7 @@ func (a *App) openLocal(h *registryHolder) error {
 	if err != nil {
 		return err
 	}
-	h.store = db
+	h.store, h.usageStore = db, db
 	if legacy := a.legacyPath(); legacy != "" {
 		n, err := registry.ImportJSON(db, legacy)
 		var corrupt *registry.CorruptStateError
@@ -290,7 +302,7 @@ func (a *App) restore(h *registryHolder, loaded *registry.Loaded, where string) 
 // openEtcd opens store etcd: the registry is what etcd holds (or, while
 // etcd cannot be reached, the local copy of what this node last saw), kept
 // current by a watch, and this node is listed among the cluster's members.
-func (a *App) openEtcd(h *registryHolder) error {
+func (a *App) openEtcd(ctx context.Context, h *registryHolder) error {
 	cfg, err := a.etcdConfig()
 	if err != nil {
 		return err
@@ -306,7 +318,7 @@ func (a *App) openEtcd(h *registryHolder) error {
 		cache.Close()
 		return fmt.Errorf("store etcd: %v", err)
 	}
-	h.store, h.etcd = st, st
+	h.store, h.etcd, h.usageStore = st, st, st
 	loaded, err := st.Load(context.Background())
 	if errors.Is(err, registry.ErrStoreUnavailable) {
 		logger.Warn("etcd cannot be reached and there is no local copy yet: starting empty, "+
@@ -319,8 +331,6 @@ func (a *App) openEtcd(h *registryHolder) error {
 	if err := a.restore(h, loaded, st.Describe()); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
 	reg := h.Registry
 	h.goSafe(logger, "watch", func() {
 		st.Watch(ctx, loaded.Revision, func(ev registry.RemoteEvent) {

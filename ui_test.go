@@ -5,14 +5,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,9 +55,10 @@ func htmlText(s string) string {
 
 // TestDashboardInBrowser loads the dashboard of a site in headless
 // Chromium: it shows a registered service, and its numbers change after
-// traffic; traffic control, a failing health check (its error and time)
-// and the port mappings show. A screenshot is kept in the test's temporary
-// directory.
+// traffic; traffic control, a failing health check (its error and time),
+// the port mappings and the last hour of the usage ledger (requests and
+// body bytes both ways, exactly what was sent and received, and its charts)
+// show. A screenshot is kept in the test's temporary directory.
 func TestDashboardInBrowser(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, fmt.Sprintf(`{
@@ -152,6 +157,80 @@ http://127.0.0.1:%d {
 			t.Fatalf("the dashboard does not show %q:\n%s", want, html)
 		}
 	}
+	// the last hour from the usage ledger: requests with bodies of known
+	// sizes, answers of known sizes; the card of image 133 shows their
+	// count and bytes, in the text and in its two charts
+	const usageImage = 133
+	sizer := funcBackend(t, "sizer", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		io.WriteString(w, strings.Repeat("y", 2*len(body)+100))
+	})
+	mustDo(t, "POST", fmt.Sprintf("%s/api/v1/services/%d/register", site, usageImage), map[string]any{
+		"image_name": "uploads", "containers": []map[string]any{{"container_id": "sizer-1", "port": sizer.port}}}, 200, nil)
+	var base usageDoc // none: no other test uses the image; counted in case the ledger kept some
+	mustDo(t, "GET", fmt.Sprintf("%s/api/v1/usage?image_id=%d", site, usageImage), nil, 200, &base)
+	var requests, sent, got int64
+	for _, n := range []int{1500, 2500, 3500, 4500, 345, 0} {
+		method := http.MethodPost
+		if n == 0 {
+			method = http.MethodGet
+		}
+		req, _ := http.NewRequest(method, fmt.Sprintf("%s/api/v1/proxy/%d/upload", site, usageImage), strings.NewReader(strings.Repeat("x", n)))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(data) != 2*n+100 {
+			t.Fatalf("%s of %d bytes: %d, %d bytes back", method, n, resp.StatusCode, len(data))
+		}
+		requests, sent, got = requests+1, sent+int64(n), got+int64(len(data))
+	}
+	if len(base.Images) == 1 {
+		requests, sent, got = requests+base.Images[0].Requests, sent+base.Images[0].BytesIn, got+base.Images[0].BytesOut
+	}
+	var u usageDoc
+	eventually(t, "the ledger counts the requests to image 133", func() bool {
+		mustDo(t, "GET", fmt.Sprintf("%s/api/v1/usage?image_id=%d", site, usageImage), nil, 200, &u)
+		return len(u.Images) == 1 && u.Images[0].Requests == requests
+	})
+	if iu := u.Images[0]; iu.BytesIn != sent || iu.BytesOut != got {
+		t.Fatalf("the ledger counts %d bytes in, %d out; the test sent %d, got %d", iu.BytesIn, iu.BytesOut, sent, got)
+	}
+	html, _ = dom()
+	card := regexp.MustCompile(fmt.Sprintf(`<section class="card service" data-image="%d">.*?</section>`, usageImage)).FindString(html)
+	hourText := fmt.Sprintf(`<div class="hour" data-hour="%d"><div class="hour-figures">last hour: <b class="hour-requests">%d</b> requests · `+
+		`<b class="hour-in" title="%d bytes">%s</b> <span class="key bytes-in">in</span> · `+
+		`<b class="hour-out" title="%d bytes">%s</b> <span class="key bytes-out">out</span></div>`,
+		usageImage, requests, sent, humanBytes(sent), got, humanBytes(got))
+	if !strings.Contains(card, hourText) {
+		t.Fatalf("image %d's card does not show its last hour %q:\n%s", usageImage, hourText, html)
+	}
+	if len(base.Images) == 0 && (!strings.Contains(card, `title="12345 bytes">12.3 kB</b>`) ||
+		!strings.Contains(card, `title="25290 bytes">25.3 kB</b>`)) {
+		t.Fatalf("the byte totals are not 12.3 kB in and 25.3 kB out:\n%s", card)
+	}
+	reqChart := regexp.MustCompile(`<svg class="chart usage-requests" [^>]*role="img" aria-label="(requests per minute, last 60 min, axis 0 to \d+: (\d+) requests)"><title>([^<]*)</title>.*?</svg>`).FindStringSubmatch(card)
+	if reqChart == nil || reqChart[2] != strconv.FormatInt(requests, 10) || reqChart[3] != reqChart[1] ||
+		!strings.Contains(reqChart[0], "60 min ago</text>") || !strings.Contains(reqChart[0], `class="tick y-max"`) {
+		t.Fatalf("image %d's card has no requests chart of the last hour with its label:\n%s", usageImage, card)
+	}
+	var inBars int64
+	for _, m := range regexp.MustCompile(`<rect class="bar requests" [^>]*><title>\d\d:\d\d[^<]*: (\d+) requests,`).FindAllStringSubmatch(reqChart[0], -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		inBars += n
+	}
+	if inBars != requests {
+		t.Fatalf("the bars of the requests chart add up to %d requests, want %d:\n%s", inBars, requests, reqChart[0])
+	}
+	bytesLabel := fmt.Sprintf(`: %s in, %s out`, humanBytes(sent), humanBytes(got))
+	bytesChart := regexp.MustCompile(`<svg class="chart usage-bytes" [^>]*aria-label="bytes in and out per minute, last 60 min, axis 0 to [^"]+"><title>[^<]*</title>.*?</svg>`).FindString(card)
+	if !strings.Contains(bytesChart, bytesLabel+`"`) || !strings.Contains(bytesChart, `<polyline class="line bytes-in"`) ||
+		!strings.Contains(bytesChart, `<polyline class="line bytes-out"`) || !strings.Contains(bytesChart, "60 min ago</text>") {
+		t.Fatalf("image %d's card has no bytes chart of the last hour with its label %q:\n%s", usageImage, bytesLabel, card)
+	}
+
 	// resource usage shows once the services API echoes what the
 	// orchestrator pushed (older builds ignore the fields)
 	var pushed struct {
@@ -203,6 +282,21 @@ http://127.0.0.1:%d {
 			t.Fatal(err)
 		}
 	}
+}
+
+// humanBytes is a byte count as the dashboard shows it: SI units, at most
+// one decimal (12.3 kB).
+func humanBytes(n int64) string {
+	units := []string{"B", "kB", "MB", "GB", "TB", "PB", "EB"}
+	v, i := float64(n), 0
+	for i < len(units)-1 && math.Round(v*10)/10 >= 1000 {
+		v /= 1000
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return strconv.FormatFloat(math.Round(v*10)/10, 'f', -1, 64) + " " + units[i]
 }
 
 // TestDashboardOnAdmin: the admin endpoint serves the page and its files,
@@ -277,6 +371,8 @@ func TestDashboardShapes(t *testing.T) {
 				`<span class="health-error-text">dial tcp 10.0.0.5:80: connect: connection refused &lt;x&gt;</span>`,
 				`<tr data-port="8007"><td class="port">8007</td><td>7</td><td>seven</td><td>1</td><td>3</td></tr>`,
 				`cpu <b>12.3</b>`,
+				// no usage ledger here (an older server): said in the card, not as the page's error
+				`<div class="hour" data-hour="7"><span class="muted">last hour: usage not available (HTTP 404)</span></div>`,
 			} {
 				if !strings.Contains(html, want) {
 					t.Fatalf("the dashboard does not show %q:\n%s", want, html)
@@ -288,6 +384,125 @@ func TestDashboardShapes(t *testing.T) {
 			if !regexp.MustCompile(`<time class="checked" datetime="2020-01-02T03:04:05Z" title="last health check [^"]*2020[^"]*">\d+ d ago</time>`).MatchString(html) {
 				t.Fatalf("the time of the last health check does not show:\n%s", html)
 			}
+		})
+	}
+}
+
+// TestDashboardUsage loads the dashboard against canned answers with a
+// usage report: the dashboard asks for the last hour by minutes (at most
+// every 10 s, while the stats are polled every 2 s), draws the 60 minutes
+// ending at the report's end (a minute without a bucket is 0, the bucket
+// just over an hour old is left out), and shows each image's totals in
+// human units, its exact byte counts in the titles. A ledger whose buckets
+// are longer than a minute refuses 1m: the dashboard asks for its own
+// step; a ledger that does not answer leaves the rest of the page alone.
+func TestDashboardUsage(t *testing.T) {
+	svc := func(id int, name string) string {
+		return fmt.Sprintf(`{"image_id": %d, "image_name": %q, "algorithm": "round_robin", "total_requests": 0,
+			"failed_requests": 0, "active_connections": 0, "healthy_containers": 1, "requests_per_second": 0,
+			"latency_ms": {"p50": null, "p95": null, "p99": null}, "containers": [{"container_id": "%s-1",
+			"status": "healthy", "total_requests": 0, "failed_requests": 0, "active_connections": 0,
+			"requests_per_second": 0, "latency_ms": {"p50": null, "p95": null, "p99": null}}]}`, id, name, name)
+	}
+	stats := `{"uptime_seconds": 5, "total_requests": 0, "failed_requests": 0, "active_connections": 0,
+		"services": [` + svc(7, "seven") + `, ` + svc(8, "eight") + `]}`
+	const perMinute = `{"from": "2026-03-01T10:59:00Z", "to": "2026-03-01T12:00:00Z", "step": "1m0s", "images": [
+		{"image_id": 7, "requests": 1111, "failed_requests": 0, "bytes_in": 1001234567, "bytes_out": 2000, "request_seconds": 1,
+		 "buckets": [
+			{"start": "2026-03-01T10:59:00Z", "requests": 1000, "failed_requests": 0, "bytes_in": 1000000000, "bytes_out": 0, "request_seconds": 1},
+			{"start": "2026-03-01T11:00:00Z", "requests": 40, "failed_requests": 0, "bytes_in": 1234567, "bytes_out": 0, "request_seconds": 0},
+			{"start": "2026-03-01T11:30:00Z", "requests": 20, "failed_requests": 0, "bytes_in": 0, "bytes_out": 999, "request_seconds": 0},
+			{"start": "2026-03-01T11:59:00Z", "requests": 51, "failed_requests": 0, "bytes_in": 0, "bytes_out": 1001, "request_seconds": 0}]}]}`
+	const perFive = `{"from": "2026-03-01T11:00:00Z", "to": "2026-03-01T12:00:00Z", "step": "5m0s", "images": [
+		{"image_id": 7, "requests": 3, "failed_requests": 0, "bytes_in": 10, "bytes_out": 20, "request_seconds": 1,
+		 "buckets": [{"start": "2026-03-01T11:55:00Z", "requests": 3, "failed_requests": 0, "bytes_in": 10, "bytes_out": 20, "request_seconds": 1}]}]}`
+	const refused = `{"detail": "step 1m0s must be a multiple of the ledger's interval 5m0s"}`
+	for _, tc := range []struct {
+		name  string
+		usage func(q url.Values) (int, string)
+		want  []string
+	}{
+		{"minutes", func(url.Values) (int, string) { return 200, perMinute }, []string{
+			// 40 + 20 + 51: the bucket of 10:59 is more than an hour before the end
+			`<div class="hour" data-hour="7"><div class="hour-figures">last hour: <b class="hour-requests">111</b> requests · ` +
+				`<b class="hour-in" title="1234567 bytes">1.2 MB</b> <span class="key bytes-in">in</span> · ` +
+				`<b class="hour-out" title="2000 bytes">2 kB</b> <span class="key bytes-out">out</span></div>`,
+			`aria-label="requests per minute, last 60 min, axis 0 to 100: 111 requests"`,
+			`aria-label="bytes in and out per minute, last 60 min, axis 0 to 2 MB: 1.2 MB in, 2 kB out"`,
+			`<rect class="bar requests" x="40.0" y="`, `<rect class="bar requests" x="130.0" y="`, `<rect class="bar requests" x="217.0" y="`,
+			`<text class="tick y-max" x="36" y="10" text-anchor="end">100</text>`, `<text class="tick span" x="40" y="47">60 min ago</text>`,
+			`<text class="tick y-max" x="36" y="10" text-anchor="end">2 MB</text>`,
+			// an image without usage in the hour: zeros, and empty charts
+			`<div class="hour" data-hour="8"><div class="hour-figures">last hour: <b class="hour-requests">0</b> requests · ` +
+				`<b class="hour-in" title="0 bytes">0 B</b>`,
+			`aria-label="requests per minute, last 60 min, axis 0 to 1: 0 requests"`,
+		}},
+		{"ledger of 5 min", func(q url.Values) (int, string) {
+			if q.Get("step") != "" {
+				return 400, refused
+			}
+			return 200, perFive
+		}, []string{
+			`last hour: <b class="hour-requests">3</b> requests · <b class="hour-in" title="10 bytes">10 B</b>`,
+			`aria-label="requests per 5 min, last 60 min, axis 0 to 5: 3 requests"`,
+			`<rect class="bar requests" x="205.0" y="`, // the 12th of 12 bars of 15 px
+		}},
+		{"no ledger", func(url.Values) (int, string) { return 503, `{"detail": "the usage ledger is not loaded yet"}` }, []string{
+			`<div class="hour" data-hour="7"><span class="muted">last hour: usage not available (HTTP 503)</span></div>`,
+			`<div class="cid">seven-1</div>`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var statsHits, usageHits atomic.Int64
+			var badQuery atomic.Value
+			mux := http.NewServeMux()
+			mux.Handle("/api/v1/ui/", ui.Dashboard("/api/v1/ui/"))
+			for path, body := range map[string]string{"/api/v1/stats": stats, "/api/v1/services": "[]", "/api/v1/port-mappings": "[]"} {
+				mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+					if path == "/api/v1/stats" {
+						statsHits.Add(1)
+					}
+					w.Header().Set("Content-Type", "application/json")
+					io.WriteString(w, body)
+				})
+			}
+			mux.HandleFunc("/api/v1/usage", func(w http.ResponseWriter, r *http.Request) {
+				usageHits.Add(1)
+				q := r.URL.Query()
+				from, err := time.Parse(time.RFC3339Nano, q.Get("from"))
+				if err != nil || from.Sub(time.Now().Add(-time.Hour)).Abs() > time.Minute || q.Has("image_id") ||
+					(q.Has("step") && q.Get("step") != "1m") {
+					badQuery.Store(r.URL.RawQuery)
+				}
+				status, body := tc.usage(q)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				io.WriteString(w, body)
+			})
+			srv := httptest.NewServer(mux)
+			t.Cleanup(srv.Close)
+			html := string(chromium(t, "--virtual-time-budget=21000", "--dump-dom", srv.URL+"/api/v1/ui/"))
+			for _, want := range tc.want {
+				if !strings.Contains(html, want) {
+					t.Fatalf("the dashboard does not show %q:\n%s", want, html)
+				}
+			}
+			if strings.Contains(html, `id="error" class="error">`) {
+				t.Fatalf("the dashboard shows an error:\n%s", html)
+			}
+			if q := badQuery.Load(); q != nil {
+				t.Fatalf("usage asked with %q: want from the last hour (RFC 3339), step 1m, every image", q)
+			}
+			// 21 s of polls: stats about 10 times, usage at 0, 10 and 20 s (twice each when 1m is refused)
+			s, u := statsHits.Load(), usageHits.Load()
+			perFetch := int64(1)
+			if tc.name == "ledger of 5 min" {
+				perFetch = 2
+			}
+			if s < 5 || u < 1 || u > 3*perFetch {
+				t.Fatalf("stats asked %d times, usage %d times in 21 s: want usage at most every 10 s", s, u)
+			}
+			t.Logf("stats asked %d times, usage %d", s, u)
 		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -51,6 +52,9 @@ type API struct {
 	// Cluster describes this node, its store and the nodes sharing it
 	// (GET Prefix+"/cluster"); nil answers 404.
 	Cluster func(ctx context.Context) (any, error)
+	// Usage answers a usage query (GET Prefix+"/usage"); a zero Step is
+	// the ledger's interval. nil answers 404.
+	Usage func(ctx context.Context, q registry.UsageQuery) (any, error)
 }
 
 // SystemService is a system service as GET .../system-services shows it:
@@ -114,6 +118,7 @@ var routes = []route{
 	{[]string{"system-services"}, map[string]handlerFunc{http.MethodGet: (*API).systemServices}},
 	{[]string{"openapi.json"}, map[string]handlerFunc{http.MethodGet: (*API).openAPI}},
 	{[]string{"cluster"}, map[string]handlerFunc{http.MethodGet: (*API).cluster}},
+	{[]string{"usage"}, map[string]handlerFunc{http.MethodGet: (*API).usage}},
 }
 
 // The errors of unknown routes and methods, worded as the original's.
@@ -372,6 +377,46 @@ func (a *API) cluster(c *call) (any, error) {
 		return nil, &registry.Error{Kind: registry.KindNotFound, Detail: "this server does not describe its cluster"}
 	}
 	return a.Cluster(c.r.Context())
+}
+
+// usage reads ?image_id=N&from=T&to=T&step=D: times in RFC 3339, the
+// step a Go duration (1m, 1h); by default the last hour.
+func (a *API) usage(c *call) (any, error) {
+	if a.Usage == nil {
+		return nil, &registry.Error{Kind: registry.KindNotFound, Detail: "this server keeps no usage ledger"}
+	}
+	imageID, err := optionalImageID(c.r)
+	if err != nil {
+		return nil, err
+	}
+	query := c.r.URL.Query()
+	q := registry.UsageQuery{ImageID: imageID, To: time.Now()}
+	var fields []registry.FieldError
+	parseTime := func(name string, into *time.Time) {
+		if v := query.Get(name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				fields = append(fields, registry.FieldError{Loc: []any{"query", name}, Type: "datetime_parsing",
+					Msg: fmt.Sprintf("%s %q is not an RFC 3339 time, e.g. 2026-12-01T10:00:00Z", name, v)})
+			}
+			*into = t
+		}
+	}
+	parseTime("to", &q.To)
+	q.From = q.To.Add(-time.Hour)
+	parseTime("from", &q.From)
+	if v := query.Get("step"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			fields = append(fields, registry.FieldError{Loc: []any{"query", "step"}, Type: "duration_parsing",
+				Msg: fmt.Sprintf("step %q is not a positive duration, e.g. 1m or 1h", v)})
+		}
+		q.Step = d
+	}
+	if len(fields) > 0 {
+		return nil, &registry.Error{Kind: registry.KindInvalid, Fields: fields}
+	}
+	return a.Usage(c.r.Context(), q)
 }
 
 func (a *API) openAPI(c *call) (any, error) {

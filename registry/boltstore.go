@@ -48,10 +48,17 @@ const BoltFormat = "1"
 const boltLockTimeout = time.Second
 
 var (
+	// boltUsage holds the usage ledger's buckets: the key is the
+	// interval's start (unix nanoseconds, 8 bytes big-endian, so that keys
+	// sort by time) followed by the node's id; the value the JSON of the
+	// usage per image. boltUsageTotals maps a node's id to its totals.
+	boltUsage       = []byte("usage")
+	boltUsageTotals = []byte("usage_totals")
 	boltServices    = []byte("services")
 	boltMeta        = []byte("meta")
 	boltFormatKey   = []byte("format")
 	boltRevisionKey = []byte("revision")
+	boltBuckets     = [][]byte{boltMeta, boltServices, boltUsage, boltUsageTotals}
 )
 
 // the local database is a record store
@@ -165,7 +172,7 @@ func (s *BoltStore) init() error {
 				return s.corrupt("the database has no %q bucket: it is not a registry database, or it was damaged", boltServices)
 			}
 			return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
-				if !bytes.Equal(name, boltMeta) && !bytes.Equal(name, boltServices) {
+				if !slices.ContainsFunc(boltBuckets, func(b []byte) bool { return bytes.Equal(b, name) }) {
 					return s.corrupt("the database has a bucket %q that this build does not know: it is not a registry database, or it was damaged", name)
 				}
 				return nil
@@ -223,21 +230,27 @@ func (s *BoltStore) verify() error {
 				return s.corrupt("the file is %d bytes but its pages reach byte %d: it was truncated", info.Size(), tx.Size())
 			}
 			var touched byte
-			c := tx.Bucket(boltServices).Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				// Seeking each key from the root reads the keys of the
-				// branch pages on its way (the one that leads to a
-				// page is its first key), which the check reads too.
-				if sk, _ := c.Seek(k); !bytes.Equal(sk, k) {
-					return s.corrupt("the key %x cannot be found again: the keys are out of order", k)
+			for _, name := range boltBuckets[1:] {
+				bucket := tx.Bucket(name)
+				if bucket == nil {
+					continue // the usage buckets are made at the first flush
 				}
-				if v == nil {
-					return s.corrupt("the key %x holds a bucket, not a record", k)
+				c := bucket.Cursor()
+				for k, v := c.First(); k != nil; k, v = c.Next() {
+					// Seeking each key from the root reads the keys of the
+					// branch pages on its way (the one that leads to a
+					// page is its first key), which the check reads too.
+					if sk, _ := c.Seek(k); !bytes.Equal(sk, k) {
+						return s.corrupt("the key %x cannot be found again: the keys are out of order", k)
+					}
+					if v == nil {
+						return s.corrupt("the key %x holds a bucket, not a record", k)
+					}
+					for i := 0; i < len(v); i += 1024 { // at least once in each page
+						touched ^= v[i]
+					}
+					touched ^= k[0]
 				}
-				for i := 0; i < len(v); i += 1024 { // at least once in each page
-					touched ^= v[i]
-				}
-				touched ^= k[0]
 			}
 			runtime.KeepAlive(touched) // the reads are what counts
 			for err := range tx.Check() {
@@ -637,4 +650,128 @@ func (s *BoltStore) empty() (bool, error) {
 // sortChanges sorts changes by image_id.
 func sortChanges(changes []Change) {
 	slices.SortFunc(changes, func(a, b Change) int { return cmp.Compare(a.ImageID, b.ImageID) })
+}
+
+// the local database keeps the usage ledger too
+var _ UsageStore = (*BoltStore)(nil)
+
+// usageKey is the key of a node's bucket of the interval starting at start.
+func usageKey(start time.Time, node string) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(node)), uint64(start.UnixNano()))
+	return append(k, node...)
+}
+
+// CommitUsage implements UsageStore: one transaction, synced.
+func (s *BoltStore) CommitUsage(ctx context.Context, node string, buckets []UsageBucket, totals map[int64]Usage) error {
+	if node == "" {
+		return errors.New("usage of a node without an id")
+	}
+	return boltGuard(s.path, func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			usage, err := tx.CreateBucketIfNotExists(boltUsage)
+			if err != nil {
+				return err
+			}
+			for _, b := range buckets {
+				data, err := json.Marshal(b.Images)
+				if err != nil {
+					return err
+				}
+				if err := usage.Put(usageKey(b.Start, node), data); err != nil {
+					return err
+				}
+			}
+			tb, err := tx.CreateBucketIfNotExists(boltUsageTotals)
+			if err != nil {
+				return err
+			}
+			data, err := json.Marshal(totals)
+			if err != nil {
+				return err
+			}
+			return tb.Put([]byte(node), data)
+		})
+	})
+}
+
+// LoadUsage implements UsageStore.
+func (s *BoltStore) LoadUsage(ctx context.Context, from, to time.Time) ([]UsageBucket, error) {
+	var out []UsageBucket
+	err := boltGuard(s.path, func() error {
+		return s.db.View(func(tx *bolt.Tx) error {
+			usage := tx.Bucket(boltUsage)
+			if usage == nil {
+				return nil
+			}
+			end := uint64(to.UnixNano())
+			c := usage.Cursor()
+			for k, v := c.Seek(usageKey(from, "")); k != nil; k, v = c.Next() {
+				if len(k) < 8 {
+					return s.corrupt("usage key %x is shorter than its 8-byte time", k)
+				}
+				start := binary.BigEndian.Uint64(k[:8])
+				if start >= end {
+					break
+				}
+				b := UsageBucket{Start: time.Unix(0, int64(start)).UTC(), Node: string(k[8:])}
+				if err := json.Unmarshal(v, &b.Images); err != nil {
+					return s.corrupt("the usage of node %q at %s does not decode: %v", b.Node, b.Start.Format(time.RFC3339), err)
+				}
+				out = append(out, b)
+			}
+			return ctx.Err()
+		})
+	})
+	return out, err
+}
+
+// LoadUsageTotals implements UsageStore.
+func (s *BoltStore) LoadUsageTotals(ctx context.Context, node string) (map[int64]Usage, error) {
+	var out map[int64]Usage
+	err := boltGuard(s.path, func() error {
+		return s.db.View(func(tx *bolt.Tx) error {
+			tb := tx.Bucket(boltUsageTotals)
+			if tb == nil {
+				return nil
+			}
+			v := tb.Get([]byte(node))
+			if v == nil {
+				return nil
+			}
+			if err := json.Unmarshal(v, &out); err != nil {
+				return s.corrupt("the usage totals of node %q do not decode: %v", node, err)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CompactUsage implements UsageStore.
+func (s *BoltStore) CompactUsage(ctx context.Context, node string, before time.Time) error {
+	return boltGuard(s.path, func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			usage := tx.Bucket(boltUsage)
+			if usage == nil {
+				return nil
+			}
+			end := uint64(before.UnixNano())
+			var old [][]byte // deleting under a cursor can make it skip a key
+			c := usage.Cursor()
+			for k, _ := c.First(); k != nil && len(k) >= 8 && binary.BigEndian.Uint64(k[:8]) < end; k, _ = c.Next() {
+				if string(k[8:]) == node {
+					old = append(old, slices.Clone(k))
+				}
+			}
+			for _, k := range old {
+				if err := usage.Delete(k); err != nil {
+					return err
+				}
+			}
+			return ctx.Err()
+		})
+	})
 }

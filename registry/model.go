@@ -11,7 +11,8 @@
 // publish (group commit); records.go the per-image store seam, remote.go
 // applying what other nodes committed; store.go the stored records,
 // boltstore.go the local database, filestore.go the JSON state file of
-// earlier versions (imported once); guard.go allowed upstreams; view.go the JSON views; stats.go
+// earlier versions (imported once); usage.go and ledger.go the usage
+// counters and the usage ledger; guard.go allowed upstreams; view.go the JSON views; stats.go
 // counters and histograms; errors.go errors. Balancing: strategy.go the
 // table of algorithms and the strategy interface, one file per algorithm
 // (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),

@@ -62,6 +62,7 @@ type Registry struct {
 	cond       *sync.Cond      // on mu: a commit finished
 	revs       map[int64]int64 // the store's revision of each image's record
 	revision   int64           // the shared store's revision applied
+	usage      map[int64]*UsageCounter
 
 	ops [numOps]atomic.Int64
 }
@@ -94,7 +95,7 @@ func (r *Registry) Operations() map[Op]int64 {
 
 // New returns an empty registry with the given options.
 func New(opts Options) *Registry {
-	r := &Registry{started: now(), revs: map[int64]int64{}}
+	r := &Registry{started: now(), revs: map[int64]int64{}, usage: map[int64]*UsageCounter{}}
 	r.cond = sync.NewCond(&r.mu)
 	r.opts = opts.withDefaults()
 	r.head = emptySnapshot()
@@ -236,7 +237,7 @@ func (r *Registry) register(snap *snapshot, spec ServiceSpec) (*snapshot, *Servi
 	}
 	spec.ExternalPort = port
 
-	state := new(ServiceState)
+	state := r.newState(spec.ImageID)
 	if old != nil {
 		state = old.State
 	}

@@ -88,7 +88,7 @@ func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (*Service, error)
 	if err := spec.Options.Normalize(spec.Algorithm); err != nil {
 		return nil, err
 	}
-	state := new(ServiceState)
+	state := r.newState(rec.ImageID)
 	if old != nil {
 		state = old.State
 	}

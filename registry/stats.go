@@ -78,6 +78,9 @@ func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bo
 // ServiceState is the runtime state of a service shared by all its versions.
 type ServiceState struct {
 	Counters
+	// Usage is the image's usage counter (usage.go): it outlives the
+	// service, and counts bytes as well as requests.
+	Usage      *UsageCounter
 	strategies strategyStates // what the balancing strategies keep across versions (strategy.go)
 	ejecting   sync.Mutex     // makes "under the cap? then eject" one step
 
@@ -93,6 +96,9 @@ type ServiceState struct {
 // ContainerStats is the runtime state of a container shared by all its versions.
 type ContainerStats struct {
 	Counters
+	// BytesIn and BytesOut count the body bytes of the requests whose last
+	// attempt this container served: from the client, and to it.
+	BytesIn, BytesOut atomic.Int64
 
 	// consecutive results of active health checks
 	passes, fails atomic.Int64

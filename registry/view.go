@@ -84,8 +84,8 @@ func (s *Service) View() ServiceView {
 		Algorithm:         s.Algorithm,
 		Containers:        make([]ContainerView, len(s.Containers)),
 		HealthyContainers: s.HealthyCount(),
-		TotalRequests:     s.State.Requests.Load(),
-		FailedRequests:    s.State.Failures.Load(),
+		TotalRequests:     s.State.Requests.Load() + s.State.Usage.Base().Requests,
+		FailedRequests:    s.State.Failures.Load() + s.State.Usage.Base().FailedRequests,
 		ActiveConnections: s.State.InFlight.Load(),
 		Static:            s.Static,
 		ServiceOptions:    s.Options,
@@ -135,6 +135,10 @@ type ContainerStatsView struct {
 	// Ejected and Ejections report outlier ejection.
 	Ejected   bool  `json:"ejected"`
 	Ejections int64 `json:"ejections"`
+	// BytesIn and BytesOut count the bodies of the requests whose last
+	// attempt the container served.
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
 }
 
 // ServiceStatsView is a service's entry in the statistics.
@@ -151,10 +155,14 @@ type ServiceStatsView struct {
 	// Requests turned away before reaching a container: by the rate
 	// limit (429) and by max_in_flight (503); and retries the retry
 	// budget refused.
-	RateLimitedRequests int64                `json:"rate_limited_requests"`
-	ShedRequests        int64                `json:"shed_requests"`
-	RetriesDenied       int64                `json:"retries_denied"`
-	Containers          []ContainerStatsView `json:"containers"`
+	RateLimitedRequests int64 `json:"rate_limited_requests"`
+	ShedRequests        int64 `json:"shed_requests"`
+	RetriesDenied       int64 `json:"retries_denied"`
+	// BytesIn and BytesOut are the usage ledger's totals: request and
+	// response body bytes (README, Usage).
+	BytesIn    int64                `json:"bytes_in"`
+	BytesOut   int64                `json:"bytes_out"`
+	Containers []ContainerStatsView `json:"containers"`
 }
 
 // StatsView is the whole statistics document.
@@ -172,12 +180,15 @@ type StatsView struct {
 func (r *Registry) Stats(services []*Service) StatsView {
 	v := StatsView{UptimeSeconds: r.Uptime().Seconds(), Services: make([]ServiceStatsView, 0, len(services))}
 	for _, s := range services {
+		base, total := s.State.Usage.Base(), s.State.Usage.Total()
 		sv := ServiceStatsView{
 			ImageID:             s.ImageID,
 			ImageName:           s.ImageName,
 			Algorithm:           s.Algorithm,
-			TotalRequests:       s.State.Requests.Load(),
-			FailedRequests:      s.State.Failures.Load(),
+			TotalRequests:       s.State.Requests.Load() + base.Requests,
+			FailedRequests:      s.State.Failures.Load() + base.FailedRequests,
+			BytesIn:             total.BytesIn,
+			BytesOut:            total.BytesOut,
 			ActiveConnections:   s.State.InFlight.Load(),
 			HealthyContainers:   s.HealthyCount(),
 			RateLimitedRequests: s.State.RateLimited.Load(),
@@ -195,6 +206,8 @@ func (r *Registry) Stats(services []*Service) StatsView {
 				ActiveConnections: c.Stats.InFlight.Load(),
 				Ejected:           c.Stats.Ejected(),
 				Ejections:         c.Stats.Ejections(),
+				BytesIn:           c.Stats.BytesIn.Load(),
+				BytesOut:          c.Stats.BytesOut.Load(),
 			}
 			cv.LatencyMS, cv.RequestsPerSecond = recentOf(&c.Stats.Counters)
 			sv.Containers[i] = cv

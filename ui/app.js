@@ -2,20 +2,29 @@
 // (/imagelb/... on the admin endpoint, /api/v1/... on a site): stats for the
 // counters and latencies, services for the containers' details (address,
 // weight, health checks, resource usage), port-mappings for the external
-// ports. It draws services, containers, small charts and the port table.
+// ports, and every 10 s usage for the last hour of the usage ledger (per
+// image and minute: requests, body bytes in and out). It draws services,
+// containers, small charts and the port table.
 // No external resources, no inline code, text only through text nodes.
 "use strict";
 
 const statsURL = new URL("../stats", location.href).pathname;
 const servicesURL = new URL("../services", location.href).pathname;
 const portsURL = new URL("../port-mappings", location.href).pathname;
+const usageURL = new URL("../usage", location.href).pathname;
 const POLL_MS = 2000;
+const USAGE_MS = 10000; // the ledger's buckets are per minute: asking more often shows nothing new
+const HOUR_MS = 3600 * 1000;
 const WINDOW_S = 60; // time span of the charts
 const history = new Map(); // container key -> {rps: [[t, v]], inflight: [...], p50: [...]}
 let last = null; // previous request totals, to compute request rates
 let clockOffset = 0; // the server's clock minus ours (ms), when they disagree by more than 2 s
+let hour = null; // the last hour's usage (hourOf), null until it is loaded
+let hourError = null; // why the last usage request failed, null when it did not
+let hourAt = -Infinity; // when usage was last asked for (performance.now, ms)
+let usageStep = "1m"; // "" once the ledger refused 1m (its buckets are longer): its own step then
 
-document.getElementById("source").textContent = [statsURL, servicesURL, portsURL].join(", ");
+document.getElementById("source").textContent = [statsURL, servicesURL, portsURL, usageURL].join(", ");
 
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -67,7 +76,7 @@ const fmt1 = n => Number.isFinite(Number(n)) ? Number(n).toLocaleString(undefine
 
 async function fetchJSON(url) {
   const resp = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
-  if (!resp.ok) throw new Error(`${url}: HTTP ${resp.status}`);
+  if (!resp.ok) throw Object.assign(new Error(`${url}: HTTP ${resp.status}`), { status: resp.status });
   return { body: await resp.json(), date: resp.headers.get("Date") };
 }
 
@@ -121,10 +130,36 @@ function fmtAxis(v) {
   return String(Number(v.toPrecision(3)));
 }
 
+// fmtBytes shows a byte count in SI units with at most one decimal:
+// 999 B, 1.2 kB, 25 MB.
+const byteUnits = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+function fmtBytes(n) {
+  let v = Math.max(0, Number(n) || 0), i = 0;
+  while (i < byteUnits.length - 1 && Number(v.toFixed(1)) >= 1000) { v /= 1000; i++; }
+  return `${i ? Number(v.toFixed(1)) : Math.round(v)} ${byteUnits[i]}`;
+}
+
+// frame is a chart's SVG, w wide with the y axis l from the left: its
+// label (aria-label and title), the y range (0 and top) and the time span
+// (span ago to now) on the axes, and the content drawn in it.
+const CW = 164, CH = 50, CL = 30, CR = 4, CT = 6, CB = 14;
+function frame(cls, w, l, label, top, span, content) {
+  const ph = CH - CT - CB;
+  return svg("svg", { class: cls, width: w, height: CH, viewBox: `0 0 ${w} ${CH}`, role: "img", "aria-label": label },
+    svg("title", {}, label),
+    svg("line", { class: "grid", x1: l, y1: CT, x2: w - CR, y2: CT }),
+    svg("line", { class: "axis", x1: l, y1: CT + ph, x2: w - CR, y2: CT + ph }),
+    svg("line", { class: "axis", x1: l, y1: CT, x2: l, y2: CT + ph }),
+    svg("text", { class: "tick y-max", x: l - 4, y: CT + 4, "text-anchor": "end" }, top),
+    svg("text", { class: "tick", x: l - 4, y: CT + ph + 3, "text-anchor": "end" }, "0"),
+    svg("text", { class: "tick span", x: l, y: CH - 3 }, span),
+    svg("text", { class: "tick", x: w - CR, y: CH - 3, "text-anchor": "end" }, "now"),
+    content);
+}
+
 // chart draws the points ([time s, value or null]) of the last WINDOW_S
 // seconds as an SVG line chart with its y range (0 and the top) and its
 // time span on the axes; a null value is a gap.
-const CW = 164, CH = 50, CL = 30, CR = 4, CT = 6, CB = 14;
 function chart(points, now, kind, what) {
   const values = points.map(p => p[1]).filter(isSet);
   const max = niceCeil(Math.max(0, ...values));
@@ -141,16 +176,125 @@ function chart(points, now, kind, what) {
   for (const p of points) { if (isSet(p[1])) run.push(p); else flush(); }
   flush();
   const label = `${what}, last ${WINDOW_S} s, axis 0 to ${fmtAxis(max)}`;
-  return svg("svg", { class: "chart", width: CW, height: CH, viewBox: `0 0 ${CW} ${CH}`, role: "img", "aria-label": label },
-    svg("title", {}, label),
-    svg("line", { class: "grid", x1: CL, y1: CT, x2: CW - CR, y2: CT }),
-    svg("line", { class: "axis", x1: CL, y1: CT + ph, x2: CW - CR, y2: CT + ph }),
-    svg("line", { class: "axis", x1: CL, y1: CT, x2: CL, y2: CT + ph }),
-    svg("text", { class: "tick y-max", x: CL - 4, y: CT + 4, "text-anchor": "end" }, fmtAxis(max)),
-    svg("text", { class: "tick", x: CL - 4, y: CT + ph + 3, "text-anchor": "end" }, "0"),
-    svg("text", { class: "tick span", x: CL, y: CH - 3 }, `${WINDOW_S} s ago`),
-    svg("text", { class: "tick", x: CW - CR, y: CH - 3, "text-anchor": "end" }, "now"),
-    lines);
+  return frame("chart", CW, CL, label, fmtAxis(max), `${WINDOW_S} s ago`, lines);
+}
+
+// goDuration is a Go duration ("1m0s", "1h0m0s", "30s") in ms (0 if it is none).
+function goDuration(s) {
+  const unit = { h: 3600e3, m: 60e3, s: 1e3, ms: 1, us: 1e-3, "µs": 1e-3, ns: 1e-6 };
+  let ms = 0;
+  for (const [, n, u] of String(s || "").matchAll(/([0-9.]+)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * unit[u];
+  return ms;
+}
+
+// hourOf turns a usage report into the last hour's steps: the 60 minutes
+// (steps of the report) ending at its end, each image's usage per step
+// (0 where the report has no bucket) and their sums. A bucket before them
+// (the minute that began just over an hour ago) is left out of both.
+function hourOf(report) {
+  const stepMs = goDuration(report.step) || 60e3;
+  const n = Math.max(1, Math.round(HOUR_MS / stepMs));
+  const end = Date.parse(report.to), start = end - n * stepMs;
+  const images = new Map();
+  for (const im of report.images || []) {
+    const u = { requests: 0, bytesIn: 0, bytesOut: 0, steps: Array.from({ length: n }, () => ({ requests: 0, bytesIn: 0, bytesOut: 0 })) };
+    for (const b of im.buckets || []) {
+      const i = Math.floor((Date.parse(b.start) - start) / stepMs);
+      if (!(i >= 0 && i < n)) continue;
+      const s = u.steps[i];
+      s.requests += b.requests || 0; s.bytesIn += b.bytes_in || 0; s.bytesOut += b.bytes_out || 0;
+      u.requests += b.requests || 0; u.bytesIn += b.bytes_in || 0; u.bytesOut += b.bytes_out || 0;
+    }
+    images.set(im.image_id, u);
+  }
+  return { start, stepMs, n, minutes: Math.round(n * stepMs / 60e3), images };
+}
+
+// fetchUsage asks the ledger for the last hour by minutes, every image in
+// one answer. A ledger whose buckets are longer than a minute refuses the
+// step (400): then it is asked for its own.
+async function fetchUsage() {
+  const from = new Date(Date.now() + clockOffset - HOUR_MS).toISOString();
+  const url = step => `${usageURL}?from=${encodeURIComponent(from)}` + (step ? `&step=${step}` : "");
+  try {
+    return (await fetchJSON(url(usageStep))).body;
+  } catch (err) {
+    if (!usageStep || err.status !== 400) throw err;
+    const body = (await fetchJSON(url(""))).body;
+    if (goDuration(body.step) > 60e3) usageStep = "";
+    return body;
+  }
+}
+
+// loadHour refreshes the last hour's usage when it is USAGE_MS old. When
+// it cannot, the last one stays, and hourError says why.
+async function loadHour() {
+  const t = performance.now();
+  if (t - hourAt < USAGE_MS) return;
+  hourAt = t;
+  try {
+    hour = hourOf(await fetchUsage());
+    hourError = null;
+  } catch (err) {
+    hourError = err.status ? `HTTP ${err.status}` : err.message;
+  }
+}
+
+const HW = 224, HL = 40; // the hour's charts: 60 bars of 3 px
+
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+}
+
+// requestsChart draws the requests of each step of the hour as bars.
+function requestsChart(u) {
+  const max = niceCeil(Math.max(0, ...u.steps.map(s => s.requests)));
+  const pw = HW - HL - CR, ph = CH - CT - CB, bw = pw / hour.n;
+  const bars = u.steps.flatMap((s, i) => {
+    if (!s.requests) return [];
+    const h = Math.max(1, ph * Math.min(s.requests, max) / max);
+    return [svg("rect", { class: "bar requests", x: (HL + i * bw).toFixed(1), y: (CT + ph - h).toFixed(1),
+      width: Math.max(1, bw - 0.6).toFixed(1), height: h.toFixed(1) },
+    svg("title", {}, `${clock(hour.start + i * hour.stepMs)}: ${s.requests} requests, ${fmtBytes(s.bytesIn)} in, ${fmtBytes(s.bytesOut)} out`))];
+  });
+  const label = `requests per ${stepName()}, last ${hour.minutes} min, axis 0 to ${fmtAxis(max)}: ${u.requests} requests`;
+  return frame("chart usage-requests", HW, HL, label, fmtAxis(max), `${hour.minutes} min ago`, bars);
+}
+
+// bytesChart draws the body bytes in and out of each step of the hour as two lines.
+function bytesChart(u) {
+  const max = niceCeil(Math.max(0, ...u.steps.map(s => Math.max(s.bytesIn, s.bytesOut))));
+  const pw = HW - HL - CR, ph = CH - CT - CB, bw = pw / hour.n;
+  const line = (kind, f) => {
+    const pts = u.steps.map((s, i) => (HL + (i + 0.5) * bw).toFixed(1) + "," + (CT + ph * (1 - Math.min(s[f], max) / max)).toFixed(1));
+    return svg("polyline", { class: "line " + kind, points: pts.join(" ") });
+  };
+  const label = `bytes in and out per ${stepName()}, last ${hour.minutes} min, axis 0 to ${fmtBytes(max)}: ` +
+    `${fmtBytes(u.bytesIn)} in, ${fmtBytes(u.bytesOut)} out`;
+  return frame("chart usage-bytes", HW, HL, label, fmtBytes(max), `${hour.minutes} min ago`,
+    [line("bytes-in", "bytesIn"), line("bytes-out", "bytesOut")]);
+}
+
+function stepName() {
+  return hour.stepMs === 60e3 ? "minute" : `${fmtAxis(hour.stepMs / 60e3)} min`;
+}
+
+const noUsage = n => ({ requests: 0, bytesIn: 0, bytesOut: 0, steps: Array.from({ length: n }, () => ({ requests: 0, bytesIn: 0, bytesOut: 0 })) });
+
+// hourBlock is an image's last hour from the ledger: the totals as text
+// (exact byte counts in the titles) and the two charts.
+function hourBlock(id) {
+  if (!hour) {
+    return el("div", { class: "hour", "data-hour": id }, el("span", { class: "muted" },
+      hourError ? `last hour: usage not available (${hourError})` : "last hour: loading…"));
+  }
+  const u = hour.images.get(id) || noUsage(hour.n);
+  return el("div", { class: "hour", "data-hour": id },
+    el("div", { class: "hour-figures" }, "last hour: ", el("b", { class: "hour-requests" }, u.requests), " requests · ",
+      el("b", { class: "hour-in", title: `${u.bytesIn} bytes` }, fmtBytes(u.bytesIn)), " ", el("span", { class: "key bytes-in" }, "in"), " · ",
+      el("b", { class: "hour-out", title: `${u.bytesOut} bytes` }, fmtBytes(u.bytesOut)), " ", el("span", { class: "key bytes-out" }, "out"),
+      hourError ? el("span", { class: "stale", title: "the last usage request failed: " + hourError }, ` (not updated: ${hourError})`) : ""),
+    el("div", { class: "hour-charts" }, requestsChart(u), bytesChart(u)));
 }
 
 function rate(key, total, dt) {
@@ -176,6 +320,7 @@ async function refresh() {
   try {
     const [stats, services, ports] = await Promise.all([statsURL, servicesURL, portsURL].map(fetchJSON));
     syncClock(services.date);
+    await loadHour(); // after the clock: its range is the server's last hour
     render(stats.body, asList(services.body), asList(ports.body));
     errorBox.hidden = true;
   } catch (err) {
@@ -279,6 +424,7 @@ function render(stats, list, ports) {
         s.rate_limited_requests ? [" · rate limited ", el("b", {}, s.rate_limited_requests)] : "",
         s.shed_requests ? [" · shed ", el("b", {}, s.shed_requests)] : "",
         s.retries_denied ? [" · retries denied ", el("b", {}, s.retries_denied)] : ""),
+      hourBlock(id),
       el("div", { class: "scroll" }, el("table", {},
         el("thead", {}, el("tr", {}, columns.map(h => el("th", {}, h)))),
         el("tbody", {}, containerRows(skey, info, s, now, dt, totals, seen)))));
