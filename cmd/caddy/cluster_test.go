@@ -155,6 +155,66 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("usage adds up over the three nodes", func(t *testing.T) {
+		const image = 777
+		mustStatus(t, 200, "POST", fmt.Sprintf("%s/services/%d/register?image_name=billed", A.adm, image),
+			ctrsJSON(clusterCtr{"w", web[0].port}))
+		for _, n := range nodes {
+			waitFor(t, 10*time.Second, n.name+" has image 777", func() bool {
+				return statusOf(fmt.Sprintf("%s/services/%d", n.adm, image)) == 200
+			})
+		}
+		// Interleaved: 4 clients send through every node in turn, with
+		// bodies of different sizes; what they were answered is the truth.
+		var mu sync.Mutex
+		var requests, in, out int64
+		var wg sync.WaitGroup
+		for c := range 4 {
+			wg.Go(func() {
+				for i := range 60 {
+					n := nodes[(c+i)%3]
+					body := strings.Repeat("b", 10*i+c)
+					resp, err := clusterTransport.RoundTrip(mustRequest(t, "POST", fmt.Sprintf("%s/api/v1/proxy/%d/", n.site, image), body))
+					if err != nil {
+						t.Errorf("%s: %v", n.name, err)
+						return
+					}
+					data, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						t.Errorf("%s answered %d", n.name, resp.StatusCode)
+						return
+					}
+					mu.Lock()
+					requests, in, out = requests+1, in+int64(len(body)), out+int64(len(data))
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		type usage struct {
+			Images []struct {
+				ImageID  int64 `json:"image_id"`
+				Requests int64 `json:"requests"`
+				BytesIn  int64 `json:"bytes_in"`
+				BytesOut int64 `json:"bytes_out"`
+			} `json:"images"`
+		}
+		from := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+		for _, n := range nodes { // each node answers the sum over all three
+			var u usage
+			waitFor(t, 15*time.Second, n.name+"'s usage of image 777 sums every node", func() bool {
+				u = usage{}
+				return getJSON(fmt.Sprintf("%s/usage?image_id=%d&from=%s", n.adm, image, from), &u) == 200 &&
+					len(u.Images) == 1 && u.Images[0].Requests == requests
+			})
+			if got := u.Images[0]; got.BytesIn != in || got.BytesOut != out {
+				t.Fatalf("%s: usage %+v, the clients sent %d bytes and got %d in %d requests", n.name, got, in, out, requests)
+			}
+		}
+		t.Logf("usage of %d requests through three nodes (%d bytes in, %d out) summed exactly on every node", requests, in, out)
+	})
+
 	t.Run("drain on A reaches B; a container failing on A keeps serving from B", func(t *testing.T) {
 		// A health verdict is the node's own. All nodes run on 127.0.0.1,
 		// so a backend cannot fail for one node by its address: node A's
@@ -589,7 +649,7 @@ type clusterNode struct {
 
 // newClusterNode writes examples/cluster/node{i+1}.Caddyfile as it is, but
 // for etcd's endpoints, free ports, request_timeout 2s (writes fail fast
-// while etcd is down) and, on node A, nodeAHealthPath.
+// while etcd is down), usage_flush 1s and, on node A, nodeAHealthPath.
 func newClusterNode(t *testing.T, root string, i int, endpoints []string) *clusterNode {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(root, "examples", "cluster", fmt.Sprintf("node%d.Caddyfile", i+1)))
@@ -611,9 +671,11 @@ func newClusterNode(t *testing.T, root string, i int, endpoints []string) *clust
 	replace(fmt.Sprintf(":%d {", 9001+i), fmt.Sprintf(":%d {", n.demoPort))
 	replace("endpoints http://127.0.0.1:2379", "endpoints "+strings.Join(endpoints, " ")+"\n\t\t\trequest_timeout 2s")
 	replace("node_id "+n.name, "node_id "+n.name) // the example names the node as the test expects
+	extra := "\n\t\tusage_flush 1s" // the usage sums are checked soon after the load
 	if i == 0 {
-		replace("health_interval 5s", "health_interval 5s\n\t\thealth_path "+nodeAHealthPath)
+		extra += "\n\t\thealth_path " + nodeAHealthPath
 	}
+	replace("health_interval 5s", "health_interval 5s"+extra)
 	n.config = filepath.Join(n.dir, "Caddyfile")
 	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -996,4 +1058,14 @@ func (l *clusterLoad) stop() (int64, []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.served.Load(), l.failed
+}
+
+// mustRequest builds a request with a body.
+func mustRequest(t *testing.T, method, url, body string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
 }
