@@ -671,7 +671,7 @@ func newClusterNode(t *testing.T, root string, i int, endpoints []string) *clust
 	replace(fmt.Sprintf(":%d {", 9001+i), fmt.Sprintf(":%d {", n.demoPort))
 	replace("endpoints http://127.0.0.1:2379", "endpoints "+strings.Join(endpoints, " ")+"\n\t\t\trequest_timeout 2s")
 	replace("node_id "+n.name, "node_id "+n.name) // the example names the node as the test expects
-	extra := "\n\t\tusage_flush 1s" // the usage sums are checked soon after the load
+	extra := "\n\t\tusage_flush 1s"               // the usage sums are checked soon after the load
 	if i == 0 {
 		extra += "\n\t\thealth_path " + nodeAHealthPath
 	}
