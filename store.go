@@ -334,11 +334,11 @@ func (a *App) openEtcd(ctx context.Context, h *registryHolder) error {
 	reg := h.Registry
 	h.goSafe(logger, "watch", func() {
 		st.Watch(ctx, loaded.Revision, func(ev registry.RemoteEvent) {
+			// New containers are checked in the health checker's round,
+			// as local registrations are: waking it at each event would
+			// restart its round (and list every service) per change.
 			for _, err := range reg.ApplyRemote(ev) {
 				logger.Error("record left out: it does not pass validation", zap.Error(err))
-			}
-			if app := running.Load(); app != nil && len(ev.Records) > 0 {
-				app.checker.Wake() // check new containers now
 			}
 		})
 	})
