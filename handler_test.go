@@ -384,17 +384,7 @@ func TestProxyUpgradeAndStreaming(t *testing.T) {
 	startCaddy(t, siteConfig(port, ""))
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") == "echo" {
-			conn, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer conn.Close()
-			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-			_ = brw.Flush()
-			line, _ := brw.ReadString('\n')
-			_, _ = brw.WriteString("echo: " + line)
-			_ = brw.Flush()
+			serveEchoUpgrade(t, w)
 			return
 		}
 		// streaming: the second chunk is only sent after the client saw the first
@@ -442,6 +432,23 @@ func TestProxyUpgradeAndStreaming(t *testing.T) {
 }
 
 var streamAck = make(chan struct{})
+
+// serveEchoUpgrade switches the connection to the "echo" protocol (as a
+// WebSocket upgrade does) and answers the first line it reads with
+// "echo: " and the line.
+func serveEchoUpgrade(t *testing.T, w http.ResponseWriter) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer conn.Close()
+	_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	_ = brw.Flush()
+	line, _ := brw.ReadString('\n')
+	_, _ = brw.WriteString("echo: " + line)
+	_ = brw.Flush()
+}
 
 // TestChurnHoldsNoMemory registers 10,000 short-lived containers on
 // distinct addresses where nothing listens, proxies to each, and removes

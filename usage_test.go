@@ -45,17 +45,7 @@ func TestUsageCountsBytes(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Header.Get("Upgrade") == "echo":
-			conn, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer conn.Close()
-			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-			_ = brw.Flush()
-			line, _ := brw.ReadString('\n')
-			_, _ = brw.WriteString("echo: " + line)
-			_ = brw.Flush()
+			serveEchoUpgrade(t, w)
 		case r.URL.Path == "/stream":
 			for i := range 3 {
 				fmt.Fprintf(w, "chunk %d of a streamed answer\n", i)

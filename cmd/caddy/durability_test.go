@@ -402,23 +402,8 @@ func TestFullDisk(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", disk).Run() })
 	t.Cleanup(endAll)
 	adminPort, sitePort, backendPort := freePort(t), freePort(t), freePort(t)
-	cfg := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{
-	admin localhost:%d
-	imagelb {
-		health_interval 1h
-		state_file %s
-	}
-}
-http://127.0.0.1:%d {
-	imagelb
-}
-http://127.0.0.1:%d {
-	respond "backend"
-}
-`, adminPort, filepath.Join(disk, "registry.db"), sitePort, backendPort)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeSiteConfig(t, filepath.Join(dir, "Caddyfile"), adminPort, sitePort, backendPort,
+		"state_file "+filepath.Join(disk, "registry.db"))
 	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
 	adm := fmt.Sprintf("http://localhost:%d/imagelb", adminPort)
 	p := runCaddy(t, bin, cfg, dir, site+"/health")
@@ -495,4 +480,30 @@ func registered(svc map[string]any) string {
 		fmt.Fprintf(&b, "%v %v %v; ", m["container_id"], m["status"], m["weight"])
 	}
 	return b.String()
+}
+
+// writeSiteConfig writes a Caddyfile with the admin endpoint on adminPort,
+// the imagelb app with health_interval 1h and the global options given,
+// the imagelb handler on sitePort and a backend answering "backend" on
+// backendPort, and returns its path.
+func writeSiteConfig(t *testing.T, path string, adminPort, sitePort, backendPort int, global string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`{
+	admin localhost:%d
+	imagelb {
+		health_interval 1h
+		%s
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+http://127.0.0.1:%d {
+	respond "backend"
+}
+`, adminPort, global, sitePort, backendPort)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -21,23 +20,7 @@ func TestUsageSurvivesRestarts(t *testing.T) {
 	t.Cleanup(endAll)
 	const flush = time.Second
 	adminPort, sitePort, backendPort := freePort(t), freePort(t), freePort(t)
-	cfg := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`{
-	admin localhost:%d
-	imagelb {
-		health_interval 1h
-		usage_flush %s
-	}
-}
-http://127.0.0.1:%d {
-	imagelb
-}
-http://127.0.0.1:%d {
-	respond "backend"
-}
-`, adminPort, flush, sitePort, backendPort)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfg := writeSiteConfig(t, filepath.Join(dir, "Caddyfile"), adminPort, sitePort, backendPort, "usage_flush "+flush.String())
 	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
 	adm := fmt.Sprintf("http://localhost:%d/imagelb", adminPort)
 	p := runCaddy(t, bin, cfg, dir, site+"/health")
