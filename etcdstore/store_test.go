@@ -348,8 +348,9 @@ func TestAuth(t *testing.T) {
 	if _, err := root.AuthEnable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Authenticating costs etcd a bcrypt: close to a second under -race.
-	slow := func(c *Config) { c.RequestTimeout = 5 * time.Second }
+	// Authenticating costs etcd a bcrypt: close to a second under -race,
+	// more on a loaded machine; the client authenticates within DialTimeout.
+	slow := func(c *Config) { c.RequestTimeout, c.DialTimeout = 5*time.Second, 5*time.Second }
 	s := open(t, c.Endpoints(), nil, slow, func(c *Config) { c.Username, c.Password = "root", "secret" })
 	l := load(t, s)
 	w := startWatch(t, s, l.Revision)
