@@ -500,8 +500,9 @@ func startLoad() loadReading {
 // among it). The lower one.
 func (l loadReading) cores() float64 {
 	byProcess := othersDelta(l.others, othersCPU())
-	byMachine := max(0, (machineCPU()-l.all)-(ownCPU()-l.own))
-	return min(byProcess, byMachine) / time.Since(l.t0).Seconds()
+	byMachine := max(0, (machineCPU()-l.all)-max(0, ownCPU()-l.own))
+	el := time.Since(l.t0).Seconds()
+	return min(byProcess, byMachine, float64(runtime.NumCPU())*el) / el
 }
 
 // waitQuiet waits, up to -quiet-wait, until other processes use under

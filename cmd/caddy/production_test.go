@@ -15,8 +15,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/imagelb/caddy-imagelb/internal/testkit"
 )
 
 // TestProductionExample runs examples/production/Caddyfile as it is, on
@@ -45,7 +43,10 @@ func TestProductionExample(t *testing.T) {
 		t.Fatalf("the production example did not start:\n%s", p.logs.String())
 	}
 	// the admin endpoint answers 503 until the imagelb app has started
-	testkit.Eventually(t, "the imagelb app on the admin endpoint", func() bool { return statusOf(adm+"/imagelb/services") == 200 })
+	// (with tls internal, Caddy may first make its CA and certificates)
+	began := time.Now()
+	waitFor(t, 60*time.Second, "the imagelb app on the admin endpoint", func() bool { return statusOf(adm+"/imagelb/services") == 200 })
+	t.Logf("the imagelb app answered %s after the admin endpoint", time.Since(began).Round(time.Millisecond))
 
 	// management on the admin endpoint; the guard refuses metadata addresses
 	if st, body := call(t, "POST", adm+"/imagelb/services/1/register?image_name=web",
