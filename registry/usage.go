@@ -118,7 +118,6 @@ func (r *Registry) SetUsageBase(totals map[int64]Usage) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for id, t := range totals {
-		t := t
 		r.usageCounter(id).base.Store(&t)
 	}
 }
