@@ -13,6 +13,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/imagelb/caddy-imagelb/health"
+	"github.com/imagelb/caddy-imagelb/ondemand"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -323,6 +324,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("sticky_secret is empty: give a secret or a placeholder such as {env.IMAGELB_STICKY_SECRET}")
 			}
 			a.StickySecret = v
+		case "on_demand":
+			od, err := parseOnDemand(d)
+			if err != nil {
+				return err
+			}
+			a.OnDemand = od
 		case "service":
 			svc, at, err := parseService(d, a.Services)
 			if err != nil {
@@ -454,6 +461,12 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 				return s, nil, err
 			}
 			s.RetryBudget = f
+		case "on_demand":
+			od, err := parseServiceOnDemand(d)
+			if err != nil {
+				return s, nil, err
+			}
+			s.OnDemand = od
 		default:
 			return s, nil, d.Errf("unrecognized subdirective '%s'", opt)
 		}
@@ -799,6 +812,89 @@ func parseStoreTLS(d *caddyfile.Dispenser) (*StoreTLS, error) {
 		return nil, d.Err("store etcd: tls: cert_file and key_file go together")
 	}
 	return t, nil
+}
+
+// parseOnDemand parses the app's block:
+//
+//	on_demand {
+//		start_url <url>
+//		stop_url <url>
+//		start_timeout <duration>
+//		max_waiting <n>
+//	}
+func parseOnDemand(d *caddyfile.Dispenser) (*OnDemandConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	od := &OnDemandConfig{}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("on_demand: %s already specified", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "start_url", "stop_url":
+			v, err := singleArg(d)
+			if err != nil {
+				return nil, err
+			}
+			if msg := ondemand.CheckURL(v); msg != "" {
+				return nil, d.Errf("on_demand %s %s", opt, msg)
+			}
+			if opt == "start_url" {
+				od.StartURL = v
+			} else {
+				od.StopURL = v
+			}
+		case "start_timeout":
+			v, err := durationArg(d, true)
+			if err != nil {
+				return nil, err
+			}
+			od.StartTimeout = caddy.Duration(v)
+		case "max_waiting":
+			n, err := intArg(d, 1, 1_000_000)
+			if err != nil {
+				return nil, err
+			}
+			od.MaxWaiting = n
+		default:
+			return nil, d.Errf("on_demand: unrecognized option '%s': use start_url, stop_url, start_timeout or max_waiting", opt)
+		}
+	}
+	if od.StartURL == "" {
+		return nil, d.Err("on_demand: start_url is required, e.g. start_url http://127.0.0.1:3003/api/images/{image_id}/start")
+	}
+	return od, nil
+}
+
+// parseServiceOnDemand parses a service's on_demand option: on_demand,
+// on_demand <idle_timeout>, or on_demand { idle_timeout <duration> }.
+func parseServiceOnDemand(d *caddyfile.Dispenser) (*registry.OnDemand, error) {
+	od := &registry.OnDemand{}
+	if d.NextArg() {
+		v, err := registry.ParseDuration(d.Val())
+		if err != nil || v < registry.MinIdleTimeout || v > registry.MaxOptionDuration {
+			return nil, d.Errf("on_demand %q: want an idle_timeout from %s to %s, such as 10m", d.Val(), registry.MinIdleTimeout, registry.MaxOptionDuration)
+		}
+		od.IdleTimeout = registry.Duration(v)
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() != "idle_timeout" {
+			return nil, d.Errf("on_demand: unrecognized option '%s': use idle_timeout", d.Val())
+		}
+		v, err := durationArg(d, true)
+		if err != nil {
+			return nil, err
+		}
+		od.IdleTimeout = registry.Duration(v)
+	}
+	return od, nil
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

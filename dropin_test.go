@@ -95,6 +95,7 @@ func TestOriginalClientFlow(t *testing.T) {
 	startCaddy(t, dropinConfig(port, orch, bill, false))
 	site := fmt.Sprintf("http://127.0.0.1:%d", port)
 	c1, c2 := newHealthBackend(t, "c1"), newHealthBackend(t, "c2")
+	c2.failing.Store(true) // not up yet: it stays unknown through the checks registration brings
 
 	_, raw := do(t, "GET", site+"/health", nil)
 	health := object(t, raw)
@@ -147,7 +148,7 @@ func TestOriginalClientFlow(t *testing.T) {
 		t.Fatalf("system services %s", raw) // unknown (the original's default) until checked, then healthy
 	}
 
-	// proxy a few paths: only the healthy container; the unknown one waits for a check
+	// proxy a few paths: only the healthy container; the unknown one waits for a passing check
 	for _, p := range []string{"/", "/a/b?x=1", "/c"} {
 		if e := proxyGet(t, site, 7, p); e.Backend != "c1" {
 			t.Fatalf("GET %s reached %s, want c1 (c2 is unknown)", p, e.Backend)
@@ -168,6 +169,7 @@ func TestOriginalClientFlow(t *testing.T) {
 		t.Fatalf("the default route reached %+v", e)
 	}
 
+	c2.failing.Store(false)
 	_, raw = do(t, "POST", site+"/api/v1/health-check", nil)
 	if hc := object(t, raw); hc["message"] != "Health check completed" {
 		t.Fatalf("health-check %s", raw)

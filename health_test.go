@@ -65,7 +65,7 @@ func TestOnDemandHealthCheck(t *testing.T) {
 	a, b := newHealthBackend(t, "a"), newHealthBackend(t, "b")
 	b.failing.Store(true)
 	register(t, site+"/api/v1", 102, "",
-		map[string]any{"container_id": "a", "port": a.port, "status": "starting"},
+		map[string]any{"container_id": "a", "port": a.port, "status": "unhealthy"},
 		map[string]any{"container_id": "b", "port": b.port})
 	register(t, site+"/api/v1", 103, "", container("other", newHealthBackend(t, "o").backend))
 
@@ -93,7 +93,7 @@ func TestOnDemandHealthCheck(t *testing.T) {
 		}
 		switch r.ContainerID {
 		case "a":
-			if r.PreviousStatus != "starting" || r.Status != "healthy" || r.Error != nil {
+			if r.PreviousStatus != "unhealthy" || r.Status != "healthy" || r.Error != nil {
 				t.Fatalf("a: %+v", r)
 			}
 		case "b":
@@ -110,6 +110,29 @@ func TestOnDemandHealthCheck(t *testing.T) {
 		t.Fatalf("checking everything: %+v", rep)
 	}
 	mustDo(t, "POST", site+"/api/v1/health-check?image_id=999", nil, 404, nil)
+}
+
+// TestStartingCheckedAtOnce: a container registered as starting is checked
+// at once and then every second until it passes, whatever the interval.
+func TestStartingCheckedAtOnce(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "health_interval 1h"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	a := newHealthBackend(t, "a")
+	a.failing.Store(true)
+	register(t, site+"/api/v1", 104, "", map[string]any{"container_id": "a", "port": a.port, "status": "starting"})
+	eventually(t, "the first check", func() bool {
+		status, lastErr := containerStatus(t, 104, "a")
+		return status == "starting" && lastErr != nil
+	})
+	a.failing.Store(false)
+	eventually(t, "a passing check within a second or so", func() bool {
+		status, _ := containerStatus(t, 104, "a")
+		return status == "healthy"
+	})
+	if e := proxyGet(t, site, 104, "/"); e.Backend != "a" {
+		t.Fatalf("got %s", e.Backend)
+	}
 }
 
 // TestPassiveHealthCheck: a container that refuses connections is taken out

@@ -21,7 +21,7 @@ type collector struct {
 	requests, failures, inFlight, duration                              *prometheus.Desc
 	ctrRequests, ctrFailures, ctrInFlight, ctrDuration, healthy, checks *prometheus.Desc
 	operations, services, containers, storeUp, storeRevision            *prometheus.Desc
-	turnedAway, retriesDenied, ejected, ejections                       *prometheus.Desc
+	turnedAway, retriesDenied, ejected, ejections, waiting              *prometheus.Desc
 }
 
 func newCollector() *collector {
@@ -50,6 +50,7 @@ func newCollector() *collector {
 		retriesDenied: d("imagelb_retries_denied_total", "Retries the image's retry budget refused.", img, nil),
 		ejected:       d("imagelb_container_ejected", "1 if outlier ejection keeps the container out of rotation, else 0.", ctr, nil),
 		ejections:     d("imagelb_container_ejections_total", "Times outlier ejection took the container out of rotation.", ctr, nil),
+		waiting:       d("imagelb_requests_waiting", "Client requests held while an on_demand image starts.", img, nil),
 	}
 }
 
@@ -57,7 +58,7 @@ func newCollector() *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
 		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers,
-		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision} {
+		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision, c.waiting} {
 		ch <- d
 	}
 }
@@ -85,6 +86,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.RateLimited.Load()), id, "rate_limit")
 		ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.Shed.Load()), id, "max_in_flight")
 		ch <- prometheus.MustNewConstMetric(c.retriesDenied, counter, float64(s.State.RetriesDenied.Load()), id)
+		if s.Options.OnDemand != nil {
+			ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.State.Waiting.Load()), id)
+		}
 		for _, ctr := range s.Containers {
 			byStatus[ctr.Status]++
 			st := ctr.Stats

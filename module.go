@@ -160,6 +160,12 @@ type App struct {
 	// restarts and across Caddy nodes. Default: a random secret per process.
 	StickySecret string `json:"sticky_secret,omitempty"`
 
+	// Start on demand (scale to zero): the webhooks that start and stop the
+	// images whose service has the on_demand option, and how long requests
+	// wait. Set only here, by the operator. Default: none (such images
+	// answer 503 while they have no available container).
+	OnDemand *OnDemandConfig `json:"on_demand,omitempty"`
+
 	// Services declared in the configuration. A static service removed
 	// from the configuration is removed on reload; services registered
 	// through the API are not touched.
@@ -249,6 +255,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.checkUsage(); err != nil {
+		return err
+	}
+	if err := a.checkOnDemand(); err != nil {
 		return err
 	}
 	opts, err := a.registryOptions()
@@ -405,6 +414,7 @@ func (a *App) Start() error {
 	a.stopWatch = make(chan struct{})
 	go newFDWatch(a.logger).run(a.stopWatch)
 	a.checker.Configure(a.health, a.emitChange, a.logger.Named("health"))
+	a.startOnDemand()
 	system := a.system
 	a.checker.SetExtras(func() []health.Extra {
 		out := make([]health.Extra, len(system))

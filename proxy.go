@@ -93,6 +93,11 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 // embedded reverse proxy, counting it for the image and its attempts for
 // the containers. target, when not nil, replaces the request's URL.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
+	if len(svc.Available()) == 0 && svc.Options.OnDemand != nil {
+		if svc = h.waitToStart(w, r, svc); svc == nil {
+			return nil
+		}
+	}
 	if len(svc.Available()) == 0 {
 		svc.State.Refuse(http.StatusServiceUnavailable, true)
 		admin.WriteError(w, http.StatusServiceUnavailable,

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/etcdstore"
+	"github.com/imagelb/caddy-imagelb/ondemand"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -176,11 +177,14 @@ type registryHolder struct {
 	usageStore registry.UsageStore
 	ledger     atomic.Pointer[registry.Ledger] // nil until the node's totals are loaded
 	usageCfg   usageConfig
+
+	activator *ondemand.Activator // start on demand and idle stops (ondemand.go)
 }
 
 // Destruct stops the watch and the membership and closes the store when
 // the last configuration using the registry is gone.
 func (h *registryHolder) Destruct() error {
+	h.activator.Stop() // releases the waiting requests
 	if h.cancel != nil {
 		h.cancel() // the ledger's goroutine flushes once more as it ends
 	}
@@ -218,6 +222,7 @@ func (a *App) openRegistry(opts registry.Options) (*registryHolder, error) {
 	}
 	logger := a.logger.Named("usage")
 	h.goSafe(logger, "usage", func() { h.keepLedger(ctx, logger) })
+	h.activator = ondemand.New(h.Registry)
 	return h, nil
 }
 

@@ -9,6 +9,9 @@
 //	services/{image_id}  the JSON of the image's registry.ServiceRecord
 //	ports/{port}         the decimal image_id that owns the external port
 //	nodes/{node_id}      a node's heartbeat, attached to its lease (members.go)
+//	usage/..., usage-totals/{node_id}   the usage ledger (usage.go)
+//	ondemand/claims/{start|stop}/{image_id}  which node calls a webhook, leased (ondemand.go)
+//	ondemand/active/{image_id}  when any node last saw the image active (ondemand.go)
 //
 // A local Cache (the node's bbolt file) mirrors every state the store
 // reads, commits or watches, so a node can start, and keep serving, while

@@ -71,11 +71,13 @@ type Checker struct {
 	stop     context.CancelFunc
 	done     chan struct{}
 	wake     chan struct{}
+	fast     *fastLane // containers waiting for their first pass (fast.go)
+	unlisten func()    // removes the fast lane's registry listener
 }
 
 // NewChecker returns a checker of reg; it checks nothing until Start or CheckNow.
 func NewChecker(reg *registry.Registry) *Checker {
-	c := &Checker{reg: reg, logger: zap.NewNop(), wake: make(chan struct{}, 1)}
+	c := &Checker{reg: reg, logger: zap.NewNop(), wake: make(chan struct{}, 1), fast: newFastLane()}
 	// Checks of containers removed later leave state in the transport:
 	// it is rebuilt after recycle.DefaultEvery of them (see package recycle).
 	transport, _ := recycle.New(func() (http.RoundTripper, error) {
@@ -133,18 +135,20 @@ func (c *Checker) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop, c.done = cancel, make(chan struct{})
 	running.Add(1)
+	c.unlisten = c.reg.OnChange(c.fast.noteChanged)
 	go c.loop(ctx, c.done)
 }
 
 // Stop stops the periodic checks and waits for the loop and its checks to end.
 func (c *Checker) Stop() {
 	c.mu.Lock()
-	stop, done := c.stop, c.done
-	c.stop, c.done = nil, nil
+	stop, done, unlisten := c.stop, c.done, c.unlisten
+	c.stop, c.done, c.unlisten = nil, nil, nil
 	c.mu.Unlock()
 	if stop == nil {
 		return
 	}
+	unlisten()
 	stop()
 	<-done
 	c.client.CloseIdleConnections()
@@ -228,6 +232,11 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 		close(done)
 	}()
 	defer c.recoverPanic("health check loop")
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.fastLoop(ctx, &wg)
+	}()
 	// the first round checks everything at once (bounded by MaxConcurrent):
 	// statuses restored from storage are not trusted
 	first := true

@@ -154,6 +154,13 @@ func (r *Registry) commitQueued() {
 	if len(r.queue) == 0 {
 		r.head = pub
 	}
+	ids := make([]int64, 0, len(batch))
+	for _, p := range batch {
+		if !newer[p.id] {
+			ids = append(ids, p.id)
+		}
+	}
+	r.changed(ids)
 }
 
 // changesOf returns the store changes of a batch: one per image, the last
@@ -258,6 +265,7 @@ func (r *Registry) applyNow(change func(snap *snapshot) (*snapshot, error)) erro
 		r.head = head
 	}
 	r.snap.Store(next)
+	r.changed([]int64{next.touched})
 	return nil
 }
 

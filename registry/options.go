@@ -33,7 +33,27 @@ type ServiceOptions struct {
 	// RetryBudget is the share of requests that may be retried, from 0 to
 	// 1; 0: no budget beyond max_retries.
 	RetryBudget float64 `json:"retry_budget,omitempty"`
+	// OnDemand marks an image that may scale to zero: a request that
+	// finds no available container waits while the app's on_demand
+	// start_url starts one, and the image is stopped through stop_url
+	// after IdleTimeout without activity.
+	OnDemand *OnDemand `json:"on_demand,omitempty"`
 }
+
+// OnDemand is the service side of start on demand; the webhooks are the
+// operator's (the app's on_demand block), never the registration's.
+type OnDemand struct {
+	// IdleTimeout is how long the image may go without a request or an
+	// open stream before stop_url is called; default DefaultIdleTimeout.
+	IdleTimeout Duration `json:"idle_timeout,omitempty"`
+}
+
+// DefaultIdleTimeout is the on_demand idle_timeout when none is given.
+const DefaultIdleTimeout = 10 * time.Minute
+
+// MinIdleTimeout is the shortest idle_timeout: idleness is judged about
+// once a second.
+const MinIdleTimeout = time.Second
 
 // RateLimit is a token bucket: Requests per Interval, bursts of Burst.
 type RateLimit struct {
@@ -194,6 +214,16 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 		case PerService, PerClientIP:
 		default:
 			fe.add("enum", fmt.Sprintf("rate_limit.per %q: use service or client_ip", rl.Per), at("rate_limit", "per")...)
+		}
+	}
+	if od := o.OnDemand; od != nil {
+		cp := *od
+		o.OnDemand = &cp
+		if cp.IdleTimeout == 0 {
+			o.OnDemand.IdleTimeout = Duration(DefaultIdleTimeout)
+		}
+		if d := time.Duration(o.OnDemand.IdleTimeout); d < MinIdleTimeout || d > MaxOptionDuration {
+			fe.add("value_error", fmt.Sprintf("on_demand.idle_timeout must be from %s to %s, got %s", MinIdleTimeout, MaxOptionDuration, d), at("on_demand", "idle_timeout")...)
 		}
 	}
 	if o.MaxInFlight < 0 || o.MaxInFlight > MaxOptionCount {

@@ -64,7 +64,8 @@ type Registry struct {
 	revision   int64           // the shared store's revision applied
 	usage      map[int64]*UsageCounter
 
-	ops [numOps]atomic.Int64
+	ops       [numOps]atomic.Int64
+	listeners listeners // told of every published change (notify.go)
 }
 
 // Op names a kind of acknowledged change, for the operation counters.
@@ -594,8 +595,10 @@ func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 			return fmt.Errorf("static service %d: %w", spec.ImageID, err)
 		}
 	}
-	return r.update(false, func(before *snapshot) (*snapshot, error) {
+	var ids []int64 // what the change touched, for the listeners
+	err := r.update(false, func(before *snapshot) (*snapshot, error) {
 		next := before
+		ids = ids[:0]
 		keep := make(map[int64]bool, len(specs))
 		for _, spec := range specs {
 			spec.Static = true
@@ -607,16 +610,24 @@ func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 				return nil, fmt.Errorf("static service %d: %w", spec.ImageID, err)
 			}
 			keep[spec.ImageID] = true
+			ids = append(ids, spec.ImageID)
 		}
 		for _, shard := range before.shards {
 			for id, svc := range shard {
 				if svc.Static && !keep[id] {
 					next = next.replace(next.lookup(id), nil)
+					ids = append(ids, id)
 				}
 			}
 		}
 		return next, nil
 	})
+	if err == nil {
+		r.mu.Lock()
+		r.changed(ids)
+		r.mu.Unlock()
+	}
+	return err
 }
 
 func unknownImage(id int64) *Error {

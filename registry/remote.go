@@ -168,6 +168,11 @@ func (r *Registry) Restore(loaded *Loaded) (dropped []string, err error) {
 	r.revs, r.revision = revs, loaded.Revision
 	r.snap.Store(next)
 	r.head = next
+	ids := make([]int64, len(specs))
+	for i, spec := range specs {
+		ids[i] = spec.ImageID
+	}
+	r.changed(ids)
 	return dropped, nil
 }
 

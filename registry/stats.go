@@ -88,6 +88,9 @@ type ServiceState struct {
 	// the rate limit, answered 503 by max_in_flight, and retries refused
 	// by the retry budget.
 	RateLimited, Shed, RetriesDenied atomic.Int64
+	// Waiting is the number of requests held while the image starts on
+	// demand.
+	Waiting atomic.Int64
 
 	retryDeficit atomic.Int64           // retry budget: milli-tokens below the cap
 	limits       atomic.Pointer[limits] // rate limiter, made on first use

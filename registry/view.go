@@ -43,6 +43,9 @@ type ServiceView struct {
 	RequestsPerSecond float64         `json:"requests_per_second"`
 	LastUpdated       *string         `json:"last_updated"`
 	Static            bool            `json:"static"`
+	// Waiting is the number of requests held while the image starts on
+	// demand (always 0 for an image without on_demand).
+	Waiting int64 `json:"waiting"`
 	ServiceOptions
 }
 
@@ -88,6 +91,7 @@ func (s *Service) View() ServiceView {
 		FailedRequests:    s.State.Failures.Load() + s.State.Usage.Base().FailedRequests,
 		ActiveConnections: s.State.InFlight.Load(),
 		Static:            s.Static,
+		Waiting:           s.State.Waiting.Load(),
 		ServiceOptions:    s.Options,
 	}
 	_, v.RequestsPerSecond = recentOf(&s.State.Counters)

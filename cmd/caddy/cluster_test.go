@@ -650,7 +650,7 @@ type clusterNode struct {
 // newClusterNode writes examples/cluster/node{i+1}.Caddyfile as it is, but
 // for etcd's endpoints, free ports, request_timeout 2s (writes fail fast
 // while etcd is down), usage_flush 1s and, on node A, nodeAHealthPath.
-func newClusterNode(t *testing.T, root string, i int, endpoints []string) *clusterNode {
+func newClusterNode(t *testing.T, root string, i int, endpoints []string, options ...string) *clusterNode {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(root, "examples", "cluster", fmt.Sprintf("node%d.Caddyfile", i+1)))
 	if err != nil {
@@ -675,6 +675,9 @@ func newClusterNode(t *testing.T, root string, i int, endpoints []string) *clust
 	if i == 0 {
 		extra += "\n\t\thealth_path " + nodeAHealthPath
 	}
+	for _, o := range options {
+		extra += "\n\t\t" + o
+	}
 	replace("health_interval 5s", "health_interval 5s"+extra)
 	n.config = filepath.Join(n.dir, "Caddyfile")
 	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
@@ -684,6 +687,8 @@ func newClusterNode(t *testing.T, root string, i int, endpoints []string) *clust
 	n.site = fmt.Sprintf("http://127.0.0.1:%d", sitePort)
 	return n
 }
+
+// newClusterNode's options are lines added to the node's imagelb block.
 
 // start runs the node and waits until it serves /health and its admin
 // API answers (Caddy starts its apps in no set order: the admin endpoint
