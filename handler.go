@@ -25,7 +25,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
-	httpcaddyfile.RegisterHandlerDirective("imagelb", parseHandlerCaddyfile)
+	httpcaddyfile.RegisterDirective("imagelb", parseHandlerDirective)
 	httpcaddyfile.RegisterDirectiveOrder("imagelb", httpcaddyfile.Before, "respond")
 }
 
@@ -104,6 +104,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return err
 		}
+		rp.StreamCloseDelay = h.app.streamCloseDelay()
 		h.system[sys.ServiceType] = rp
 	}
 	if h.Dashboard {
@@ -140,10 +141,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			Retries:         h.app.maxRetries,
 			SelectionPolicy: Selection{},
 		},
+		// a config reload leaves the WebSockets it proxies open (reload.go)
+		StreamCloseDelay: h.app.streamCloseDelay(),
 	}
 	if err := h.rp.Provision(ctx); err != nil {
 		return fmt.Errorf("provisioning reverse proxy: %v", err)
 	}
+	h.app.warnWithoutHandoff(ctx, h.logger)
 	return nil
 }
 
@@ -162,17 +166,20 @@ func (h *Handler) Validate() error {
 }
 
 // Cleanup releases the embedded reverse proxy and its transport; Caddy
-// does not know about them.
+// does not know about them. After a reload the proxies' WebSockets stay
+// open for stream_close_delay; on the final stop they are closed at once.
 func (h *Handler) Cleanup() error {
 	if h.transport != nil {
 		h.transport.Close()
 	}
 	for _, rp := range h.system {
+		closeStreamsNow(rp)
 		_ = rp.Cleanup()
 	}
 	if h.rp == nil {
 		return nil
 	}
+	closeStreamsNow(h.rp)
 	return h.rp.Cleanup()
 }
 

@@ -56,6 +56,7 @@ func (u *UpstreamSource) Provision(ctx caddy.Context) error {
 	}
 	u.app = app.(*App)
 	u.reg = u.app.reg
+	u.app.warnWithoutHandoff(ctx, ctx.Logger())
 	return nil
 }
 
