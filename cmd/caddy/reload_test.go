@@ -3,15 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -61,7 +58,7 @@ func TestReloadsWithoutHandoffListed(t *testing.T) {
 		t.Fatalf("register: %d", st)
 	}
 
-	load := startMixedLoad(site + "/api/v1/proxy/1/")
+	load := startLoad(loadOpts{freshOdd: true}, site+"/api/v1/proxy/1/")
 	for i := range 3 {
 		load.waitServed(t, 200)
 		reload(t, bin, config(fmt.Sprintf("Caddyfile.reload%d", i), fmt.Sprintf("health_timeout %ds", i+2)), adminPort)
@@ -281,70 +278,4 @@ func closeCode(t *testing.T, conn *websocket.Conn) int {
 		t.Fatal("the WebSocket got a message, want its end")
 	}
 	return websocket.CloseAbnormalClosure
-}
-
-// mixedLoad is 4 clients on keep-alive connections and 4 that open a fresh
-// connection for every request, all requesting a URL in a loop: the fresh
-// connections are the ones a reload can drop.
-type mixedLoad struct {
-	served atomic.Int64
-	fresh  atomic.Int64
-	done   chan struct{}
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	failed []string
-}
-
-func startMixedLoad(url string) *mixedLoad {
-	l := &mixedLoad{done: make(chan struct{})}
-	for i := range 8 {
-		fresh := i%2 == 1
-		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: fresh}, Timeout: 10 * time.Second}
-		l.wg.Go(func() {
-			defer hc.CloseIdleConnections()
-			for {
-				select {
-				case <-l.done:
-					return
-				default:
-				}
-				if fresh {
-					l.fresh.Add(1)
-				}
-				resp, err := hc.Get(url)
-				if err == nil {
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusOK {
-						l.served.Add(1)
-						continue
-					}
-					err = fmt.Errorf("status %d", resp.StatusCode)
-				}
-				l.mu.Lock()
-				l.failed = append(l.failed, err.Error())
-				l.mu.Unlock()
-			}
-		})
-	}
-	return l
-}
-
-// waitServed polls until n more requests were answered.
-func (l *mixedLoad) waitServed(t *testing.T, n int64) {
-	t.Helper()
-	want := l.served.Load() + n
-	deadline := time.Now().Add(30 * time.Second)
-	for l.served.Load() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d requests served in 30s", l.served.Load(), want)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter
-	}
-}
-
-func (l *mixedLoad) stop() (int64, []string) {
-	close(l.done)
-	l.wg.Wait()
-	return l.served.Load(), l.failed
 }
