@@ -150,6 +150,13 @@ upgraded (WebSocket-handshake echo) connections are opened through the proxy, on
 never leave; "long-lived alive" counts those still echoing after the run. N = 0 is the quiet run of the same
 round. Ratios are to stock Caddy's and the Go reference's quiet runs of the same round.
 
+Where the mechanisms differ: a Caddy config reload replaces the reverse_proxy handler, and the old one's
+Cleanup closes the upgraded connections it proxied (reverse_proxy's stream_close_delay, default 0) while the
+old server closes its idle keep-alive connections (a request racing that close is a read error for wrk);
+nginx -s reload parses the whole configuration in a new process before it signals the master, so its
+achieved rate is what that allows on this machine under load, and old workers finish their connections;
+imagelb, HAProxy's runtime API and the Go reference change a list in place.
+
 `, *wsConns)
 	b.WriteString("| proxy | N/s | changes/s | failed changes | req/s | p50 ms | p99 ms | errors | errors per 100k req | req/s ÷ stock Caddy quiet | req/s ÷ Go ref quiet | p99 ÷ Go ref quiet | long-lived alive |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")

@@ -108,7 +108,7 @@ func run() error {
 	if err := ensureTools(map[string]string{"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "haproxy": "haproxy"}); err != nil {
 		return err
 	}
-	loadBefore := loadAverage()
+	loadBefore, at := loadAverage(), commit()
 	started := time.Now()
 
 	dir, err := os.MkdirTemp("", "imagelb-bench-")
@@ -178,7 +178,7 @@ func run() error {
 	var report strings.Builder
 	report.WriteString("# Proxy benchmark\n\n")
 	fmt.Fprintf(&report, "Command: `go run ./bench/proxy%s` (from the repository root), at commit %s; it ran %s.\n\n",
-		argsLine(), commit(), time.Since(started).Round(time.Second))
+		argsLine(), at, time.Since(started).Round(time.Second))
 	fmt.Fprintf(&report, "%s Load average before the run: %s (the machine is shared: read the figures as ratios within this run).\n\n", machine(), loadBefore)
 	report.WriteString(readingNotes)
 	report.WriteString(churnSection)
