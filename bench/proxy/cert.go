@@ -17,7 +17,7 @@ import (
 )
 
 // writeCert makes one self-signed ECDSA P-256 certificate for 127.0.0.1,
-// valid for a day, that every HTTPS target serves.
+// valid for 30 days (Caddy warns about one that ends within a day), that every HTTPS target serves.
 func (e *env) writeCert() error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -28,7 +28,7 @@ func (e *env) writeCert() error {
 		Subject:               pkix.Name{CommonName: "127.0.0.1"},
 		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              time.Now().Add(30 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
