@@ -135,9 +135,9 @@ func (d *driver) stop() (changes, fails int) {
 	return d.changes, d.fails
 }
 
-// churnTable is the churn section: per proxy, quiet then each rate.
+// churnTable is the churn section: per proxy, its quiet run then each
+// rate, from the rotation that ran both.
 func churnTable(ts *targets, conns int, rates []int, res map[string][]sample) string {
-	quiet, churn := res, res
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Churn: the upstream set changes N times a second (wrk -t1 -c%d -d%s, %d rounds)\n\n", conns, *duration, *rounds)
 	fmt.Fprintf(&b, `Each change adds the third backend or removes it again (the set alternates between 2 and 3 upstreams),
@@ -160,7 +160,7 @@ imagelb, HAProxy's runtime API and the Go reference change a list in place.
 `, *wsConns)
 	b.WriteString("| proxy | N/s | changes/s | failed changes | req/s | p50 ms | p99 ms | errors | errors per 100k req | req/s ÷ stock Caddy quiet | req/s ÷ Go ref quiet | p99 ÷ Go ref quiet | long-lived alive |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-	stock, goref := quiet[quietKey(ts.stock, conns)], quiet[quietKey(ts.goref, conns)]
+	stock, goref := res[quietKey(ts.stock, conns)], res[quietKey(ts.goref, conns)]
 	for _, t := range ts.churning() {
 		row := func(label string, ss []sample) {
 			changes := "–"
@@ -180,9 +180,9 @@ imagelb, HAProxy's runtime API and the Go reference change a list in place.
 				errs, per100k, statOf(ratios(ss, stock, rps)).cell("%.2f"), statOf(ratios(ss, goref, rps)).cell("%.2f"),
 				statOf(ratios(ss, goref, p99)).cell("%.2f"), alive)
 		}
-		row("0", quiet[quietKey(t, conns)])
+		row("0", res[quietKey(t, conns)])
 		for _, n := range rates {
-			row(fmt.Sprint(n), churn[churnKey(t, conns, n)])
+			row(fmt.Sprint(n), res[churnKey(t, conns, n)])
 		}
 	}
 	b.WriteString("\n")
