@@ -135,11 +135,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.transport = transport
 	h.rp = &reverseproxy.Handler{
-		Transport:        transport,
-		DynamicUpstreams: &UpstreamSource{reg: h.reg, preselect: true},
+		Transport: transport,
+		// one static upstream whose dial address each attempt's pick sets
+		// (proxy.go, attemptPolicy)
+		Upstreams: reverseproxy.UpstreamPool{{Dial: dialPlaceholder}},
 		LoadBalancing: &reverseproxy.LoadBalancing{
 			Retries:         h.app.maxRetries,
-			SelectionPolicy: Selection{},
+			SelectionPolicy: attemptPolicy{reg: h.reg},
 		},
 		// a config reload leaves the WebSockets it proxies open (reload.go)
 		StreamCloseDelay: h.app.streamCloseDelay(),
@@ -187,7 +189,7 @@ func (h *Handler) Cleanup() error {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.reg.HasPortMappings() {
 		if svc := h.reg.ByPort(localPort(r)); svc != nil {
-			return h.proxy(w, r, next, svc, nil)
+			return h.proxy(w, r, next, svc)
 		}
 	}
 	path := r.URL.Path
