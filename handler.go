@@ -310,7 +310,7 @@ func (h *Handler) forwardSystem(w http.ResponseWriter, r *http.Request, next cad
 	c := &sys.state.counters
 	c.Begin()
 	start := time.Now()
-	status, _, err := serveRecorded(h.system[sys.ServiceType], w, &r2, next, nil)
+	status, _, err := serveRecorded(h.system[sys.ServiceType], w, &r2, next, nil, nil)
 	if err != nil && status == 0 {
 		if status = errorStatus(err); status != 499 {
 			admin.WriteError(w, status, fmt.Sprintf("system service %s (%s) could not be reached: %v",

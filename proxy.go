@@ -117,8 +117,7 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	}
 	q := newRequest(r, svc, h.app)
 	q.watchBody(r)
-	caddyhttp.SetVar(r.Context(), requestVar, q)
-	status, out, err := serveRecorded(h.rp, w, r, next, svc.State.Usage)
+	status, out, err := serveRecorded(h.rp, w, r, next, svc.State.Usage, q)
 	q.bytesOut = out
 
 	if err == nil {
@@ -215,9 +214,9 @@ func unwrapHandlerError(err error) error {
 	return err
 }
 
-// requestVar is the name of the request variable that carries a *request
-// from the imagelb handler (or the first GetUpstreams call) to the upstream
-// source and the selection policy, which see only the request.
+// requestVar is the name of the request variable that carries a *request,
+// on an ordinary site, from the first GetUpstreams call to the selection
+// policy, which see only the request.
 const requestVar = "imagelb.request"
 
 // request is the accounting of one client request for one image: it counts
@@ -373,10 +372,11 @@ const (
 type attemptPolicy struct{ reg *registry.Registry }
 
 func (p attemptPolicy) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	q := requestFrom(r)
-	if q == nil || len(pool) != 1 {
+	sw, _ := w.(*statusWriter)
+	if sw == nil || sw.q == nil || len(pool) != 1 {
 		return nil
 	}
+	q := sw.q
 	svc := p.reg.Lookup(q.service.ImageID)
 	if svc == nil {
 		return nil
@@ -569,6 +569,10 @@ type statusWriter struct {
 	status int
 	usage  *registry.UsageCounter // nil: nothing to count (a system service)
 	out    atomic.Int64           // body bytes written
+	// q is the request the imagelb handler proxies (nil: a system
+	// service): reverse_proxy hands this writer to the selection policy,
+	// so attemptPolicy finds the request here, without the vars map
+	q *request
 }
 
 var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
@@ -577,13 +581,13 @@ var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}
 // none), the body bytes it wrote, and its error. Bytes are counted in usage
 // when it is not nil.
 func serveRecorded(rp *reverseproxy.Handler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler,
-	usage *registry.UsageCounter) (int, int64, error) {
+	usage *registry.UsageCounter, q *request) (int, int64, error) {
 	sw := statusWriters.Get().(*statusWriter)
-	sw.ResponseWriter, sw.status, sw.usage = w, 0, usage
+	sw.ResponseWriter, sw.status, sw.usage, sw.q = w, 0, usage, q
 	sw.out.Store(0)
 	err := rp.ServeHTTP(sw, r, next)
 	status, out := sw.status, sw.out.Load()
-	sw.ResponseWriter, sw.usage = nil, nil
+	sw.ResponseWriter, sw.usage, sw.q = nil, nil, nil
 	statusWriters.Put(sw)
 	return status, out, err
 }
