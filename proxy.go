@@ -93,6 +93,9 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 // embedded reverse proxy, counting it for the image and its attempts for
 // the containers. target, when not nil, replaces the request's URL.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
+	if len(svc.Options.Split) > 0 {
+		svc = h.routeSplit(w, r, svc) // split.go: the image that serves the request
+	}
 	if len(svc.Available()) == 0 && svc.Options.OnDemand != nil {
 		if svc = h.waitToStart(w, r, svc); svc == nil {
 			return nil
@@ -116,6 +119,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		r2 := *r
 		r2.URL = target
 		r = &r2
+	}
+	if svc.Options.Mirror != nil {
+		if m := h.startMirror(r, svc); m != nil { // mirror.go
+			defer m.done()
+		}
 	}
 	q := newRequest(r, svc, h.app)
 	q.watchBody(r)
