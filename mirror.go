@@ -5,11 +5,11 @@ package imagelb
 // the bound and the counters are the registry's (registry/split.go); here
 // the copy is made and sent.
 //
-// A request without a body is copied at once and sent in parallel with the
-// primary request. A request with a body is copied as the primary request
-// reads it (up to the mirror's max_body; one announced as larger is not
-// copied at all) and sent once the primary request has its answer, if the
-// whole body was read. Either way the copy is sent from its own goroutine,
+// The copy is sent once the primary request has its answer, so that it
+// competes with nothing the client waits for. Its body is what the primary
+// request read (up to the mirror's max_body; a body announced as larger is
+// not copied at all, and one that was not read whole is not sent). The copy
+// is sent from its own goroutine,
 // through the handler's transport (Caddy's HTTPTransport), to a container of
 // the target image picked by its algorithm; the client's response and its
 // connection never wait for it, and its answer is read and discarded.
@@ -47,8 +47,7 @@ type mirrorCopy struct {
 // startMirror makes the copy of r (an admitted request of svc, its URL the
 // container's) when svc's mirror takes it: a mirrored method, no protocol
 // upgrade, its turn of the mirror's share, a body not announced as larger
-// than max_body, a place among the target's copies in flight. A request
-// without a body is sent at once and nil returned; otherwise the caller
+// than max_body, a place among the target's copies in flight. The caller
 // calls done when the primary request has its answer.
 func (h *Handler) startMirror(r *http.Request, svc *registry.Service) *mirrorCopy {
 	m := svc.Options.Mirror
@@ -69,8 +68,7 @@ func (h *Handler) startMirror(r *http.Request, svc *registry.Service) *mirrorCop
 	}
 	cp := &mirrorCopy{h: h, targetID: m.ImageID, counters: mc, req: mirrorRequest(r)}
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		go cp.send(nil)
-		return nil
+		return cp
 	}
 	cp.tee = &mirrorTee{ReadCloser: r.Body, limit: int(m.MaxBody), want: r.ContentLength}
 	r.Body = cp.tee
@@ -106,10 +104,14 @@ func mirrorRequest(r *http.Request) *http.Request {
 	return out
 }
 
-// done sends the copy of a request with a body, now that the primary
-// request has its answer, if the primary read the whole body; otherwise
-// the copy is dropped (too large, or not read whole) and counted.
+// done sends the copy now that the primary request has its answer: with
+// the body the primary read, if it read it whole; otherwise the copy is
+// dropped (too large, or not read whole) and counted.
 func (cp *mirrorCopy) done() {
+	if cp.tee == nil {
+		go cp.send(nil)
+		return
+	}
 	body, whole, over := cp.tee.seal()
 	switch {
 	case over:
