@@ -137,7 +137,7 @@ func (o *ServiceOptions) checkSplit(fe *fieldErrors, at func(field ...any) []any
 		fe.add("value_error", fmt.Sprintf("mirror.max_body must be from 1 byte to %s, got %d bytes", Size(MaxMirrorBody), m.MaxBody), at("mirror", "max_body")...)
 	}
 	if m.Methods == nil {
-		m.Methods = DefaultMirrorMethods
+		m.Methods = slices.Clone(DefaultMirrorMethods)
 	} else {
 		m.Methods = slices.Clone(m.Methods)
 	}
