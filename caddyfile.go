@@ -79,6 +79,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		zone            <zone>
 //		zone_header     <header>
 //		sticky_secret   <secret>
+//		handoff         on|off
+//		stream_close_delay <duration>
 //		service <image_id> <image_name> {
 //			algorithm     <algorithm>
 //			external_port <port>
@@ -340,6 +342,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.OnDemand = od
+		case "handoff", "stream_close_delay":
+			if err := a.parseReloadOption(d, opt); err != nil {
+				return err
+			}
 		case "service":
 			svc, at, err := parseService(d, a.Services)
 			if err != nil {
@@ -367,6 +373,32 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		}
 	}
+	return nil
+}
+
+// parseReloadOption parses the options of what a config reload does to
+// imagelb's servers and streams: handoff on|off and
+// stream_close_delay <duration> (0 closes streams at the reload).
+func (a *App) parseReloadOption(d *caddyfile.Dispenser, opt string) error {
+	v, err := singleArg(d)
+	if err != nil {
+		return err
+	}
+	if opt == "handoff" {
+		if v != HandoffOn && v != HandoffOff {
+			return d.Errf("handoff %q: use on or off", v)
+		}
+		a.Handoff = v
+		return nil
+	}
+	var dur time.Duration
+	if v != "0" {
+		if dur, err = parseSeconds(v); err != nil {
+			return d.Errf("stream_close_delay %q: want seconds or a duration (e.g. 24h), or 0 to close streams at a reload", v)
+		}
+	}
+	delay := caddy.Duration(dur)
+	a.StreamCloseDelay = &delay
 	return nil
 }
 

@@ -25,7 +25,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
-	httpcaddyfile.RegisterHandlerDirective("imagelb", parseHandlerCaddyfile)
+	httpcaddyfile.RegisterDirective("imagelb", parseHandlerDirective)
 	httpcaddyfile.RegisterDirectiveOrder("imagelb", httpcaddyfile.Before, "respond")
 }
 
@@ -104,6 +104,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return err
 		}
+		rp.StreamCloseDelay = h.app.streamCloseDelay()
 		h.system[sys.ServiceType] = rp
 	}
 	if h.Dashboard {
@@ -134,16 +135,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.transport = transport
 	h.rp = &reverseproxy.Handler{
-		Transport:        transport,
-		DynamicUpstreams: &UpstreamSource{reg: h.reg, preselect: true},
+		Transport: transport,
+		// one static upstream whose dial address each attempt's pick sets
+		// (proxy.go, attemptPolicy)
+		Upstreams: reverseproxy.UpstreamPool{{Dial: dialPlaceholder}},
 		LoadBalancing: &reverseproxy.LoadBalancing{
 			Retries:         h.app.maxRetries,
-			SelectionPolicy: Selection{},
+			SelectionPolicy: attemptPolicy{reg: h.reg},
 		},
+		// a config reload leaves the WebSockets it proxies open (reload.go)
+		StreamCloseDelay: h.app.streamCloseDelay(),
 	}
 	if err := h.rp.Provision(ctx); err != nil {
 		return fmt.Errorf("provisioning reverse proxy: %v", err)
 	}
+	h.app.warnWithoutHandoff(ctx, h.logger)
 	return nil
 }
 
@@ -162,17 +168,20 @@ func (h *Handler) Validate() error {
 }
 
 // Cleanup releases the embedded reverse proxy and its transport; Caddy
-// does not know about them.
+// does not know about them. After a reload the proxies' WebSockets stay
+// open for stream_close_delay; on the final stop they are closed at once.
 func (h *Handler) Cleanup() error {
 	if h.transport != nil {
 		h.transport.Close()
 	}
 	for _, rp := range h.system {
+		closeStreamsNow(rp)
 		_ = rp.Cleanup()
 	}
 	if h.rp == nil {
 		return nil
 	}
+	closeStreamsNow(h.rp)
 	return h.rp.Cleanup()
 }
 
@@ -180,7 +189,7 @@ func (h *Handler) Cleanup() error {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.reg.HasPortMappings() {
 		if svc := h.reg.ByPort(localPort(r)); svc != nil {
-			return h.proxy(w, r, next, svc, nil)
+			return h.proxy(w, r, next, svc)
 		}
 	}
 	path := r.URL.Path

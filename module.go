@@ -159,6 +159,18 @@ type App struct {
 	// from an environment variable) so that cookies stay valid across
 	// restarts and across Caddy nodes. Default: a random secret per process.
 	StickySecret string `json:"sticky_secret,omitempty"`
+	// Whether servers that serve imagelb get the imagelb_handoff listener
+	// wrapper without listing it: "on" (the Caddyfile's imagelb directive
+	// adds it to its site's server, and a server serving imagelb without
+	// it is logged as a warning) or "off" (neither). JSON configs must
+	// list the wrapper themselves (README, Durability). Default: on.
+	Handoff string `json:"handoff,omitempty"`
+	// How long a WebSocket or other upgraded connection proxied by imagelb
+	// (containers and system services) stays open after a config reload
+	// unloaded the handler that proxies it; 0 closes such connections at
+	// the reload, as Caddy's own reverse_proxy does. On the final stop
+	// they are closed at once. Default: 24h.
+	StreamCloseDelay *caddy.Duration `json:"stream_close_delay,omitempty"`
 
 	// Start on demand (scale to zero): the webhooks that start and stop the
 	// images whose service has the on_demand option, and how long requests
@@ -258,6 +270,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.checkOnDemand(); err != nil {
+		return err
+	}
+	if err := a.checkReload(); err != nil {
 		return err
 	}
 	opts, err := a.registryOptions()

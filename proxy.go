@@ -3,9 +3,10 @@ package imagelb
 // The request path of a proxied request, top to bottom in call order, as
 // Caddy's reverseproxy.go reads: the imagelb handler admits the request
 // (serveProxy, proxy: lookup, availability, rate limit, max_in_flight),
-// starts its record (newRequest), calls Caddy's reverse_proxy, which asks the
-// upstream source for each attempt (pickAttempt: the service's algorithm
-// chooses ONE container), and settles the record when the proxy returns
+// starts its record (newRequest), calls Caddy's reverse_proxy, whose
+// selection policy picks each attempt's container (attemptPolicy: the
+// service's algorithm chooses ONE, and the one static upstream's dial
+// placeholder resolves to it), and settles the record when the proxy returns
 // (finish), mapping errors to the answers the contract names. On an ordinary
 // site (reverse_proxy { dynamic imagelb N; lb_policy imagelb }) the source
 // offers the whole pool (offerPool) and the policy picks from it
@@ -57,10 +58,12 @@ func (h *Handler) serveProxy(w http.ResponseWriter, r *http.Request, next caddyh
 		admin.WriteError(w, http.StatusNotFound, fmt.Sprintf("image_id %d is not registered", id))
 		return nil
 	}
-	u := *r.URL
-	u.RawPath = target
-	u.Path, _ = url.PathUnescape(target) // parseProxyPath checked it
-	return h.proxy(w, r, next, svc, &u)
+	// the container's path replaces the request's, in place, as Caddy's
+	// rewrite does: the handler is the last to use the request, and the
+	// client's request line stays in r.RequestURI for the logs
+	r.URL.RawPath = target
+	r.URL.Path, _ = url.PathUnescape(target) // parseProxyPath checked it
+	return h.proxy(w, r, next, svc)
 }
 
 // parseProxyPath splits the escaped path of a proxy request,
@@ -91,8 +94,8 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 
 // proxy sends the request to one of the service's containers through the
 // embedded reverse proxy, counting it for the image and its attempts for
-// the containers. target, when not nil, replaces the request's URL.
-func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service, target *url.URL) error {
+// the containers.
+func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service) error {
 	if len(svc.Options.Split) > 0 {
 		svc = h.routeSplit(w, r, svc) // split.go: the image that serves the request
 	}
@@ -114,11 +117,6 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		admin.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"image_id %d has max_in_flight %d requests in flight; try again shortly", svc.ImageID, svc.Options.MaxInFlight))
 		return nil
-	}
-	if target != nil {
-		r2 := *r
-		r2.URL = target
-		r = &r2
 	}
 	if svc.Options.Mirror != nil {
 		if m := h.startMirror(r, svc); m != nil { // mirror.go
@@ -363,14 +361,31 @@ func requestFrom(r *http.Request) *request {
 	return q
 }
 
-// pickAttempt chooses the container of the next attempt of a request the
-// imagelb handler admitted, and returns just it, so per-attempt cost does not
-// grow with the container count; nil when none can take it.
-func (u *UpstreamSource) pickAttempt(q *request) []*reverseproxy.Upstream {
-	if q == nil {
+// dialKey is the replacer variable that carries the container picked for
+// an attempt to the one static upstream of the handler's reverse_proxy,
+// whose dial address is dialPlaceholder. Caddy resolves the placeholder per
+// attempt (fillDialInfo), so the transport's connection pools stay per
+// container, while the attempt skips the dynamic-upstream path: no Upstream
+// made per attempt, no copy of the Handler, no process-wide host mutex
+// (provisionUpstream, fillDynamicHost). The placeholder is as long as a
+// typical host:port, so its replacement allocates once.
+const (
+	dialKey         = "imagelb.container_dial_address"
+	dialPlaceholder = "{" + dialKey + "}"
+)
+
+// attemptPolicy is the selection policy of the handler's own reverse_proxy:
+// for each attempt of a request the imagelb handler admitted, it picks ONE
+// container by the service's algorithm, points the static upstream at it
+// and returns that upstream; nil when none can take the attempt.
+type attemptPolicy struct{ reg *registry.Registry }
+
+func (p attemptPolicy) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	q := requestFrom(r)
+	if q == nil || len(pool) != 1 {
 		return nil
 	}
-	svc := u.reg.Lookup(q.service.ImageID)
+	svc := p.reg.Lookup(q.service.ImageID)
 	if svc == nil {
 		return nil
 	}
@@ -379,7 +394,9 @@ func (u *UpstreamSource) pickAttempt(q *request) []*reverseproxy.Upstream {
 		return nil
 	}
 	q.begin(c)
-	return []*reverseproxy.Upstream{{Dial: c.DialAddr()}}
+	q.stick(w, r)
+	r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).Set(dialKey, c.DialValue())
+	return pool[0]
 }
 
 // offerPool is the source on an ordinary site: it starts the request's
@@ -418,8 +435,7 @@ func (u *UpstreamSource) offerPool(r *http.Request, q *request) ([]*reverseproxy
 
 // selectFromPool is the imagelb policy: from the pool offerPool offered it
 // picks by the service's algorithm, with the state kept per image in the
-// registry. Behind the imagelb handler the one upstream was picked already;
-// with another source it takes the first available upstream.
+// registry. With another source it takes the first available upstream.
 func selectFromPool(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
 	q := requestFrom(r)
 	if q == nil || !q.offered {

@@ -31,13 +31,9 @@ type UpstreamSource struct {
 	// "{http.request.host.labels.2}" or "{http.vars.image}". Required.
 	ImageID string `json:"image_id,omitempty"`
 
-	reg *registry.Registry
-	app *App
-	// preselect is set by the imagelb handler, which pairs the source with
-	// its own policy: the container is chosen here and only it is returned,
-	// so per-request cost does not grow with the container count.
-	preselect bool
-	fixedID   int64 // ImageID when it has no placeholder
+	reg     *registry.Registry
+	app     *App
+	fixedID int64 // ImageID when it has no placeholder
 }
 
 // CaddyModule returns the Caddy module information.
@@ -56,14 +52,12 @@ func (u *UpstreamSource) Provision(ctx caddy.Context) error {
 	}
 	u.app = app.(*App)
 	u.reg = u.app.reg
+	u.app.warnWithoutHandoff(ctx, ctx.Logger())
 	return nil
 }
 
 // Validate checks the image id when it has no placeholder.
 func (u *UpstreamSource) Validate() error {
-	if u.preselect {
-		return nil
-	}
 	if u.ImageID == "" {
 		return fmt.Errorf("image_id is required: dynamic imagelb <image_id>")
 	}
@@ -77,15 +71,10 @@ func (u *UpstreamSource) Validate() error {
 	return nil
 }
 
-// GetUpstreams returns, for each attempt, the container the service's
-// algorithm picked (behind the imagelb handler), or the image's available
-// containers (on an ordinary site). See proxy.go.
+// GetUpstreams returns the image's available containers, for lb_policy
+// imagelb to pick from. See proxy.go.
 func (u *UpstreamSource) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	q := requestFrom(r)
-	if u.preselect {
-		return u.pickAttempt(q), nil
-	}
-	return u.offerPool(r, q)
+	return u.offerPool(r, requestFrom(r))
 }
 
 // UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -58,18 +59,59 @@ func init() {
 // tls }): Caddy puts wrappers listed without tls after the TLS handshake,
 // where the wrapper must not hide the TLS connection from the server; there
 // it passes TLS connections through untouched and logs a warning.
+//
+// The Caddyfile's imagelb directive adds it to the servers of its sites by
+// itself, so a server with several imagelb sites may list it more than
+// once: on one server and address only the first one wraps, the others
+// leave the listener as it is.
 type Handoff struct {
 	// How long a new connection may stay silent before it is closed.
 	// Default: 10s.
 	FirstByteTimeout caddy.Duration `json:"first_byte_timeout,omitempty"`
 
 	logger *zap.Logger
+	server *caddyhttp.Server // the server whose listeners this wraps, if any
 }
 
-// Provision sets up the wrapper's logger.
+// Provision sets up the wrapper's logger and remembers its server.
 func (h *Handoff) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		h.server = srv
+		covered.Lock()
+		covered.n[srv]++
+		covered.Unlock()
+	}
 	return nil
+}
+
+// Cleanup forgets the wrapper's server.
+func (h *Handoff) Cleanup() error {
+	if h.server == nil {
+		return nil
+	}
+	covered.Lock()
+	defer covered.Unlock()
+	if covered.n[h.server]--; covered.n[h.server] <= 0 {
+		delete(covered.n, h.server)
+	}
+	return nil
+}
+
+// covered counts, per server of a loaded config, the imagelb_handoff
+// wrappers provisioned for it: the imagelb handler asks Covers to warn
+// about a server that serves it without one. Caddy loads a server's
+// listener wrappers before its routes, so the count is complete by then.
+var covered = struct {
+	sync.Mutex
+	n map[*caddyhttp.Server]int
+}{n: map[*caddyhttp.Server]int{}}
+
+// Covers reports whether srv has an imagelb_handoff listener wrapper.
+func Covers(srv *caddyhttp.Server) bool {
+	covered.Lock()
+	defer covered.Unlock()
+	return covered.n[srv] > 0
 }
 
 // settleLimit bounds how long a new listener waits for the old server's
@@ -99,12 +141,18 @@ func (h Handoff) WrapListener(ln net.Listener) net.Listener {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	l := &handoffListener{Listener: ln, key: ln.Addr().String(), timeout: timeout, logger: h.logger,
+	l := &handoffListener{Listener: ln, key: ln.Addr().String(), timeout: timeout, logger: h.logger, server: h.server,
 		ready: make(chan *handoffConn), direct: make(chan net.Conn), closed: make(chan struct{}), failed: make(chan error, 1)}
 	handoffs.Lock()
 	var older *handoffListener
 	if open := handoffs.open[l.key]; len(open) > 0 {
 		older = open[len(open)-1]
+	}
+	if older != nil && h.server != nil && older.server == h.server {
+		// listed again on the same server (several imagelb sites):
+		// this address is wrapped already
+		handoffs.Unlock()
+		return ln
 	}
 	handoffs.open[l.key] = append(handoffs.open[l.key], l)
 	handoffs.Unlock()
@@ -118,6 +166,7 @@ func (h Handoff) WrapListener(ln net.Listener) net.Listener {
 type handoffListener struct {
 	net.Listener
 	key       string
+	server    *caddyhttp.Server // nil outside a Caddy server (tests)
 	timeout   time.Duration
 	ready     chan *handoffConn // connections with their first bytes, for this listener's server
 	direct    chan net.Conn     // TLS connections, passed through (see Handoff)
@@ -392,6 +441,7 @@ func (h *Handoff) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var (
 	_ caddy.ListenerWrapper = (*Handoff)(nil)
 	_ caddy.Provisioner     = (*Handoff)(nil)
+	_ caddy.CleanerUpper    = (*Handoff)(nil)
 	_ caddyfile.Unmarshaler = (*Handoff)(nil)
 )
 

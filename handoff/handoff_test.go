@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/imagelb/caddy-imagelb/internal/testkit"
 
@@ -189,5 +190,27 @@ https://localhost:%d {
 				hc.CloseIdleConnections() // a fresh connection each time
 			}
 		})
+	}
+}
+
+// TestHandoffWrapsOncePerServer: the imagelb directive may list the wrapper
+// more than once on one server (several imagelb sites); only the first one
+// wraps an address, while the next server on the address (a reload) wraps
+// it again.
+func TestHandoffWrapsOncePerServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, reloaded := new(caddyhttp.Server), new(caddyhttp.Server)
+	first := Handoff{server: old}.WrapListener(ln)
+	t.Cleanup(func() { first.Close() })
+	if again := (Handoff{server: old}).WrapListener(first); again != first {
+		t.Fatalf("a second wrapper of the same server wrapped the listener again: %T", again)
+	}
+	next := Handoff{server: reloaded}.WrapListener(sameAddr{first, first.Addr()})
+	t.Cleanup(func() { next.Close() })
+	if _, ok := next.(*handoffListener); !ok || next == first {
+		t.Fatalf("the next server's wrapper did not wrap: %T", next)
 	}
 }

@@ -115,12 +115,17 @@ type Container struct {
 	ContainerSpec
 	pushed Status // the status the orchestrator pushed: what is stored and shared
 	dial   string
+	dialV  any    // dial, boxed once: handed to code that takes an any per request
 	key    uint64 // hash of the container_id, for rendezvous hashing
 	Stats  *ContainerStats
 }
 
 // DialAddr returns the container's "host:port" network address.
 func (c *Container) DialAddr() string { return c.dial }
+
+// DialValue is DialAddr as an interface value, made once per version, so
+// that storing it (in Caddy's replacer, per request) allocates nothing.
+func (c *Container) DialValue() any { return c.dialV }
 
 // Available reports whether the container may receive new requests.
 func (c *Container) Available() bool {
@@ -214,7 +219,8 @@ func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
 	if stats == nil {
 		stats = new(ContainerStats)
 	}
-	return &Container{ContainerSpec: spec, pushed: spec.Status, dial: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
+	dial := spec.Dial()
+	return &Container{ContainerSpec: spec, pushed: spec.Status, dial: dial, dialV: dial, key: hashString(spec.ContainerID), Stats: stats}
 }
 
 // now is the registry's clock: every reading of the time in the package

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -389,7 +387,7 @@ func TestCluster(t *testing.T) {
 				return st == 200
 			})
 		}
-		load := startClusterLoad(8, fmt.Sprintf("%s/api/v1/proxy/%d/load", B.site, id), fmt.Sprintf("%s/api/v1/proxy/%d/load", C.site, id))
+		load := startLoad(loadOpts{body: `"backend"`}, fmt.Sprintf("%s/api/v1/proxy/%d/load", B.site, id), fmt.Sprintf("%s/api/v1/proxy/%d/load", C.site, id))
 		stopLoad := sync.OnceValues(load.stop)
 		t.Cleanup(func() { stopLoad() })
 		load.waitServed(t, 50)
@@ -1001,68 +999,6 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// clusterLoad is clients requesting URLs in a loop (client i the URL
-// i % len(urls)): every answer that is not a 200 from a backend, and every
-// transport error, is a failure.
-type clusterLoad struct {
-	served atomic.Int64
-	done   chan struct{}
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	failed []string
-}
-
-func startClusterLoad(clients int, urls ...string) *clusterLoad {
-	l := &clusterLoad{done: make(chan struct{})}
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}, Timeout: 10 * time.Second}
-	for i := range clients {
-		url := urls[i%len(urls)]
-		l.wg.Go(func() {
-			defer hc.CloseIdleConnections()
-			for {
-				select {
-				case <-l.done:
-					return
-				default:
-				}
-				resp, err := hc.Get(url)
-				if err == nil {
-					body, rerr := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					switch {
-					case rerr != nil:
-						err = fmt.Errorf("%s: status %d, reading the body: %v", url, resp.StatusCode, rerr)
-					case resp.StatusCode == http.StatusOK && bytes.Contains(body, []byte(`"backend"`)):
-						l.served.Add(1)
-						continue
-					default:
-						err = fmt.Errorf("%s: status %d: %s", url, resp.StatusCode, body)
-					}
-				}
-				l.mu.Lock()
-				l.failed = append(l.failed, time.Now().Format("15:04:05.000")+" "+err.Error())
-				l.mu.Unlock()
-			}
-		})
-	}
-	return l
-}
-
-// waitServed polls until n more requests were answered.
-func (l *clusterLoad) waitServed(t *testing.T, n int64) {
-	t.Helper()
-	want := l.served.Load() + n
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d more proxied requests", n), func() bool { return l.served.Load() >= want })
-}
-
-func (l *clusterLoad) stop() (int64, []string) {
-	close(l.done)
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.served.Load(), l.failed
 }
 
 // mustRequest builds a request with a body.

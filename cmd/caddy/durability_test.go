@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -256,7 +255,7 @@ http://127.0.0.1:%d {
 	})
 
 	t.Run("three caddy reloads under load: registry and counters kept, no request failed", func(t *testing.T) {
-		load := startReloadLoad(site + "/api/v1/proxy/2/")
+		load := startLoad(loadOpts{}, site+"/api/v1/proxy/2/")
 		for i := 0; i < 3; i++ {
 			load.waitServed(t, 50)
 			cfg2 := config(fmt.Sprintf("Caddyfile.reload%d", i), fmt.Sprintf("health_timeout %ds", i+2))
@@ -324,65 +323,6 @@ http://127.0.0.1:%d {
 			t.Fatal("the kept file differs from the corrupt one")
 		}
 	})
-}
-
-// reloadLoad is 8 clients requesting a URL in a loop.
-type reloadLoad struct {
-	url    string
-	served atomic.Int64
-	done   chan struct{}
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	failed []string
-}
-
-func startReloadLoad(url string) *reloadLoad {
-	l := &reloadLoad{url: url, done: make(chan struct{})}
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}, Timeout: 10 * time.Second}
-	for range 8 {
-		l.wg.Go(func() {
-			for {
-				select {
-				case <-l.done:
-					return
-				default:
-				}
-				resp, err := hc.Get(url)
-				if err == nil {
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusOK {
-						l.served.Add(1)
-						continue
-					}
-					err = fmt.Errorf("status %d", resp.StatusCode)
-				}
-				l.mu.Lock()
-				l.failed = append(l.failed, err.Error())
-				l.mu.Unlock()
-			}
-		})
-	}
-	return l
-}
-
-// waitServed polls until n more requests were answered.
-func (l *reloadLoad) waitServed(t *testing.T, n int64) {
-	t.Helper()
-	want := l.served.Load() + n
-	deadline := time.Now().Add(30 * time.Second)
-	for l.served.Load() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d requests served in 30s", l.served.Load(), want)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter
-	}
-}
-
-func (l *reloadLoad) stop() (int64, []string) {
-	close(l.done)
-	l.wg.Wait()
-	return l.served.Load(), l.failed
 }
 
 // TestFullDisk: commit, then publish. With the database on a disk that is

@@ -1,0 +1,153 @@
+package imagelb
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/imagelb/caddy-imagelb/handoff"
+)
+
+// What a config reload does to the servers and streams imagelb serves: the
+// imagelb_handoff listener wrapper on every server with an imagelb site, so
+// that no new connection is dropped (package handoff), and a delay before
+// the streams of an unloaded handler are closed, so that no WebSocket is.
+
+// Values of the app's handoff option.
+const (
+	HandoffOn  = "on"
+	HandoffOff = "off"
+)
+
+// DefaultStreamCloseDelay is how long WebSockets and other upgraded
+// connections outlive the config that proxied them. Reloads are the
+// operator's (registry changes never reload), so a client should not notice
+// one: a day is longer than nearly every session, and still bounds how long
+// an old config's handler stays in memory for a stream left open, one config
+// per reload. Caddy's own default is 0: close at the reload.
+const DefaultStreamCloseDelay = 24 * time.Hour
+
+// checkReload checks the handoff and stream_close_delay options.
+func (a *App) checkReload() error {
+	switch a.Handoff {
+	case "", HandoffOn, HandoffOff:
+	default:
+		return fmt.Errorf("handoff %q: use on or off", a.Handoff)
+	}
+	if a.StreamCloseDelay != nil && *a.StreamCloseDelay < 0 {
+		return fmt.Errorf("stream_close_delay must not be negative, got %s", time.Duration(*a.StreamCloseDelay))
+	}
+	return nil
+}
+
+// streamCloseDelay is the stream_close_delay of the proxies the handler
+// provisions.
+func (a *App) streamCloseDelay() caddy.Duration {
+	if a.StreamCloseDelay != nil {
+		return *a.StreamCloseDelay
+	}
+	return caddy.Duration(DefaultStreamCloseDelay)
+}
+
+// warnWithoutHandoff logs a warning when the server being provisioned
+// serves imagelb without the imagelb_handoff listener wrapper: a reload
+// would then drop a request now and then. Caddy provisions a server's
+// listener wrappers before its routes, so the answer is known here.
+func (a *App) warnWithoutHandoff(ctx caddy.Context, logger *zap.Logger) {
+	srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if !ok || a.Handoff == HandoffOff || handoff.Covers(srv) {
+		return
+	}
+	logger.Warn("this server serves imagelb without the imagelb_handoff listener wrapper: a config reload "+
+		"will drop a request now and then; list it in the server's listener_wrappers (Caddyfile: "+
+		"servers { listener_wrappers { imagelb_handoff; tls } }, JSON: \"listener_wrappers\": "+
+		"[{\"wrapper\": \"imagelb_handoff\"}, {\"wrapper\": \"tls\"}]), or set handoff off in the imagelb "+
+		"options to silence this (README, Durability)",
+		zap.String("server", srv.Name()), zap.Strings("listen", srv.Listen))
+}
+
+// closeStreamsNow makes the proxy close its streams at once when Caddy is
+// exiting: the final stop is no reload, and nothing would serve them after
+// it. Call it right before the proxy's Cleanup.
+func closeStreamsNow(rp *reverseproxy.Handler) {
+	if rp != nil && caddy.Exiting() {
+		rp.StreamCloseDelay = 0
+	}
+}
+
+// parseHandlerDirective is the imagelb directive: the handler's route and,
+// in a site block, the imagelb_handoff listener wrapper for the site's
+// server (handoffWrappers).
+func parseHandlerDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	if !h.Next() {
+		return nil, h.ArgErr()
+	}
+	matcherSet, err := h.ExtractMatcherSet()
+	if err != nil {
+		return nil, err
+	}
+	handler, err := parseHandlerCaddyfile(h)
+	if err != nil {
+		return nil, err
+	}
+	return append(h.NewRoute(matcherSet, handler), handoffWrappers(h)...), nil
+}
+
+// handoffState marks, in the adapter's state, that one imagelb site has
+// placed the tls wrapper after imagelb_handoff.
+const handoffState = "imagelb.handoff_tls"
+
+// handoffWrappers gives the site's server the imagelb_handoff listener
+// wrapper, unless the imagelb global option says handoff off. The first
+// imagelb site block also places Caddy's tls wrapper after it, so that on
+// an HTTPS server it hands connections off before the TLS handshake (tls
+// may be listed once per server, and a directive cannot see which server
+// its site joins; later sites' servers get imagelb_handoff alone, after
+// the handshake on HTTPS, where it passes TLS connections through). Caddy
+// uses these only for directives at the top of a site block, and only when
+// no servers global option applies to the server (its listener_wrappers, even
+// when left empty, replace them): the handler warns at run time about a
+// server left without it.
+func handoffWrappers(h httpcaddyfile.Helper) []httpcaddyfile.ConfigValue {
+	if handoffOff(h.Option("imagelb")) || !topOfSite(h) {
+		return nil
+	}
+	vals := []httpcaddyfile.ConfigValue{{Class: "listener_wrapper", Value: new(handoff.Handoff)}}
+	if h.State[handoffState] == nil {
+		info, err := caddy.GetModule("caddy.listeners.tls")
+		if lw, ok := info.New().(caddy.ListenerWrapper); err == nil && ok {
+			vals = append(vals, httpcaddyfile.ConfigValue{Class: "listener_wrapper", Value: lw})
+			h.State[handoffState] = true
+		}
+	}
+	return vals
+}
+
+// topOfSite reports whether the directive is at the top of a site block:
+// there the adapter gives it the site's state as its block state, and a
+// copy inside nested blocks (handle, route), whose listener wrappers Caddy
+// drops.
+func topOfSite(h httpcaddyfile.Helper) bool {
+	return h.State != nil && reflect.ValueOf(h.State).UnsafePointer() == reflect.ValueOf(h.BlockState).UnsafePointer()
+}
+
+// handoffOff reports whether the imagelb global option, as the adapter
+// holds it, sets handoff off.
+func handoffOff(opt any) bool {
+	app, ok := opt.(httpcaddyfile.App)
+	if !ok {
+		return false
+	}
+	var o struct {
+		Handoff string `json:"handoff"`
+	}
+	_ = json.Unmarshal(app.Value, &o)
+	return o.Handoff == HandoffOff
+}
