@@ -98,6 +98,12 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //				max_ejected_percent  <1-100>
 //			}]
 //			retry_budget  <0-1>|<percent>%
+//			split  <image_id> <percent>[%] [header <name>] [cookie <name>]
+//			mirror <image_id> <percent>[%] [{
+//				max_body      <size>
+//				methods       <method>...
+//				max_in_flight <n>
+//			}]
 //			container <container_id> <host:port> {
 //				name   <name>
 //				weight <0-1000>
@@ -122,7 +128,11 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // traffic-control options are at most 24h. An option left out keeps its
 // default, so a value that could only mean "the default" (a burst,
 // consecutive_failures, min_requests, interval, cooldown or
-// max_ejected_percent of 0) is refused.
+// max_ejected_percent of 0) is refused. split may be given once per image
+// it sends a share to (the shares together at most 100%); the images a
+// split or mirror names must be registered, or be static services of the
+// same configuration, when the configuration is applied. A mirror's
+// percent is required; its methods default to GET HEAD OPTIONS.
 // sticky_secret, and the etcd username, password and tls files, may be
 // placeholders such as {env.IMAGELB_STICKY_SECRET}. persist off is store
 // memory; the block of store is for etcd.
@@ -417,7 +427,7 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if opt != "container" {
+		if opt != "container" && opt != "split" {
 			if seen[opt] {
 				return s, nil, d.Errf("%s already specified", opt)
 			}
@@ -499,6 +509,18 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 				return s, nil, err
 			}
 			s.OnDemand = od
+		case "split":
+			t, err := parseSplit(d, s.ImageID, s.Split)
+			if err != nil {
+				return s, nil, err
+			}
+			s.Split = append(s.Split, t)
+		case "mirror":
+			m, err := parseMirror(d, s.ImageID)
+			if err != nil {
+				return s, nil, err
+			}
+			s.Mirror = m
 		default:
 			return s, nil, d.Errf("unrecognized subdirective '%s'", opt)
 		}
@@ -927,6 +949,137 @@ func parseServiceOnDemand(d *caddyfile.Dispenser) (*registry.OnDemand, error) {
 		od.IdleTimeout = registry.Duration(v)
 	}
 	return od, nil
+}
+
+// parseSplit parses: split <image_id> <percent>[%] [header <name>] [cookie <name>]
+// of service self; prev are its split entries parsed before.
+func parseSplit(d *caddyfile.Dispenser, self int64, prev []registry.SplitTarget) (registry.SplitTarget, error) {
+	var t registry.SplitTarget
+	args := d.RemainingArgs()
+	if len(args) < 2 {
+		return t, d.Err("split needs an image_id and a percent: split <image_id> <percent>% [header <name>] [cookie <name>]")
+	}
+	id, err := imageIDArg(d, "split", args[0], self)
+	if err != nil {
+		return t, err
+	}
+	total := 0.0
+	for _, p := range prev {
+		if p.ImageID == id {
+			return t, d.Errf("split to image %d already specified", id)
+		}
+		total += *p.Percent
+	}
+	p, err := percentArg(d, "split", args[1])
+	if err != nil {
+		return t, err
+	}
+	if total+p > 100+1e-9 {
+		return t, d.Errf("split %d %s: the splits of this service add up to %v%%, more than 100%%", id, args[1], total+p)
+	}
+	t.ImageID, t.Percent = id, &p
+	rest := args[2:]
+	for len(rest) > 0 {
+		key := rest[0]
+		if key != "header" && key != "cookie" {
+			return t, d.Errf("split: unknown %q: after <image_id> <percent> use header <name> and cookie <name>", key)
+		}
+		if len(rest) < 2 {
+			return t, d.Errf("split: %s needs a name", key)
+		}
+		name := rest[1]
+		if !registry.ValidToken(name) {
+			return t, d.Errf("split %s %q: not a %s name", key, name, key)
+		}
+		field := &t.Header
+		if key == "cookie" {
+			field = &t.Cookie
+		}
+		if *field != "" {
+			return t, d.Errf("split: %s already specified", key)
+		}
+		*field = name
+		rest = rest[2:]
+	}
+	return t, nil
+}
+
+// parseMirror parses: mirror <image_id> <percent>[%] [{ max_body <size>;
+// methods <method>...; max_in_flight <n> }] of service self.
+func parseMirror(d *caddyfile.Dispenser, self int64) (*registry.Mirror, error) {
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return nil, d.Err("mirror needs an image_id and a percent: mirror <image_id> <percent>% (say 100% to copy every request)")
+	}
+	id, err := imageIDArg(d, "mirror", args[0], self)
+	if err != nil {
+		return nil, err
+	}
+	p, err := percentArg(d, "mirror", args[1])
+	if err != nil {
+		return nil, err
+	}
+	m := &registry.Mirror{ImageID: id, Percent: &p}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("mirror: %s already specified", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "max_body":
+			v, err := singleArg(d)
+			if err != nil {
+				return nil, err
+			}
+			n, err := registry.ParseSize(v)
+			if err != nil || n < 1 || n > registry.MaxMirrorBody {
+				return nil, d.Errf("mirror max_body %q: want a size from 1 to %s, such as 64KiB", v, registry.Size(registry.MaxMirrorBody))
+			}
+			m.MaxBody = registry.Size(n)
+		case "methods":
+			m.Methods = d.RemainingArgs()
+			if len(m.Methods) == 0 {
+				return nil, d.Err("mirror methods: list the methods to copy, such as GET HEAD")
+			}
+			for _, v := range m.Methods {
+				if !registry.ValidToken(v) || strings.ToUpper(v) != v {
+					return nil, d.Errf("mirror methods %q: want an upper-case method such as GET or POST", v)
+				}
+			}
+		case "max_in_flight":
+			n, err := intArg(d, 1, registry.MaxMirrorInFlight)
+			if err != nil {
+				return nil, err
+			}
+			m.MaxInFlight = n
+		default:
+			return nil, d.Errf("mirror: unrecognized option '%s': use max_body, methods or max_in_flight", opt)
+		}
+	}
+	return m, nil
+}
+
+// imageIDArg reads the image_id a split or mirror of service self names.
+func imageIDArg(d *caddyfile.Dispenser, opt, v string, self int64) (int64, error) {
+	id, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, d.Errf("%s image_id %q must be a positive integer", opt, v)
+	}
+	if id == self {
+		return 0, d.Errf("%s %d: that is this service itself; name another image", opt, id)
+	}
+	return id, nil
+}
+
+// percentArg reads a percent from 0 to 100, with or without the % sign.
+func percentArg(d *caddyfile.Dispenser, opt, v string) (float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+	if err != nil || math.IsNaN(f) || f < 0 || f > 100 {
+		return 0, d.Errf("%s percent %q: want a share from 0%% to 100%%, such as 10%%", opt, v)
+	}
+	return f, nil
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

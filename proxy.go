@@ -96,6 +96,9 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 // embedded reverse proxy, counting it for the image and its attempts for
 // the containers.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service) error {
+	if len(svc.Options.Split) > 0 {
+		svc = h.routeSplit(w, r, svc) // split.go: the image that serves the request
+	}
 	if len(svc.Available()) == 0 && svc.Options.OnDemand != nil {
 		if svc = h.waitToStart(w, r, svc); svc == nil {
 			return nil
@@ -114,6 +117,11 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 		admin.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf(
 			"image_id %d has max_in_flight %d requests in flight; try again shortly", svc.ImageID, svc.Options.MaxInFlight))
 		return nil
+	}
+	if svc.Options.Mirror != nil {
+		if m := h.startMirror(r, svc); m != nil { // mirror.go
+			defer m.done()
+		}
 	}
 	q := newRequest(r, svc, h.app)
 	q.watchBody(r)

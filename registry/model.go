@@ -146,6 +146,7 @@ type Service struct {
 	available    []*Container // the containers that may take new requests
 	strategy     strategy     // the algorithm, built once per version (strategy.go)
 	observer     observer     // strategy, when it learns from outcomes; else nil
+	splitWeights []int64      // the split's shares in the rotation's units (split.go); nil: none
 	State        *ServiceState
 }
 
@@ -200,6 +201,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 	}
 	s.strategy = newStrategy(s)
 	s.observer, _ = s.strategy.(observer)
+	s.splitWeights = splitWeights(spec.Options.Split)
 	return s
 }
 

@@ -38,6 +38,13 @@ type ServiceOptions struct {
 	// start_url starts one, and the image is stopped through stop_url
 	// after IdleTimeout without activity.
 	OnDemand *OnDemand `json:"on_demand,omitempty"`
+	// Split sends shares of the image's requests to other images, each
+	// served with that image's algorithm, containers and options (split.go).
+	// Default: none.
+	Split []SplitTarget `json:"split,omitempty"`
+	// Mirror copies a share of the image's requests to another image, fire
+	// and forget (split.go). Default: none.
+	Mirror *Mirror `json:"mirror,omitempty"`
 }
 
 // OnDemand is the service side of start on demand; the webhooks are the
@@ -264,6 +271,7 @@ func (o *ServiceOptions) check(fe *fieldErrors, alg Algorithm, loc []any) {
 	if math.IsNaN(o.RetryBudget) || o.RetryBudget < 0 || o.RetryBudget > 1 {
 		fe.add("value_error", fmt.Sprintf("retry_budget must be from 0 (no budget) to 1, got %v", o.RetryBudget), at("retry_budget")...)
 	}
+	o.checkSplit(fe, at)
 }
 
 func checkDuration(fe *fieldErrors, field string, d time.Duration, positive bool, loc []any) {

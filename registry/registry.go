@@ -218,6 +218,9 @@ func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
 		return nil, err
 	}
 	err = r.update(true, func(snap *snapshot) (next *snapshot, err error) {
+		if fe := checkReferences(snap, &spec, []any{"body"}); len(fe) > 0 {
+			return nil, fe.err() // the images a split or mirror names, as they are now
+		}
 		next, svc, err = r.register(snap, spec)
 		return next, err
 	})
@@ -611,6 +614,13 @@ func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 			}
 			keep[spec.ImageID] = true
 			ids = append(ids, spec.ImageID)
+		}
+		for _, spec := range specs { // once all are in: static services may name each other
+			if keep[spec.ImageID] {
+				if fe := checkReferences(next, &spec, nil); len(fe) > 0 {
+					return nil, fmt.Errorf("static service %d: %w", spec.ImageID, FieldErrors(fe))
+				}
+			}
 		}
 		for _, shard := range before.shards {
 			for id, svc := range shard {

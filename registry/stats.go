@@ -92,8 +92,17 @@ type ServiceState struct {
 	// demand.
 	Waiting atomic.Int64
 
+	// SplitRequests counts the requests of this image that its split sent
+	// to another image (counted there, as the image that served them).
+	SplitRequests atomic.Int64
+	// Mirror counts the copies other images' mirrors sent this one.
+	Mirror MirrorCounters
+
 	retryDeficit atomic.Int64           // retry budget: milli-tokens below the cap
 	limits       atomic.Pointer[limits] // rate limiter, made on first use
+	split        splitRotation          // the split's rotation (split.go)
+	mirrorSeq    atomic.Uint64          // requests the mirror's share was taken of
+	reg          *Registry              // the registry the service is in, for the warning about other images (split.go); nil in tests
 }
 
 // ContainerStats is the runtime state of a container shared by all its versions.

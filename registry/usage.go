@@ -97,7 +97,7 @@ func (r *Registry) usageCounter(id int64) *UsageCounter {
 // newState returns the runtime state of a new service of the image (r.mu
 // held).
 func (r *Registry) newState(id int64) *ServiceState {
-	return &ServiceState{Usage: r.usageCounter(id)}
+	return &ServiceState{Usage: r.usageCounter(id), reg: r}
 }
 
 // UsageCounters returns the counter of every image that was registered in

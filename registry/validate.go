@@ -503,6 +503,9 @@ func jsonKind(t reflect.Type) string {
 	if t == reflect.TypeFor[Duration]() {
 		return `a duration such as "30s" or a number of seconds`
 	}
+	if t == sizeType {
+		return `a size such as "64KiB" or a number of bytes`
+	}
 	switch t.Kind() {
 	case reflect.Pointer:
 		return jsonKind(t.Elem())

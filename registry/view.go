@@ -46,7 +46,33 @@ type ServiceView struct {
 	// Waiting is the number of requests held while the image starts on
 	// demand (always 0 for an image without on_demand).
 	Waiting int64 `json:"waiting"`
+	// Warning names the images the split or mirror refers to that are not
+	// registered (any more); omitted when there is none.
+	Warning string `json:"warning,omitempty"`
+	TrafficCounters
 	ServiceOptions
+}
+
+// TrafficCounters are the counters of split and mirror in the Service and
+// the statistics: the requests this image's split sent elsewhere, and the
+// copies other images' mirrors sent this one (apart from its real traffic:
+// they are in none of the other counters).
+type TrafficCounters struct {
+	SplitRequests    int64 `json:"split_requests"`
+	MirroredRequests int64 `json:"mirrored_requests"`
+	MirrorFailures   int64 `json:"mirror_failures"`
+	MirrorDropped    int64 `json:"mirror_dropped"`
+	MirrorTooLarge   int64 `json:"mirror_too_large"`
+}
+
+func trafficCounters(st *ServiceState) TrafficCounters {
+	return TrafficCounters{
+		SplitRequests:    st.SplitRequests.Load(),
+		MirroredRequests: st.Mirror.Requests.Load(),
+		MirrorFailures:   st.Mirror.Failures.Load(),
+		MirrorDropped:    st.Mirror.Dropped.Load(),
+		MirrorTooLarge:   st.Mirror.TooLarge.Load(),
+	}
 }
 
 // View returns the API form of the container of the given image.
@@ -92,6 +118,8 @@ func (s *Service) View() ServiceView {
 		ActiveConnections: s.State.InFlight.Load(),
 		Static:            s.Static,
 		Waiting:           s.State.Waiting.Load(),
+		Warning:           s.Warning(),
+		TrafficCounters:   trafficCounters(s.State),
 		ServiceOptions:    s.Options,
 	}
 	_, v.RequestsPerSecond = recentOf(&s.State.Counters)
@@ -164,8 +192,9 @@ type ServiceStatsView struct {
 	RetriesDenied       int64 `json:"retries_denied"`
 	// BytesIn and BytesOut are the usage ledger's totals: request and
 	// response body bytes (README, Usage).
-	BytesIn    int64                `json:"bytes_in"`
-	BytesOut   int64                `json:"bytes_out"`
+	BytesIn  int64 `json:"bytes_in"`
+	BytesOut int64 `json:"bytes_out"`
+	TrafficCounters
 	Containers []ContainerStatsView `json:"containers"`
 }
 
@@ -198,6 +227,7 @@ func (r *Registry) Stats(services []*Service) StatsView {
 			RateLimitedRequests: s.State.RateLimited.Load(),
 			ShedRequests:        s.State.Shed.Load(),
 			RetriesDenied:       s.State.RetriesDenied.Load(),
+			TrafficCounters:     trafficCounters(s.State),
 			Containers:          make([]ContainerStatsView, len(s.Containers)),
 		}
 		sv.LatencyMS, sv.RequestsPerSecond = recentOf(&s.State.Counters)

@@ -1,0 +1,190 @@
+package imagelb
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"testing"
+)
+
+// Tests of mirroring through a real Caddy and real backends: what the
+// target receives, what the client sees (never a wait), and the counters.
+
+// copyOf is what a mirror target received.
+type copyOf struct {
+	method, path, query, body, mirror, forwardedFor string
+}
+
+// recordingBackend sends every request it gets (but health checks) to the
+// returned channel and answers status.
+func recordingBackend(t *testing.T, name string, status int) (*backend, chan copyOf) {
+	t.Helper()
+	got := make(chan copyOf, 100)
+	b := funcBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got <- copyOf{r.Method, r.URL.Path, r.URL.RawQuery, string(body), r.Header.Get(MirrorHeader), r.Header.Get("X-Forwarded-For")}
+		w.WriteHeader(status)
+	})
+	return b, got
+}
+
+// sendBody sends a request with a body through the proxy and returns the
+// container that answered; chunked sends the body without a length.
+func sendBody(t *testing.T, method, url, body string, chunked bool) string {
+	t.Helper()
+	var rd io.Reader = strings.NewReader(body)
+	if chunked {
+		rd = io.MultiReader(rd) // no length known: sent chunked
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%s %s: status %d", method, url, resp.StatusCode)
+	}
+	return resp.Header.Get("X-Backend")
+}
+
+// TestMirrorCopies: the copy has the request's method, path, query, headers
+// and body, and X-Imagelb-Mirror: 1; bodies over max_body are not copied
+// and counted; only the listed methods are copied (by default the safe
+// ones); the share is exact; copies are counted on the target apart from its
+// real traffic.
+func TestMirrorCopies(t *testing.T) {
+	site := splitSite(t)
+	m, copies := recordingBackend(t, "m", http.StatusOK)
+	registerObject(t, site, 402, map[string]any{"containers": []any{container("m", m)}})
+	a := newBackend(t, "a")
+	registerObject(t, site, 401, map[string]any{"containers": []any{container("a", a)},
+		"mirror": map[string]any{"image_id": 402, "percent": 100, "methods": []string{"GET", "POST"}, "max_body": "16B"}})
+	registerObject(t, site, 403, map[string]any{"containers": []any{container("a", a)},
+		"mirror": map[string]any{"image_id": 402, "percent": 25}})
+
+	if got := sendOK(t, site+"/api/v1/proxy/401/x?q=1", http.Header{"X-Forwarded-For": {"10.1.2.3"}}); got != "a" {
+		t.Fatalf("the client was answered by %s", got)
+	}
+	c := <-copies
+	if c != (copyOf{"GET", "/x", "q=1", "", "1", "10.1.2.3, 127.0.0.1"}) {
+		t.Fatalf("the copy of a GET: %+v", c)
+	}
+	sendBody(t, "POST", site+"/api/v1/proxy/401/p", "hello", false)
+	if c := <-copies; c.method != "POST" || c.path != "/p" || c.body != "hello" || c.mirror != "1" {
+		t.Fatalf("the copy of a POST: %+v", c)
+	}
+	sendBody(t, "POST", site+"/api/v1/proxy/401/p", strings.Repeat("x", 17), false) // over max_body, announced
+	sendBody(t, "POST", site+"/api/v1/proxy/401/p", strings.Repeat("x", 32), true)  // over max_body, found reading
+	sendBody(t, "PUT", site+"/api/v1/proxy/401/p", "put", false)                    // not a mirrored method
+	for range 8 {
+		sendOK(t, site+"/api/v1/proxy/403/", nil) // 25%: 2 copies
+	}
+	sendBody(t, "POST", site+"/api/v1/proxy/403/", "no", false) // the default methods are GET, HEAD and OPTIONS
+
+	eventually(t, "4 copies counted", func() bool { return splitStats(t, 402).MirroredRequests == 4 })
+	for range 2 {
+		if c := <-copies; c.path != "/" || c.method != "GET" {
+			t.Fatalf("a copy of image 403's requests: %+v", c)
+		}
+	}
+	s := splitStats(t, 402)
+	if s.MirrorTooLarge != 2 || s.MirrorFailures != 0 || s.MirrorDropped != 0 || s.TotalRequests != 0 {
+		t.Fatalf("image 402: %+v, want 2 too large, no failure, no drop, and no request of its own", s)
+	}
+	select {
+	case c := <-copies:
+		t.Fatalf("a copy that should not have been sent: %+v", c)
+	default:
+	}
+	if n := serviceStats(t, 401).TotalRequests; n != 5 {
+		t.Fatalf("image 401 counted %d requests, want 5", n)
+	}
+}
+
+// TestMirrorNeverHoldsTheClient: with the target holding every copy, the
+// client's requests are answered and its keep-alive connection is used
+// again at once (nginx's mirror holds it); past max_in_flight copies are
+// dropped and counted, and places free up as copies finish.
+func TestMirrorNeverHoldsTheClient(t *testing.T) {
+	site := splitSite(t)
+	held, release := holdBackend(t, "held")
+	registerObject(t, site, 412, map[string]any{"containers": []any{container("held", held)}})
+	registerObject(t, site, 411, map[string]any{"containers": []any{container("a", newBackend(t, "a"))},
+		"mirror": map[string]any{"image_id": 412, "percent": 100, "max_in_flight": 2}})
+
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	for i := range 5 {
+		var reused bool
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace),
+			http.MethodGet, site+"/api/v1/proxy/411/slow", nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Backend") != "a" {
+			t.Fatalf("request %d: %d from %q", i, resp.StatusCode, resp.Header.Get("X-Backend"))
+		}
+		if i > 0 && !reused {
+			t.Fatalf("request %d did not reuse the client's connection while copies were held", i)
+		}
+	}
+	if s := splitStats(t, 412); s.MirrorDropped != 3 || s.MirroredRequests != 0 {
+		t.Fatalf("with 2 copies held: %+v, want 3 dropped and none finished", s)
+	}
+	release()
+	eventually(t, "the 2 held copies finish", func() bool { return splitStats(t, 412).MirroredRequests == 2 })
+	sendOK(t, site+"/api/v1/proxy/411/slow", nil)
+	eventually(t, "a copy after the places freed up", func() bool { return splitStats(t, 412).MirroredRequests == 3 })
+	if s := splitStats(t, 412); s.MirrorDropped != 3 || s.TotalRequests != 0 {
+		t.Fatalf("image 412: %+v", s)
+	}
+}
+
+// TestMirrorFailures: copies that fail are counted on the target as mirror
+// failures, never in its or the source's real counters; a target without an
+// available container drops the copies.
+func TestMirrorFailures(t *testing.T) {
+	site := splitSite(t)
+	bad, _ := recordingBackend(t, "bad", http.StatusInternalServerError)
+	registerObject(t, site, 422, map[string]any{"containers": []any{container("bad", bad)}})
+	registerObject(t, site, 423, map[string]any{"containers": []any{}})
+	a := newBackend(t, "a")
+	registerObject(t, site, 421, map[string]any{"containers": []any{container("a", a)},
+		"mirror": map[string]any{"image_id": 422, "percent": 100}})
+	registerObject(t, site, 424, map[string]any{"containers": []any{container("a", a)},
+		"mirror": map[string]any{"image_id": 423, "percent": 100}})
+	for range 3 {
+		sendOK(t, site+"/api/v1/proxy/421/", nil)
+		sendOK(t, site+"/api/v1/proxy/424/", nil)
+	}
+	eventually(t, "3 failed copies", func() bool { return splitStats(t, 422).MirrorFailures == 3 })
+	eventually(t, "3 dropped copies", func() bool { return splitStats(t, 423).MirrorDropped == 3 })
+	if s := serviceStats(t, 422); s.TotalRequests != 0 || s.FailedRequests != 0 || s.container(t, "bad").TotalRequests != 0 {
+		t.Fatalf("image 422's real counters moved: %+v", s)
+	}
+	if s := serviceStats(t, 421); s.TotalRequests != 3 || s.FailedRequests != 0 {
+		t.Fatalf("image 421: %+v, want 3 requests, none failed", s)
+	}
+	if s := splitStats(t, 422); s.MirroredRequests != 3 {
+		t.Fatalf("image 422: %+v", s)
+	}
+	var svc splitService
+	mustDo(t, "DELETE", fmt.Sprintf("%s/api/v1/services/423", site), nil, 200, nil)
+	mustDo(t, "GET", fmt.Sprintf("%s/api/v1/services/424", site), nil, 200, &svc)
+	if !strings.Contains(svc.Warning, "mirror names image_id 423, which is not registered: nothing is mirrored") {
+		t.Fatalf("warning %q", svc.Warning)
+	}
+	sendOK(t, site+"/api/v1/proxy/424/", nil) // a mirror to a deleted image: inert
+}
