@@ -51,6 +51,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/imagelb/caddy-imagelb/bench/internal/machine"
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
@@ -1525,15 +1526,7 @@ func gitState() string {
 }
 
 func header(source string) string {
-	cpu := "unknown CPU"
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
+	cpu := machine.CPUModel()
 	mem := ""
 	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
 		if f := strings.Fields(string(data)); len(f) > 1 {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	host "github.com/imagelb/caddy-imagelb/bench/internal/machine"
 )
 
 // env is what one run starts: the temp dir, the binaries, the backends and
@@ -197,15 +199,7 @@ func rss(pid int) int64 {
 
 // machine is the line above every table: cores, CPU, versions, date.
 func machine() string {
-	cpu := "unknown CPU"
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
+	cpu := host.CPUModel()
 	version := func(name string, args ...string) string {
 		out, _ := exec.Command(name, args...).CombinedOutput()
 		s := string(out)
