@@ -98,6 +98,7 @@ func TestOnDemandColdStart(t *testing.T) {
 	if got := metricValue(t, `imagelb_requests_waiting{image_id="171"}`); got != n {
 		t.Errorf("imagelb_requests_waiting = %v, want %d", got, n)
 	}
+	eventually(t, "the start webhook", func() bool { return o.Starts(171) >= 1 })
 	if got := o.Starts(171); got != 1 {
 		t.Fatalf("start_url called %d times while %d requests wait, want 1", got, n)
 	}
@@ -129,8 +130,8 @@ func TestOnDemandColdStart(t *testing.T) {
 	if evs[0].name != "imagelb.service_starting" || evs[1].name != "imagelb.service_started" {
 		t.Fatalf("events %v", evs)
 	}
-	if ms, _ := evs[1].data["wait_ms"].(float64); ms <= 0 {
-		t.Errorf("service_started has wait_ms %v", evs[1].data["wait_ms"])
+	if ms, _ := evs[1].data["wait_ms"].(float64); ms <= 0 || evs[1].data["called_start_url"] != true {
+		t.Errorf("service_started %v: want a wait_ms and called_start_url true", evs[1].data)
 	}
 	// a warm image is proxied at once
 	if a := send(t, fmt.Sprintf("%s/api/v1/proxy/171/again", site), nil); a.status != 200 {

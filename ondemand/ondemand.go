@@ -342,52 +342,52 @@ func (a *Activator) begin(id int64, name string, im *image, at time.Time, cfg Co
 	im.starting, im.startedAt, im.called = true, at, false
 	im.failed = nil
 	cluster, node, logger := a.cluster, a.node, a.logger
+	logger.Info("starting image on demand", zap.Int64("image_id", id))
+	a.announce("imagelb.service_starting", map[string]any{"image_id": id, "image_name": name})
 	go func() {
-		called, err := a.callStart(id, name, cfg, cluster, node, at)
+		err := a.callStart(id, name, im, at, cfg, cluster, node)
+		if err == nil {
+			return
+		}
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if !im.starting || !im.startedAt.Equal(at) {
-			return // the start is over (a container came up first)
+			return // the start is over (a container came up all the same)
 		}
-		im.called = called
-		fields := map[string]any{"image_id": id, "image_name": name, "called_start_url": called}
-		if err != nil {
-			im.starting = false
-			im.failed = &Refusal{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter(failedPause), Detail: fmt.Sprintf(
-				"image_id %d has no available container and could not be started: %v; retry shortly", id, err)}
-			im.failedAt = time.Now()
-			fields["error"] = err.Error()
-			logger.Warn("start on demand failed", zap.Int64("image_id", id), zap.Error(err))
-			a.broadcast(im)
-		} else {
-			logger.Info("starting image on demand", zap.Int64("image_id", id), zap.Bool("called_start_url", called))
-		}
-		a.announce("imagelb.service_starting", fields)
+		im.starting = false
+		im.failed = &Refusal{Status: http.StatusServiceUnavailable, RetryAfter: retryAfter(failedPause), Detail: fmt.Sprintf(
+			"image_id %d has no available container and could not be started: %v; retry shortly", id, err)}
+		im.failedAt = time.Now()
+		logger.Warn("start on demand failed", zap.Int64("image_id", id), zap.Error(err))
+		a.broadcast(im)
 	}()
 }
 
 // callStart calls start_url for the image unless another node of the
-// cluster claimed the call: called says whether this node called it.
-func (a *Activator) callStart(id int64, name string, cfg Config, cluster Cluster, node string, at time.Time) (called bool, err error) {
+// cluster claimed the call; im.called records that this node called it.
+func (a *Activator) callStart(id int64, name string, im *image, at time.Time, cfg Config, cluster Cluster, node string) error {
+	var release func()
 	if cluster != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), webhookTimeout)
-		release, won, err := cluster.Claim(ctx, "start/"+strconv.FormatInt(id, 10), node, cfg.StartTimeout)
+		rel, won, err := cluster.Claim(ctx, "start/"+strconv.FormatInt(id, 10), node, cfg.StartTimeout)
 		cancel()
 		if err != nil {
-			return false, fmt.Errorf("the cluster could not decide which node starts it: %v", err)
+			return fmt.Errorf("the cluster could not decide which node starts it: %v", err)
 		}
 		if !won {
-			return false, nil // another node calls start_url; its container reaches us through the store
+			return nil // another node calls start_url; its container reaches us through the store
 		}
-		a.mu.Lock()
-		if im := a.images[id]; im != nil && im.starting && im.startedAt.Equal(at) {
-			im.release = release
-		} else {
-			go release()
-		}
-		a.mu.Unlock()
+		release = rel
 	}
-	return true, a.call(cfg.StartURL, id, map[string]any{"image_id": id, "image_name": name, "action": "start", "node_id": node}, min(cfg.StartTimeout, webhookTimeout))
+	a.mu.Lock()
+	if im.starting && im.startedAt.Equal(at) {
+		im.called = true
+		im.release = release
+	} else if release != nil {
+		go release() // a container came up already
+	}
+	a.mu.Unlock()
+	return a.call(cfg.StartURL, id, map[string]any{"image_id": id, "image_name": name, "action": "start", "node_id": node}, min(cfg.StartTimeout, webhookTimeout))
 }
 
 // call POSTs the webhook; any answer but 2xx is a failure.

@@ -69,6 +69,7 @@ func TestClusterOnDemand(t *testing.T) {
 		testkit.Eventually(t, "20 requests waiting on each node", func() bool {
 			return waiting(A, 50) == perNode && waiting(B, 50) == perNode
 		})
+		testkit.Eventually(t, "the start webhook", func() bool { return o.Starts(50) >= 1 })
 		if got := o.Starts(50); got != 1 {
 			t.Fatalf("start_url called %d times by two nodes with waiting requests, want 1", got)
 		}
