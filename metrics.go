@@ -22,6 +22,7 @@ type collector struct {
 	ctrRequests, ctrFailures, ctrInFlight, ctrDuration, healthy, checks *prometheus.Desc
 	operations, services, containers, storeUp, storeRevision            *prometheus.Desc
 	turnedAway, retriesDenied, ejected, ejections, waiting              *prometheus.Desc
+	splitRequests, mirrorCopies                                         *prometheus.Desc
 }
 
 func newCollector() *collector {
@@ -51,6 +52,10 @@ func newCollector() *collector {
 		ejected:       d("imagelb_container_ejected", "1 if outlier ejection keeps the container out of rotation, else 0.", ctr, nil),
 		ejections:     d("imagelb_container_ejections_total", "Times outlier ejection took the container out of rotation.", ctr, nil),
 		waiting:       d("imagelb_requests_waiting", "Client requests held while an on_demand image starts.", img, nil),
+		splitRequests: d("imagelb_split_requests_total", "Requests of an image that its split sent to another image.", img, nil),
+		mirrorCopies: d("imagelb_mirror_copies_total", "Copies other images' mirrors made for this image, by result (sent, failed: "+
+			"no answer or a 5xx, dropped: past max_in_flight or no container, too_large: body above max_body); apart from its real traffic.",
+			append(img, "result"), nil),
 	}
 }
 
@@ -58,7 +63,7 @@ func newCollector() *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
 		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers,
-		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision, c.waiting} {
+		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision, c.waiting, c.splitRequests, c.mirrorCopies} {
 		ch <- d
 	}
 }
@@ -88,6 +93,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.retriesDenied, counter, float64(s.State.RetriesDenied.Load()), id)
 		if s.Options.OnDemand != nil {
 			ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.State.Waiting.Load()), id)
+		}
+		if n := s.State.SplitRequests.Load(); n > 0 || len(s.Options.Split) > 0 {
+			ch <- prometheus.MustNewConstMetric(c.splitRequests, counter, float64(n), id)
+		}
+		if m := &s.State.Mirror; m.Requests.Load()+m.Dropped.Load()+m.TooLarge.Load() > 0 {
+			for _, r := range []struct {
+				name string
+				n    int64
+			}{{"sent", m.Requests.Load()}, {"failed", m.Failures.Load()}, {"dropped", m.Dropped.Load()}, {"too_large", m.TooLarge.Load()}} {
+				ch <- prometheus.MustNewConstMetric(c.mirrorCopies, counter, float64(r.n), id, r.name)
+			}
 		}
 		for _, ctr := range s.Containers {
 			byStatus[ctr.Status]++

@@ -150,6 +150,10 @@ func TestMirrorNeverHoldsTheClient(t *testing.T) {
 	if s := splitStats(t, 412); s.MirrorDropped != 3 || s.TotalRequests != 0 {
 		t.Fatalf("image 412: %+v", s)
 	}
+	if sent, dropped := metricValue(t, `imagelb_mirror_copies_total{image_id="412",result="sent"}`),
+		metricValue(t, `imagelb_mirror_copies_total{image_id="412",result="dropped"}`); sent != 3 || dropped != 3 {
+		t.Fatalf("imagelb_mirror_copies_total sent %v dropped %v, want 3 and 3", sent, dropped)
+	}
 }
 
 // TestMirrorFailures: copies that fail are counted on the target as mirror

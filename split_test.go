@@ -71,6 +71,9 @@ func TestSplitSequence(t *testing.T) {
 	if src.TotalRequests != 27 || src.SplitRequests != 3 || dst.TotalRequests != 3 || dst.SplitRequests != 0 {
 		t.Fatalf("image 311 %+v, image 312 %+v; want 27 requests and 3 split on 311, 3 requests on 312", src, dst)
 	}
+	if got := metricValue(t, `imagelb_split_requests_total{image_id="311"}`); got != 3 {
+		t.Fatalf("imagelb_split_requests_total = %v, want 3", got)
+	}
 }
 
 // TestSplitOverrides: a header or cookie saying always sends the request
