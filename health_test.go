@@ -251,19 +251,20 @@ func (recorder) Handle(_ context.Context, e caddy.Event) error {
 	return nil
 }
 
-type eventLog struct {
+// eventLog is what an events handler of the tests recorded.
+type eventLog[T any] struct {
 	mu     sync.Mutex
-	events []string
+	events []T
 }
 
-var recorded eventLog
+var recorded eventLog[string]
 
-func (l *eventLog) add(s string) { l.mu.Lock(); l.events = append(l.events, s); l.mu.Unlock() }
-func (l *eventLog) reset()       { l.mu.Lock(); l.events = nil; l.mu.Unlock() }
-func (l *eventLog) list() []string {
+func (l *eventLog[T]) add(e T) { l.mu.Lock(); l.events = append(l.events, e); l.mu.Unlock() }
+func (l *eventLog[T]) reset()  { l.mu.Lock(); l.events = nil; l.mu.Unlock() }
+func (l *eventLog[T]) list() []T {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return append([]string(nil), l.events...)
+	return append([]T(nil), l.events...)
 }
 
 func init() { caddy.RegisterModule(recorder{}) }

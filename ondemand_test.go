@@ -303,19 +303,6 @@ type odEvent struct {
 	data map[string]any
 }
 
-type odEventLog struct {
-	mu     sync.Mutex
-	events []odEvent
-}
-
-var onDemandEvents odEventLog
-
-func (l *odEventLog) add(e odEvent) { l.mu.Lock(); l.events = append(l.events, e); l.mu.Unlock() }
-func (l *odEventLog) reset()        { l.mu.Lock(); l.events = nil; l.mu.Unlock() }
-func (l *odEventLog) list() []odEvent {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]odEvent(nil), l.events...)
-}
+var onDemandEvents eventLog[odEvent] // eventLog: health_test.go
 
 func init() { caddy.RegisterModule(odRecorder{}) }

@@ -232,8 +232,7 @@ const requestVar = "imagelb.request"
 // got it, whatever the number of retries.
 type request struct {
 	service   *registry.Service // the version the request started with
-	pool      *registry.Service // the version whose Available() offerPool offered, in order
-	offered   bool              // offerPool offered the pool (an ordinary site), not the handler's pick
+	pool      *registry.Service // on an ordinary site: the version whose Available() offerPool offered, in order
 	app       *App
 	start     time.Time
 	cur       *registry.Container // the container of the attempt in progress
@@ -425,7 +424,7 @@ func (u *UpstreamSource) offerPool(r *http.Request, q *request) ([]*reverseproxy
 		caddyhttp.SetVar(r.Context(), requestVar, q)
 		q.settleWhenDone(r.Context())
 	}
-	q.pool, q.offered = svc, true
+	q.pool = svc
 	ups := make([]*reverseproxy.Upstream, len(avail))
 	for i, c := range avail {
 		ups[i] = &reverseproxy.Upstream{Dial: c.DialAddr()}
@@ -437,13 +436,10 @@ func (u *UpstreamSource) offerPool(r *http.Request, q *request) ([]*reverseproxy
 // picks by the service's algorithm, with the state kept per image in the
 // registry. With another source it takes the first available upstream.
 func selectFromPool(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	q := requestFrom(r)
-	if q == nil || !q.offered {
+	q := requestFrom(r) // only offerPool puts one there
+	if q == nil {
 		for _, u := range pool {
 			if u.Available() {
-				if q != nil {
-					q.stick(w, r)
-				}
 				return u
 			}
 		}

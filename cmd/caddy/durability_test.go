@@ -158,31 +158,10 @@ func TestDurability(t *testing.T) {
 	dir := t.TempDir()
 	t.Cleanup(endAll)
 	adminPort, sitePort, backendPort := freePort(t), freePort(t), freePort(t)
+	// the imagelb directive gives its server the handoff (no servers
+	// block), so the reload below drops no connection
 	config := func(name, extra string) string {
-		path := filepath.Join(dir, name)
-		cfg := fmt.Sprintf(`{
-	admin localhost:%d
-	servers {
-		listener_wrappers {
-			imagelb_handoff
-		}
-	}
-	imagelb {
-		health_interval 1h
-		%s
-	}
-}
-http://127.0.0.1:%d {
-	imagelb
-}
-http://127.0.0.1:%d {
-	respond "backend"
-}
-`, adminPort, extra, sitePort, backendPort)
-		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
+		return writeSiteConfig(t, filepath.Join(dir, name), adminPort, sitePort, backendPort, extra)
 	}
 	cfg := config("Caddyfile", "")
 	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
