@@ -242,7 +242,7 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		c.fastLoop(ctx, &wg)
+		c.fastLoop(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -276,7 +276,7 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 			if woken {
 				break // new settings or services: start a new round now
 			}
-			c.queue.push(ts[i], cfg.Timeout/2)
+			c.queue.push(ts[i], cfg.Timeout/2, nil)
 		}
 		if !woken {
 			if ok, _ := sleepUntil(ctx, timer, roundStart.Add(cfg.Interval), c.wake); !ok {

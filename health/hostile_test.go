@@ -170,3 +170,31 @@ func TestTarpitsDoNotStarveHealthyChecks(t *testing.T) {
 	}
 	t.Logf("tarpit connections: %d", pit.accepted.Load())
 }
+
+// TestTarpitsDoNotStarveStartingContainers: a container registered
+// starting (one started for waiting requests) is checked about every
+// second until it passes; with every slot held by tarpits it used to find
+// none free, round after round, and waited for the next round.
+func TestTarpitsDoNotStarveStartingContainers(t *testing.T) {
+	const tarpits, slots = 1000, 8
+	pit := newRawServer(t, tarpit)
+	reg := registry.New(registry.Options{})
+	for img := range 10 {
+		var cs []registry.ContainerSpec
+		for i := range tarpits / 10 {
+			cs = append(cs, ctrAt(fmt.Sprintf("pit-%d-%d", img, i), pit.port(), registry.StatusHealthy))
+		}
+		register(t, reg, int64(img+2), cs...)
+	}
+	c, _, _ := newChecker(t, reg, Config{Interval: time.Hour, Timeout: time.Second, MaxConcurrent: slots})
+	c.Start()
+	eventually(t, "the tarpits taking every slot", func() bool { return pit.accepted.Load() >= 2*slots })
+
+	b := newBackend(t, 200)
+	began := time.Now()
+	register(t, reg, 1, ctrAt("new", b.port(), registry.StatusStarting))
+	eventually(t, "the starting container healthy", func() bool {
+		return statusOf(t, reg, 1, "new") == registry.StatusHealthy
+	})
+	t.Logf("healthy after %s", time.Since(began))
+}

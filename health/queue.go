@@ -23,7 +23,9 @@ import (
 // quick answer does not make a tarpit cheap again, so a port that
 // alternates between answering and hanging stays behind the containers
 // that always answer. A target never checked costs Timeout / 2: behind the
-// known-quick ones, ahead of the known tarpits.
+// known-quick ones, ahead of the known tarpits. The fast lane (fast.go)
+// queues its checks here too, a container never checked at cost 0: a
+// container just started for waiting requests gets the next free slot.
 
 // queue holds the checks that are due.
 type queue struct {
@@ -48,14 +50,15 @@ func (t target) key() any {
 	return t.c.Stats
 }
 
-// push queues a check of t, unless one is queued or running; unknown is
-// the cost of a target never checked.
-func (q *queue) push(t target, unknown time.Duration) {
+// push queues a check of t, unless one is queued or running (false);
+// unknown is the cost of a target never checked; done, if not nil, is
+// called when the check has run (with when it began), or is dropped.
+func (q *queue) push(t target, unknown time.Duration, done func(began time.Time)) bool {
 	k := t.key()
 	q.mu.Lock()
 	if q.pending[k] {
 		q.mu.Unlock()
-		return
+		return false
 	}
 	q.pending[k] = true
 	cost, ok := q.cost[k]
@@ -63,22 +66,23 @@ func (q *queue) push(t target, unknown time.Duration) {
 		cost = unknown
 	}
 	q.seq++
-	heap.Push(&q.due, dueCheck{t: t, cost: cost, seq: q.seq})
+	heap.Push(&q.due, dueCheck{t: t, cost: cost, seq: q.seq, done: done})
 	q.mu.Unlock()
 	select {
 	case q.ready <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // pop returns the cheapest queued check (the oldest of equal cost).
-func (q *queue) pop() (target, bool) {
+func (q *queue) pop() (dueCheck, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.due) == 0 {
-		return target{}, false
+		return dueCheck{}, false
 	}
-	return heap.Pop(&q.due).(dueCheck).t, true
+	return heap.Pop(&q.due).(dueCheck), true
 }
 
 func (q *queue) empty() bool {
@@ -100,8 +104,14 @@ func (q *queue) finish(t target, d time.Duration) {
 // runs), so that the next Start queues every target again.
 func (q *queue) reset() {
 	q.mu.Lock()
+	dropped := q.due
 	q.due, q.pending = nil, map[any]bool{}
 	q.mu.Unlock()
+	for _, d := range dropped {
+		if d.done != nil {
+			d.done(time.Now())
+		}
+	}
 }
 
 // keep forgets the costs of targets no longer in ts (at a round's start).
@@ -137,7 +147,7 @@ func (c *Checker) dispatch(ctx context.Context, wg *sync.WaitGroup) {
 			}
 			// chosen only now that a slot is free: a cheap check queued
 			// while the dispatcher waited goes first
-			t, ok := c.queue.pop()
+			d, ok := c.queue.pop()
 			if !ok {
 				<-sem
 				break
@@ -147,9 +157,14 @@ func (c *Checker) dispatch(ctx context.Context, wg *sync.WaitGroup) {
 				defer wg.Done()
 				defer func() { <-sem }()
 				began := time.Now()
-				defer func() { c.queue.finish(t, time.Since(began)) }()
+				defer func() {
+					c.queue.finish(d.t, time.Since(began))
+					if d.done != nil {
+						d.done(began)
+					}
+				}()
 				defer c.recoverPanic("health check")
-				c.checkOne(ctx, t)
+				c.checkOne(ctx, d.t)
 			}()
 		}
 	}
@@ -159,6 +174,7 @@ type dueCheck struct {
 	t    target
 	cost time.Duration
 	seq  uint64
+	done func(began time.Time)
 }
 
 // dueHeap orders checks by cost, then by when they were queued.
