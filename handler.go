@@ -199,8 +199,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	api := path == apiPrefix || strings.HasPrefix(path, apiPrefix+"/")
 	managed := api && h.api.Owns(r)
 	if api && !managed {
-		if sys := matchSystem(h.app.system, strings.TrimPrefix(path, apiPrefix)); sys != nil {
-			return h.forwardSystem(w, r, next, sys) // so is a system service's
+		sys, target, msg := h.systemRoute(r)
+		if msg != "" {
+			admin.WriteError(w, http.StatusBadRequest, msg)
+			return nil
+		}
+		if sys != nil {
+			return h.forwardSystem(w, r, next, sys, target) // so is a system service's
 		}
 	}
 	own := api || path == "/" || path == healthPath || path == "/openapi.json" || path == "/docs" || strings.HasPrefix(path, "/docs/")
@@ -302,11 +307,11 @@ func checkOrigin(o string) string {
 	return ""
 }
 
-// forwardSystem forwards a request below /api/v1 to a system service,
-// with /api/v1 cut off the path, and counts it.
-func (h *Handler) forwardSystem(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, sys *systemService) error {
+// forwardSystem forwards a request below /api/v1 to a system service, at
+// target (the path systemRoute matched, /api/v1 cut off), and counts it.
+func (h *Handler) forwardSystem(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, sys *systemService, target *url.URL) error {
 	r2 := *r
-	r2.URL = systemTarget(r, strings.TrimPrefix(r.URL.Path, apiPrefix))
+	r2.URL = target
 	c := &sys.state.counters
 	c.Begin()
 	start := time.Now()

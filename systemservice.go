@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/imagelb/caddy-imagelb/admin"
@@ -205,15 +206,46 @@ func newSystemProxy(ctx caddy.Context, s *systemService, timeout time.Duration) 
 	return rp, nil
 }
 
-// systemTarget is the URL a system service gets for a request: the path
-// after /api/v1, the query string kept.
-func systemTarget(r *http.Request, rest string) *url.URL {
-	u := *r.URL
-	u.Path = rest
-	if raw, ok := strings.CutPrefix(r.URL.RawPath, apiPrefix); ok {
-		u.RawPath = raw
+// systemRoute picks the system service of a request below /api/v1 that
+// the API does not serve, as Caddy's path matcher would: on the decoded
+// path (%2e is a dot, %2F a slash), with its dot segments resolved and its
+// slashes merged (caddyhttp.CleanPath). The service gets the path that was
+// matched, /api/v1 cut off, and never the path as sent: a backend that
+// resolves "/users/../internal/admin" itself would otherwise serve a path
+// its service was not given. A path that was clean already keeps its
+// escapes, unless it has an encoded slash (forwarded as the slash it was
+// matched as). A path that resolves outside /api/v1, or to a route of the
+// API or the proxy, gets msg for a 400: its own path is the way there.
+// sys is nil when no service serves the path.
+func (h *Handler) systemRoute(r *http.Request) (sys *systemService, target *url.URL, msg string) {
+	if len(h.app.system) == 0 {
+		return nil, nil, ""
 	}
-	return &u
+	clean := caddyhttp.CleanPath(r.URL.Path, true)
+	if clean != apiPrefix && !strings.HasPrefix(clean, apiPrefix+"/") {
+		return nil, nil, fmt.Sprintf("path %q resolves to %q, outside /api/v1, once its dot segments are resolved: "+
+			"send the path itself", r.URL.EscapedPath(), clean)
+	}
+	u := *r.URL
+	u.Path, u.RawPath = clean, ""
+	if clean == r.URL.Path && !strings.Contains(strings.ToLower(r.URL.RawPath), "%2f") {
+		u.RawPath = r.URL.RawPath // clean already: its own escapes
+	}
+	if clean != r.URL.Path {
+		probe := *r
+		probe.URL = &u
+		if clean == proxyPrefix || strings.HasPrefix(clean, proxyPrefix+"/") || h.api.Owns(&probe) {
+			return nil, nil, fmt.Sprintf("path %q resolves to %q, a route of the load balancer, once its dot segments "+
+				"are resolved: send that path itself", r.URL.EscapedPath(), clean)
+		}
+	}
+	sys = matchSystem(h.app.system, strings.TrimPrefix(clean, apiPrefix))
+	if sys == nil {
+		return nil, nil, ""
+	}
+	u.Path = strings.TrimPrefix(u.Path, apiPrefix)
+	u.RawPath = strings.TrimPrefix(u.RawPath, apiPrefix)
+	return sys, &u, ""
 }
 
 // parseSystemService parses:

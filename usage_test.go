@@ -145,4 +145,14 @@ func TestUsageCountsBytes(t *testing.T) {
 	wantError(t, "GET", site+"/api/v1/usage?from=yesterday", "", 422, "RFC 3339")
 	wantError(t, "GET", site+"/api/v1/usage?step=7s", "", 422, "multiple")
 	wantError(t, "GET", site+"/api/v1/usage?from=2026-12-01T10:00:00Z&to=2026-12-01T09:00:00Z", "", 422, "before")
+	// issue 24, row 11: a range the ledger cannot answer was a 500
+	// "encoding the response failed"
+	for _, q := range []string{
+		"from=9999-01-01T00:00:00Z&to=9999-12-31T23:59:59Z&step=8760h",
+		"from=0001-01-01T00:00:00Z&to=0001-01-01T01:00:00Z",
+		"from=1900-01-01T00:00:00Z&to=2026-12-01T00:00:00Z&step=87600h",
+		"from=2026-12-01T00:00:00Z&to=2300-01-01T00:00:00Z&step=876000h",
+	} {
+		wantError(t, "GET", site+"/api/v1/usage?"+q, "", 422, "between 1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z")
+	}
 }

@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -9,8 +10,10 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -72,12 +75,14 @@ type Checker struct {
 	done     chan struct{}
 	wake     chan struct{}
 	fast     *fastLane // containers waiting for their first pass (fast.go)
+	queue    *queue    // the rounds' checks waiting for a slot (queue.go)
 	unlisten func()    // removes the fast lane's registry listener
 }
 
 // NewChecker returns a checker of reg; it checks nothing until Start or CheckNow.
 func NewChecker(reg *registry.Registry) *Checker {
-	c := &Checker{reg: reg, logger: zap.NewNop(), wake: make(chan struct{}, 1), fast: newFastLane()}
+	c := &Checker{reg: reg, logger: zap.NewNop(), wake: make(chan struct{}, 1), fast: newFastLane(),
+		queue: newQueue()}
 	// Checks of containers removed later leave state in the transport:
 	// it is rebuilt after recycle.DefaultEvery of them (see package recycle).
 	transport, _ := recycle.New(func() (http.RoundTripper, error) {
@@ -222,20 +227,26 @@ func (c *Checker) targets(imageID int64) []target {
 
 // loop runs one round per interval. A round spreads its checks evenly over
 // the interval, starting at a random offset, so that many containers are
-// not probed at the same instant; checks run concurrently, bounded by
-// MaxConcurrent, so a slow container does not hold up the others.
+// not probed at the same instant; it queues them, and the dispatcher runs
+// them concurrently, bounded by MaxConcurrent and cheapest first (queue.go),
+// so a slow container does not hold up the others.
 func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 	var wg sync.WaitGroup
 	defer func() {
 		wg.Wait()
+		c.queue.reset()
 		running.Add(-1)
 		close(done)
 	}()
 	defer c.recoverPanic("health check loop")
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		c.fastLoop(ctx, &wg)
+		c.fastLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		c.dispatch(ctx, &wg)
 	}()
 	// the first round checks everything at once (bounded by MaxConcurrent):
 	// statuses restored from storage are not trusted
@@ -244,6 +255,7 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 		cfg, _, _ := c.settings()
 		roundStart := time.Now()
 		ts := c.roundTargets()
+		c.queue.keep(ts)
 		spacing := time.Duration(0)
 		if len(ts) > 0 && !first {
 			spacing = cfg.Interval / time.Duration(len(ts))
@@ -256,7 +268,6 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 		timer := time.NewTimer(0)
 		woken := false
 		for i := 0; i < len(ts) && !woken; i++ {
-			t := ts[i]
 			var ok bool
 			if ok, woken = sleepUntil(ctx, timer, roundStart.Add(offset+time.Duration(i)*spacing), c.wake); !ok {
 				timer.Stop()
@@ -265,22 +276,7 @@ func (c *Checker) loop(ctx context.Context, done chan struct{}) {
 			if woken {
 				break // new settings or services: start a new round now
 			}
-			_, sem, _ := c.settings()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-			}
-			if ctx.Err() != nil {
-				timer.Stop()
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				defer c.recoverPanic("health check")
-				c.checkOne(ctx, t)
-			}()
+			c.queue.push(ts[i], cfg.Timeout/2, nil)
 		}
 		if !woken {
 			if ok, _ := sleepUntil(ctx, timer, roundStart.Add(cfg.Interval), c.wake); !ok {
@@ -387,31 +383,78 @@ func (c *Checker) checkOne(ctx context.Context, t target) Result {
 	return res
 }
 
-// probe sends one check and returns why it failed, or "".
+// probe sends one check and returns why it failed, or "". Timeout bounds
+// the whole check: the dial, the answer's headers and the body read.
 func (c *Checker) probe(ctx context.Context, cfg Config, addr string) string {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	url := "http://" + addr + cfg.Path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return err.Error()
+		return c.failed(ctx, cfg, addr, err)
 	}
 	req.Header.Set("User-Agent", "imagelb-health-check")
 	resp, err := c.client.Do(req)
 	if err != nil {
-		if ctx.Err() == context.DeadlineExceeded {
-			return fmt.Sprintf("no answer within %s", cfg.Timeout)
-		}
-		return err.Error()
+		return c.failed(ctx, cfg, addr, err)
 	}
-	// drain a little so that the connection can be reused
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	// read a little, within the deadline, so that the connection can be
+	// reused; a body that does not come is a failed check
+	_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
+	if err != nil {
+		return c.failed(ctx, cfg, addr, err)
+	}
 	if resp.StatusCode < cfg.ExpectLo || resp.StatusCode > cfg.ExpectHi {
 		return "status " + strconv.Itoa(resp.StatusCode) + " from " + cfg.Path +
 			" (expected " + strconv.Itoa(cfg.ExpectLo) + "-" + strconv.Itoa(cfg.ExpectHi) + ")"
 	}
 	return ""
+}
+
+// failed logs why a check failed (at debug level: the error may quote what
+// the peer sent) and returns it in fixed words.
+func (c *Checker) failed(ctx context.Context, cfg Config, addr string, err error) string {
+	text := failureText(ctx, cfg, err)
+	_, _, logger := c.settings()
+	if ce := logger.Check(zap.DebugLevel, "health check failed"); ce != nil {
+		ce.Write(zap.String("upstream", addr), zap.String("reason", text), zap.Error(err))
+	}
+	return text
+}
+
+// failureText says what failed in a check in fixed words, whatever err
+// says: last_health_error is shown by the API and the dashboard, and Go's
+// errors quote the peer's bytes (malformed HTTP status code "..."), which
+// would make the checker a banner reader for whoever registers containers.
+func failureText(ctx context.Context, cfg Config, err error) string {
+	var rerr *registry.Error
+	var dnsErr *net.DNSError
+	var netErr net.Error
+	msg := err.Error()
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout: no answer within " + cfg.Timeout.String()
+	case errors.As(err, &rerr):
+		return "dial refused by the self/metadata rule"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "host unreachable"
+	case errors.As(err, &dnsErr):
+		return "host name not resolved"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), strings.Contains(msg, "server closed idle connection"):
+		return "connection closed without an answer"
+	case strings.Contains(msg, "malformed"), strings.Contains(msg, "transport connection broken"),
+		strings.Contains(msg, "invalid"), strings.Contains(msg, "too long"), strings.Contains(msg, "chunk"):
+		// net/http's parse errors are plain strings: "malformed HTTP
+		// response", "malformed MIME header", "invalid Content-Length",
+		// "header line too long", "bad chunk length"…
+		return "not HTTP"
+	}
+	return "check failed (the debug log has the details)"
 }
 
 // apply records a check result and changes the container's status when a

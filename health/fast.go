@@ -117,11 +117,7 @@ func (f *fastLane) done(t target, began time.Time) {
 	}
 }
 
-// fastRetry is how soon a fast check that found every check slot taken is
-// tried again.
-const fastRetry = 100 * time.Millisecond
-
-// later puts off a check that could not start until at.
+// later puts off a check that could not be queued until at.
 func (f *fastLane) later(t target, at time.Time) {
 	f.mu.Lock()
 	if e := f.entries[t.c.Stats]; e != nil {
@@ -131,9 +127,9 @@ func (f *fastLane) later(t target, at time.Time) {
 	f.mu.Unlock()
 }
 
-// fastLoop runs the fast lane's checks until ctx ends, within the same
-// MaxConcurrent as the rounds; it never waits for a slot.
-func (c *Checker) fastLoop(ctx context.Context, wg *sync.WaitGroup) {
+// fastLoop queues the fast lane's checks until ctx ends; they run within
+// the same MaxConcurrent as the rounds, through the same queue (queue.go).
+func (c *Checker) fastLoop(ctx context.Context) {
 	defer c.recoverPanic("fast health check loop")
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -141,24 +137,11 @@ func (c *Checker) fastLoop(ctx context.Context, wg *sync.WaitGroup) {
 		now := time.Now()
 		ts, next := c.fast.due(c.reg, now)
 		for _, t := range ts {
-			_, sem, _ := c.settings()
-			select {
-			case sem <- struct{}{}:
-			default:
-				// every slot is taken: try again shortly, rather than wait
-				// for one and hold up the rounds, which wait for slots too
-				c.fast.later(t, now.Add(fastRetry))
-				continue
+			if !c.queue.push(t, 0, func(began time.Time) { c.fast.done(t, began) }) {
+				// a round's check of it is queued or running: the next
+				// fast one comes after it
+				c.fast.later(t, now.Add(FastInterval))
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				defer c.recoverPanic("health check")
-				began := time.Now()
-				c.checkOne(ctx, t)
-				c.fast.done(t, began)
-			}()
 		}
 		wait := time.Hour
 		if !next.IsZero() {

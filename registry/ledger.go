@@ -206,6 +206,11 @@ func (l *Ledger) Query(ctx context.Context, q UsageQuery) (*UsageReport, error) 
 	if !from.Before(to) {
 		return nil, invalid("from (%s) must be before to (%s)", q.From.Format(time.RFC3339), q.To.Format(time.RFC3339))
 	}
+	if from.Before(UsageEarliest) || to.After(UsageLatest) {
+		return nil, invalid("the range %s to %s, aligned to whole steps of %s, must lie between %s and %s: "+
+			"pick from and to within it, and a step shorter than the range", from.Format(time.RFC3339),
+			to.Format(time.RFC3339), q.Step, UsageEarliest.Format(time.RFC3339), UsageLatest.Format(time.RFC3339))
+	}
 	if steps := to.Sub(from) / q.Step; steps > maxUsageSteps {
 		return nil, invalid("%d steps of %s from %s to %s: at most %d; use a longer step", steps, q.Step,
 			from.Format(time.RFC3339), to.Format(time.RFC3339), maxUsageSteps)
@@ -267,6 +272,15 @@ func (l *Ledger) Query(ctx context.Context, q UsageQuery) (*UsageReport, error) 
 
 // maxUsageSteps bounds the buckets of one answer.
 const maxUsageSteps = 10000
+
+// The range a usage query may cover, once aligned to whole steps: bucket
+// starts are kept in nanoseconds since 1970 (an int64 reaches 2262), and
+// an answer's times must be RFC 3339 (years up to 9999). Step alignment
+// counts from year 1, so a long step can move from far back.
+var (
+	UsageEarliest = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+	UsageLatest   = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+)
 
 // MemoryUsage is the usage ledger's store when the registry is kept in
 // memory (store memory): it lives as long as the process.
