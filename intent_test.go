@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -162,5 +163,38 @@ func TestWritesNeedANamedOrigin(t *testing.T) {
 	a := write(t, "POST", site+"/api/v1/services/48/register?image_name=x", "application/json", "[]", hdr)
 	if a.status != http.StatusForbidden || !strings.Contains(a.detail(), "cors http://evil.example") {
 		t.Fatalf("write: %d %s", a.status, a.body)
+	}
+}
+
+// TestCrossSitePageInBrowser opens, in headless Chromium, a page of another
+// site (http://localhost:P, while the API is at http://127.0.0.1:Q) that
+// registers a service with a no-cors text/plain fetch: a request the
+// browser sends without a preflight, whatever the cors option says. The
+// page sees an answer (an opaque one), and the registration does not exist.
+func TestCrossSitePageInBrowser(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, intentConfig(port, "http://ui.example"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	b := newBackend(t, "a")
+	api := site + "/api/v1/services/49/register?image_name=forged"
+	body := fmt.Sprintf(`[{"container_id": "a", "port": %d}]`, b.port)
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><title>a page of another site</title><p id="out">pending</p>
+<script>
+fetch(%q, {method: "POST", mode: "no-cors", body: %q, headers: {"Content-Type": "text/plain"}})
+  .then(r => { document.getElementById("out").textContent = "answered:" + r.type; })
+  .catch(e => { document.getElementById("out").textContent = "failed:" + e; });
+</script>`, api, body)
+	}))
+	t.Cleanup(page.Close)
+	pageURL := strings.Replace(page.URL, "127.0.0.1", "localhost", 1) // another site than 127.0.0.1
+
+	html := string(chromium(t, "--virtual-time-budget=5000", "--dump-dom", pageURL))
+	if !strings.Contains(html, "answered:opaque") {
+		t.Fatalf("the page's fetch got no answer, so the test proves nothing:\n%s", html)
+	}
+	if st, raw := do(t, "GET", site+"/api/v1/services/49", nil); st != http.StatusNotFound {
+		t.Fatalf("a page of another site registered a service: %d %s", st, raw)
 	}
 }
