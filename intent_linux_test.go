@@ -112,12 +112,16 @@ func TestPublicClientsOnlyRead(t *testing.T) {
 	pub := publicNet(t)
 	port := freePort(t)
 	site := fmt.Sprintf("http://203.0.113.1:%d", port)
+	b := newBackend(t, "a")
 	config := func(global, handler string) string {
 		return fmt.Sprintf(`{
 	admin localhost:2999
 	%s
 	imagelb {
 		health_interval 1h
+		system_service billing 127.0.0.1:%d {
+			paths /billing/*
+		}
 	}
 }
 %s {
@@ -125,9 +129,8 @@ func TestPublicClientsOnlyRead(t *testing.T) {
 		%s
 	}
 }
-`, global, site, handler)
+`, global, b.port, site, handler)
 	}
-	b := newBackend(t, "a")
 	body := fmt.Sprintf(`[{"container_id": "a", "port": %d}]`, b.port)
 	send := func(t *testing.T, method, path, body string, hdr map[string]string) (int, string) {
 		t.Helper()
@@ -172,6 +175,7 @@ func TestPublicClientsOnlyRead(t *testing.T) {
 		wantOK(t, "GET", "/api/v1/services", "", nil)
 		wantOK(t, "GET", "/api/v1/services/50", "", nil)
 		wantOK(t, "POST", "/api/v1/proxy/50/anything", "{}", nil) // the proxy is not the management API
+		wantOK(t, "POST", "/api/v1/billing/invoices", "{}", nil)  // nor is a system service
 		wantRefused(t, "203.0.113.2", "POST", "/api/v1/services/51/register?image_name=x", body, nil)
 		wantRefused(t, "203.0.113.2", "DELETE", "/api/v1/services/50", "", nil)
 		wantRefused(t, "203.0.113.2", "PATCH", "/api/v1/services/50/containers/a", `{"status": "draining"}`, nil)
