@@ -33,9 +33,13 @@ func (h *Handler) refuseWrite(r *http.Request) string {
 	// X-Forwarded-For only from the server's trusted_proxies
 	addr := clientIP(r)
 	if ip, err := netip.ParseAddr(addr); err != nil || !h.writers.Allows(ip.WithZone("")) {
-		return fmt.Sprintf("writes to the management API on this site are accepted from loopback and private networks only, "+
+		from := "loopback and private networks"
+		if len(h.WritesFrom) > 0 {
+			from = "writes_from " + strings.Join(h.WritesFrom, " ")
+		}
+		return fmt.Sprintf("writes to the management API on this site are accepted from %s only, "+
 			"and the client address %s is not one of them: list the networks the orchestrator writes from with the imagelb "+
-			"handler's writes_from option (writes_from 203.0.113.0/24, or writes_from any), or use Caddy's admin endpoint", addr)
+			"handler's writes_from option (writes_from 203.0.113.0/24, or writes_from any), or use Caddy's admin endpoint", from, addr)
 	}
 	origin := r.Header.Get("Origin")
 	listed := origin != "" && h.namesOrigin(origin)
@@ -51,10 +55,7 @@ func (h *Handler) refuseWrite(r *http.Request) string {
 			"own pages and from origins the imagelb handler's cors option names; name it there (cors %s) if it may "+
 			"manage the load balancer", origin, originOrExample(origin))
 	}
-	if msg := checkJSONBody(r); msg != "" {
-		return msg
-	}
-	return ""
+	return checkJSONBody(r)
 }
 
 // checkJSONBody returns why the request's body is not declared JSON, or

@@ -199,6 +199,15 @@ func TestPublicClientsOnlyRead(t *testing.T) {
 		wantOK(t, "POST", "/api/v1/services/51/register?image_name=x", body, nil)
 		wantOK(t, "DELETE", "/api/v1/services/51", "", nil)
 	})
+	t.Run("writes_from an address replaces the default", func(t *testing.T) {
+		startCaddy(t, config("", "writes_from 203.0.113.2"))
+		wantOK(t, "POST", "/api/v1/services/51/register?image_name=x", body, nil)
+		// this namespace's own address, 203.0.113.1, is not listed
+		a := write(t, "POST", site+"/api/v1/services/52/register?image_name=x", "application/json", body, nil)
+		if a.status != http.StatusForbidden || !strings.Contains(a.detail(), "accepted from writes_from 203.0.113.2 only, and the client address 203.0.113.1 ") {
+			t.Fatalf("a client outside writes_from: %d %s", a.status, a.body)
+		}
+	})
 	t.Run("writes_from any", func(t *testing.T) {
 		startCaddy(t, config("", "writes_from any"))
 		wantOK(t, "POST", "/api/v1/services/51/register?image_name=x", body, nil)
