@@ -66,7 +66,16 @@ type Handler struct {
 	// answers (containers, system services) are left to them. Default:
 	// none (no CORS).
 	CORS []string `json:"cors,omitempty"`
+	// Client networks allowed to change the registry through this site's
+	// management API: CIDRs or IP addresses, or ["any"]. The client
+	// address is Caddy's, which takes X-Forwarded-For only from the
+	// server's trusted_proxies. Reads are not restricted, nor is Caddy's
+	// admin endpoint. Default: loopback and private networks (127.0.0.0/8,
+	// ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10,
+	// fc00::/7).
+	WritesFrom []string `json:"writes_from,omitempty"`
 
+	writers   *registry.Writers
 	app       *App
 	reg       *registry.Registry
 	rp        *reverseproxy.Handler
@@ -97,6 +106,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.app = appIface.(*App)
 	h.reg = h.app.reg
+	if h.writers, err = registry.NewWriters(h.WritesFrom); err != nil {
+		return err
+	}
 	h.api = h.app.newAPI(apiPrefix)
 	h.system = map[string]*reverseproxy.Handler{}
 	for _, sys := range h.app.system {
@@ -160,6 +172,9 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("cors: %s", msg)
 		}
 	}
+	if _, err := registry.NewWriters(h.WritesFrom); err != nil {
+		return err
+	}
 	switch h.API {
 	case APIOn, APIReadOnly, APIOff:
 		return nil
@@ -215,6 +230,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(h.CORS) > 0 && h.cors(w, r) {
 		return nil // a preflight, answered
 	}
+	var refused string // why a write is refused (intent.go)
+	if managed && h.API == APIOn && isWrite(r.Method) {
+		refused = h.refuseWrite(r)
+	}
 	switch {
 	case path == "/":
 		if allowGet(w, r) {
@@ -239,6 +258,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		admin.WriteError(w, http.StatusNotFound, "the management API is turned off on this site")
 	case h.API == APIReadOnly && r.Method != http.MethodGet && r.Method != http.MethodHead:
 		admin.WriteError(w, http.StatusForbidden, "the management API is read-only on this site: use GET, or Caddy's admin endpoint for changes")
+	case refused != "":
+		admin.WriteError(w, http.StatusForbidden, refused)
 	default:
 		h.api.ServeHTTP(w, r)
 	}
@@ -382,6 +403,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		api on|read_only|off
 //		dashboard
 //		cors <origin>...
+//		writes_from <cidr|ip>...|any
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -426,6 +448,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				if msg := checkOrigin(o); msg != "" {
 					return d.Err(msg)
 				}
+			}
+		case "writes_from":
+			if h.WritesFrom != nil {
+				return d.Err("writes_from already specified")
+			}
+			h.WritesFrom = d.RemainingArgs()
+			if len(h.WritesFrom) == 0 {
+				return d.Err("writes_from needs at least one network, e.g. writes_from 203.0.113.0/24 (or any)")
+			}
+			if _, err := registry.NewWriters(h.WritesFrom); err != nil {
+				return d.Err(err.Error())
 			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
