@@ -53,6 +53,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		default_host    <host>
 //		max_body        <size>
 //		max_containers  <n>
+//		max_services    <n>
+//		max_total_containers <n>
 //		allowed_upstreams <cidr|ip|hostname>...
 //		store local|memory|etcd [{
 //			endpoints    <url>...
@@ -235,6 +237,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.MaxContainers = n
+		case "max_services", "max_total_containers":
+			n, err := intArg(d, 1, 100_000_000)
+			if err != nil {
+				return err
+			}
+			if opt == "max_services" {
+				a.MaxServices = n
+			} else {
+				a.MaxTotalContainers = n
+			}
 		case "algorithm":
 			v, err := singleArg(d)
 			if err != nil {

@@ -19,6 +19,7 @@ type snapshot struct {
 	shards  [numShards]map[int64]*Service
 	ports   map[int]int64 // external port -> image_id
 	count   int           // number of services
+	total   int           // number of containers, of all services
 	version uint64        // incremented by every change
 	retired uint64        // dial addresses that changes took out of a service, so far
 	touched int64         // the image the last replace changed
@@ -39,6 +40,9 @@ type Options struct {
 	PortLo, PortHi int
 	// MaxContainers caps the containers of one service; 0 means no cap.
 	MaxContainers int
+	// MaxServices and MaxTotalContainers cap the services and the
+	// containers of all services together (limits.go); 0 means no cap.
+	MaxServices, MaxTotalContainers int
 	// Guard decides which hosts containers may have; nil refuses only
 	// the link-local and metadata ranges.
 	Guard *Guard
@@ -221,8 +225,10 @@ func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
 		if fe := checkReferences(snap, &spec, []any{"body"}); len(fe) > 0 {
 			return nil, fe.err() // the images a split or mirror names, as they are now
 		}
-		next, svc, err = r.register(snap, spec)
-		return next, err
+		if next, svc, err = r.register(snap, spec); err != nil {
+			return nil, err
+		}
+		return next, r.checkQuotas(snap, next)
 	})
 	r.count(OpRegister, err == nil)
 	return svc, err
@@ -342,6 +348,10 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 			next.count++
 		}
 		shard[id] = svc
+		next.total += len(svc.Containers)
+	}
+	if old != nil {
+		next.total -= len(old.Containers)
 	}
 	next.shards[i] = shard
 	next.touched = id
@@ -444,7 +454,8 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 			markHealthy(c, "", false)
 			cs = append(cs, c)
 		}
-		return snap.replace(old, old.withContainers(cs)), nil
+		next := snap.replace(old, old.withContainers(cs))
+		return next, r.checkQuotas(snap, next)
 	})
 	r.count(OpPutContainer, err == nil)
 	return c, err
@@ -629,6 +640,9 @@ func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 					ids = append(ids, id)
 				}
 			}
+		}
+		if err := r.checkQuotas(before, next); err != nil {
+			return nil, fmt.Errorf("static services: %w", err)
 		}
 		return next, nil
 	})
