@@ -27,7 +27,8 @@ import (
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
-// MirrorHeader marks a mirrored copy, so the target can tell it from real traffic.
+// MirrorHeader marks a mirrored copy, so the target can tell it from real
+// traffic. A client's own is removed from every proxied request.
 const MirrorHeader = "X-Imagelb-Mirror"
 
 // maxMirrorAnswer is how much of a copy's answer is read (and discarded)
@@ -40,7 +41,7 @@ type mirrorCopy struct {
 	h        *Handler
 	targetID int64
 	counters *registry.MirrorCounters // the target's
-	req      *http.Request            // method, URL, headers; no body, no context yet
+	req      *http.Request            // method, URL, headers (once prepared); no body, no context yet
 	tee      *mirrorTee               // the body as the primary request reads it; nil: none
 }
 
@@ -75,39 +76,43 @@ func (h *Handler) startMirror(r *http.Request, svc *registry.Service) *mirrorCop
 	return cp
 }
 
-// mirrorRequest is the copy of r without its body: the method, the URL the
-// container gets, the headers without the hop-by-hop ones, the standard
-// proxy headers and X-Imagelb-Mirror: 1.
+// mirrorRequest is the copy of r without its body and without headers yet:
+// the method, the URL the container gets and the Host. The headers are
+// the primary's as Caddy's reverse_proxy prepared them (prepared).
 func mirrorRequest(r *http.Request) *http.Request {
 	u := *r.URL
 	u.Scheme, u.Host, u.User = "http", "", nil
-	out := &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: r.Header.Clone(), Host: r.Host}
-	if out.Header == nil {
-		out.Header = http.Header{}
+	return &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: r.Host}
+}
+
+// prepared takes the copy's headers from the primary's first attempt, as
+// Caddy's reverse_proxy prepared it (prepareRequest): the hop-by-hop
+// headers and those the client named in Connection removed, and
+// X-Forwarded-For/-Proto/-Host set from the client's own only when it is a
+// trusted proxy (the server's trusted_proxies). The copy is thus what the
+// primary's container got, plus X-Imagelb-Mirror: 1. It is called on the
+// request's goroutine, before the attempt is sent.
+func (cp *mirrorCopy) prepared(primary *http.Request) {
+	if cp.req.Header != nil {
+		return // a retry: the first attempt's are the same
 	}
-	for _, h := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		out.Header.Del(h)
-	}
-	if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-		out.Header.Set("X-Forwarded-For", prior+", "+clientIP(r))
-	} else {
-		out.Header.Set("X-Forwarded-For", clientIP(r))
-	}
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
-	}
-	out.Header.Set("X-Forwarded-Proto", proto)
-	out.Header.Set("X-Forwarded-Host", r.Host)
-	out.Header.Set(MirrorHeader, "1")
-	return out
+	cp.req.Header = primary.Header.Clone()
+	cp.req.Header.Set(MirrorHeader, "1")
 }
 
 // done sends the copy now that the primary request has its answer: with
 // the body the primary read, if it read it whole; otherwise the copy is
-// dropped (too large, or not read whole) and counted.
+// dropped (too large, not read whole, or the primary never reached an
+// attempt) and counted.
 func (cp *mirrorCopy) done() {
+	if cp.req.Header == nil {
+		if cp.tee != nil {
+			cp.tee.seal()
+		}
+		cp.counters.Dropped.Add(1)
+		cp.counters.Finish(false, false)
+		return
+	}
 	if cp.tee == nil {
 		go cp.send(nil)
 		return

@@ -74,7 +74,7 @@ func TestMirrorCopies(t *testing.T) {
 		t.Fatalf("the client was answered by %s", got)
 	}
 	c := <-copies
-	if c != (copyOf{"GET", "/x", "q=1", "", "1", "10.1.2.3, 127.0.0.1"}) {
+	if c != (copyOf{"GET", "/x", "q=1", "", "1", "127.0.0.1"}) { // the client is no trusted proxy: its XFF is not kept
 		t.Fatalf("the copy of a GET: %+v", c)
 	}
 	sendBody(t, "POST", site+"/api/v1/proxy/401/p", "hello", false)
@@ -191,4 +191,100 @@ func TestMirrorFailures(t *testing.T) {
 		t.Fatalf("warning %q", svc.Warning)
 	}
 	sendOK(t, site+"/api/v1/proxy/424/", nil) // a mirror to a deleted image: inert
+}
+
+// headerBackend sends the headers of every request it gets (but health
+// checks) to the returned channel and answers 200.
+func headerBackend(t *testing.T, name string) (*backend, chan http.Header) {
+	t.Helper()
+	got := make(chan http.Header, 10)
+	b := funcBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		got <- r.Header.Clone()
+	})
+	return b, got
+}
+
+// TestMirrorPreparedLikePrimary (issue 24 row 9): a copy carries the
+// headers the primary's container got, as Caddy's reverse_proxy prepared
+// them: no header the client named in Connection, no hop-by-hop header, the
+// client's X-Forwarded-* replaced (it is no trusted proxy), and kept when
+// it is one; plus X-Imagelb-Mirror: 1, which a client cannot send itself to
+// the primary or the copy.
+func TestMirrorPreparedLikePrimary(t *testing.T) {
+	for _, tc := range []struct {
+		name, server string
+		wantXFF      string
+	}{
+		{"untrusted client", "", "127.0.0.1"},
+		{"trusted proxy", "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}", "6.6.6.6, 127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	%s
+	imagelb {
+		health_interval 1h
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+`, tc.server, port))
+			site := fmt.Sprintf("http://127.0.0.1:%d", port)
+			primary, toPrimary := headerBackend(t, "primary")
+			shadow, toShadow := headerBackend(t, "shadow")
+			registerObject(t, site, 432, map[string]any{"containers": []any{container("s", shadow)}})
+			registerObject(t, site, 431, map[string]any{"containers": []any{container("p", primary)},
+				"mirror": map[string]any{"image_id": 432, "percent": 100, "methods": []string{"GET", "POST"}}})
+
+			for _, method := range []string{"GET", "POST"} {
+				req, _ := http.NewRequest(method, site+"/api/v1/proxy/431/x", strings.NewReader("body"))
+				req.Header.Set("Connection", "keep-alive, X-Secret")
+				req.Header.Set("X-Secret", "hop")
+				req.Header.Set("Keep-Alive", "timeout=5")
+				req.Header.Set("Proxy-Authorization", "Basic eDp5")
+				req.Header.Set("X-Forwarded-For", "6.6.6.6")
+				req.Header.Set("X-Forwarded-Host", "evil.example")
+				req.Header.Set("X-Forwarded-Proto", "https")
+				req.Header.Set(MirrorHeader, "1")
+				req.Header.Set("X-Kept", "end-to-end")
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("%s: status %d", method, resp.StatusCode)
+				}
+				p := <-toPrimary
+				c := <-toShadow
+				if got := p.Get(MirrorHeader); got != "" {
+					t.Fatalf("%s: the primary got the client's %s: %q", method, MirrorHeader, got)
+				}
+				if got := c.Values(MirrorHeader); len(got) != 1 || got[0] != "1" {
+					t.Fatalf("%s: the copy's %s is %q, want one 1", method, MirrorHeader, got)
+				}
+				for name, h := range map[string]http.Header{"primary": p, "copy": c} {
+					for _, hop := range []string{"X-Secret", "Keep-Alive", "Proxy-Authorization"} {
+						if v := h.Get(hop); v != "" {
+							t.Errorf("%s %s got hop-by-hop %s: %q", method, name, hop, v)
+						}
+					}
+					if v := h.Get("X-Forwarded-For"); v != tc.wantXFF {
+						t.Errorf("%s %s: X-Forwarded-For %q, want %q", method, name, v, tc.wantXFF)
+					}
+					if h.Get("X-Kept") != "end-to-end" {
+						t.Errorf("%s %s lost an end-to-end header", method, name)
+					}
+				}
+				c.Del(MirrorHeader)
+				if fmt.Sprint(p) != fmt.Sprint(c) {
+					t.Fatalf("%s: the copy's headers differ from the primary's:\nprimary %v\ncopy    %v", method, p, c)
+				}
+			}
+		})
+	}
 }
