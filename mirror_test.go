@@ -6,8 +6,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 // Tests of mirroring through a real Caddy and real backends: what the
@@ -287,4 +290,71 @@ http://127.0.0.1:%d {
 			}
 		})
 	}
+}
+
+// memInUse is the heap and the stacks in use after a collection.
+func memInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapInuse + ms.StackInuse)
+}
+
+// TestMirrorBudget (issue 24 row 5): copies of large bodies to a target
+// that never answers, with max_in_flight and max_body at their ceilings,
+// hold no more memory than mirror_budget: the copies that do not fit are
+// dropped and counted, and the process's heap stays bounded. Then it
+// measures what a copy held without a body costs (MirrorCopyOverhead).
+func TestMirrorBudget(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmirror_budget 4MiB"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	held, release := holdBackend(t, "held")
+	registerObject(t, site, 442, map[string]any{"containers": []any{container("held", held)}})
+	registerObject(t, site, 441, map[string]any{"containers": []any{container("a", newBackend(t, "a"))},
+		"mirror": map[string]any{"image_id": 442, "percent": 100, "methods": []string{"GET", "POST"},
+			"max_body": "16MiB", "max_in_flight": 100000}})
+
+	const copies, size = 64, 512 << 10
+	before := memInUse()
+	body := strings.Repeat("x", size)
+	for i := range copies {
+		sendBody(t, "POST", site+"/api/v1/proxy/441/slow", body, i%2 == 1) // half of them chunked
+	}
+	budget := running.Load().reg.MirrorBudget()
+	eventually(t, "every copy held or dropped", func() bool {
+		s := splitStats(t, 442)
+		return s.MirrorDropped > 0 && s.MirrorDropped+budget.Used()/(size+registry.MirrorCopyOverhead) >= copies-1
+	})
+	grown := memInUse() - before
+	s := splitStats(t, 442)
+	t.Logf("%d copies of %d KiB: %d dropped, budget used %d KiB, heap and stacks grew %d KiB",
+		copies, size>>10, s.MirrorDropped, budget.Used()>>10, grown>>10)
+	if s.MirrorDropped < copies-8 || budget.Used() > 4<<20 {
+		t.Fatalf("a 4 MiB budget held %d bytes and dropped %d of %d copies of 512 KiB", budget.Used(), s.MirrorDropped, copies)
+	}
+	if grown > 16<<20 {
+		t.Fatalf("%d copies of 512 KiB held by a target that never answers grew the heap by %d MiB with a 4 MiB budget",
+			copies, grown>>20)
+	}
+	release()
+	eventually(t, "the held copies finish and give their budget back", func() bool { return budget.Used() == 0 })
+
+	// What a copy without a body costs while its target holds it.
+	held2, release2 := holdBackend(t, "held2")
+	registerObject(t, site, 442, map[string]any{"containers": []any{container("held2", held2)}})
+	const bare = 64
+	before = memInUse()
+	for range bare {
+		sendOK(t, site+"/api/v1/proxy/441/slow", nil)
+	}
+	eventually(t, "the bare copies held", func() bool {
+		return budget.Used() >= bare*registry.MirrorCopyOverhead
+	})
+	per := (memInUse() - before) / bare
+	t.Logf("a copy held without a body costs about %d KiB (MirrorCopyOverhead %d KiB)", per>>10, registry.MirrorCopyOverhead>>10)
+	if per > 2*registry.MirrorCopyOverhead {
+		t.Errorf("a held copy costs %d KiB, more than twice MirrorCopyOverhead: raise it", per>>10)
+	}
+	release2()
 }

@@ -40,6 +40,9 @@ type Options struct {
 	PortLo, PortHi int
 	// MaxContainers caps the containers of one service; 0 means no cap.
 	MaxContainers int
+	// MirrorBudget is the memory all mirror copies in flight may hold
+	// together, in bytes (MirrorBudget); 0 means no limit.
+	MirrorBudget int64
 	// MaxServices and MaxTotalContainers cap the services and the
 	// containers of all services together (limits.go); 0 means no cap.
 	MaxServices, MaxTotalContainers int
@@ -67,6 +70,8 @@ type Registry struct {
 	revs       map[int64]int64 // the store's revision of each image's record
 	revision   int64           // the shared store's revision applied
 	usage      map[int64]*UsageCounter
+
+	mirrorBudget MirrorBudget // shared by every image's mirror copies
 
 	ops       [numOps]atomic.Int64
 	listeners listeners // told of every published change (notify.go)
@@ -103,6 +108,7 @@ func New(opts Options) *Registry {
 	r := &Registry{started: now(), revs: map[int64]int64{}, usage: map[int64]*UsageCounter{}}
 	r.cond = sync.NewCond(&r.mu)
 	r.opts = opts.withDefaults()
+	r.mirrorBudget.SetLimit(opts.MirrorBudget)
 	r.head = emptySnapshot()
 	r.snap.Store(r.head)
 	return r
@@ -132,7 +138,11 @@ func (r *Registry) SetOptions(opts Options) {
 	r.mu.Lock()
 	r.opts = opts.withDefaults()
 	r.mu.Unlock()
+	r.mirrorBudget.SetLimit(opts.MirrorBudget)
 }
+
+// MirrorBudget returns the budget every image's mirror copies share.
+func (r *Registry) MirrorBudget() *MirrorBudget { return &r.mirrorBudget }
 
 // Started returns when the registry was created.
 func (r *Registry) Started() time.Time { return r.started }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -320,5 +322,40 @@ func TestParseSize(t *testing.T) {
 		if js, _ := json.Marshal(s); string(js) != want {
 			t.Errorf("Size %d marshals to %s, want %s", s, js, want)
 		}
+	}
+}
+
+// TestMirrorBudget: takes that fit pass and others fail, whatever the
+// concurrency; what is given back can be taken again; 0 is no limit.
+func TestMirrorBudget(t *testing.T) {
+	var b MirrorBudget
+	b.SetLimit(1000)
+	var wg sync.WaitGroup
+	var took atomic.Int64
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				if b.Take(7) {
+					took.Add(7)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if b.Used() != took.Load() || b.Used() > 1000 || b.Used() < 1000-6 {
+		t.Fatalf("used %d, took %d, limit 1000", b.Used(), took.Load())
+	}
+	if b.Take(7) {
+		t.Fatal("a take past the limit passed")
+	}
+	b.Give(b.Used())
+	if !b.Take(1000) || b.Take(1) {
+		t.Fatal("the budget given back cannot be taken again, or the limit moved")
+	}
+	b.SetLimit(0)
+	if !b.Take(1 << 40) {
+		t.Fatal("no limit refused a take")
 	}
 }
