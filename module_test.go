@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 // TestStaticServicesAndReload: static services come from the Caddyfile; a
@@ -189,4 +191,21 @@ func TestQuotas(t *testing.T) {
 	one, _ := json.Marshal(c("c"))
 	wantError(t, "PUT", site+"/services/1/containers/c", string(one), 422, "max_total_containers")
 	unchanged()
+}
+
+// TestStaticMirrorCeilings: a static service's mirror above the ceilings
+// of max_body and max_in_flight is refused when the configuration loads,
+// as the API refuses it.
+func TestStaticMirrorCeilings(t *testing.T) {
+	pct := 100.0
+	for _, m := range []registry.Mirror{
+		{ImageID: 2, Percent: &pct, MaxBody: registry.MaxMirrorBody + 1},
+		{ImageID: 2, Percent: &pct, MaxInFlight: registry.MaxMirrorInFlight + 1},
+	} {
+		a := &App{Services: []StaticService{{ImageID: 1, ImageName: "web",
+			ServiceOptions: registry.ServiceOptions{Mirror: &m}}}}
+		if _, err := a.staticSpecs(); err == nil || !strings.Contains(err.Error(), "mirror.max_") {
+			t.Errorf("mirror %+v: %v", m, err)
+		}
+	}
 }
