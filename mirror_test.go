@@ -2,6 +2,7 @@ package imagelb
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -357,4 +358,49 @@ func TestMirrorBudget(t *testing.T) {
 		t.Errorf("a held copy costs %d KiB, more than twice MirrorCopyOverhead: raise it", per>>10)
 	}
 	release2()
+}
+
+// TestClientMirrorHeaderRemoved: a client's own X-Imagelb-Mirror reaches
+// no container, on the proxy route of an image without a mirror and on an
+// ordinary site's reverse_proxy with dynamic imagelb: only imagelb's
+// copies carry it.
+func TestClientMirrorHeaderRemoved(t *testing.T) {
+	apiPort, ordinaryPort := freePort(t), freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	imagelb {
+		health_interval 1h
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+http://127.0.0.1:%d {
+	reverse_proxy {
+		dynamic imagelb 451
+		lb_policy imagelb
+	}
+}
+`, apiPort, ordinaryPort))
+	register(t, fmt.Sprintf("http://127.0.0.1:%d/api/v1", apiPort), 451, "", container("a", newBackend(t, "a")))
+	for _, url := range []string{
+		fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/451/x", apiPort),
+		fmt.Sprintf("http://127.0.0.1:%d/x", ordinaryPort),
+	} {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set(MirrorHeader, "1")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e echo
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+		}
+		if v, ok := e.Headers[MirrorHeader]; ok {
+			t.Fatalf("GET %s: the container got the client's %s: %q", url, MirrorHeader, v)
+		}
+	}
 }
