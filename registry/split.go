@@ -60,6 +60,8 @@ type Mirror struct {
 const (
 	// MaxSplitTargets is the most entries a split has.
 	MaxSplitTargets = 16
+	// MaxMirrorMethods is the most methods a mirror lists.
+	MaxMirrorMethods = 32
 	// DefaultMirrorMaxBody and MaxMirrorBody are the default and the
 	// largest max_body of a mirror.
 	DefaultMirrorMaxBody = 64 << 10
@@ -143,6 +145,10 @@ func (o *ServiceOptions) checkSplit(fe *fieldErrors, at func(field ...any) []any
 	}
 	if len(m.Methods) == 0 {
 		fe.add("value_error", "mirror.methods is empty: list the methods to copy, or leave it out for GET, HEAD and OPTIONS", at("mirror", "methods")...)
+	}
+	if len(m.Methods) > MaxMirrorMethods {
+		fe.add("value_error", fmt.Sprintf("mirror.methods has %d entries; list at most %d methods", len(m.Methods), MaxMirrorMethods), at("mirror", "methods")...)
+		m.Methods = m.Methods[:MaxMirrorMethods] // one error for the list, not one per entry
 	}
 	for i, name := range m.Methods {
 		if !ValidToken(name) || strings.ToUpper(name) != name {

@@ -185,6 +185,8 @@ func TestDecodeSplitRejects(t *testing.T) {
 			"mirror.methods is empty"},
 		{"mirror max_in_flight negative", `"mirror":{"image_id":3,"percent":1,"max_in_flight":-1}`, loc("body", "mirror", "max_in_flight"), "value_error",
 			"mirror.max_in_flight must be from 1 to 100000, got -1"},
+		{"mirror too many methods", `"mirror":{"image_id":3,"percent":1,"methods":[` + strings.Repeat(`"GET",`, 33) + `"GET"]}`, loc("body", "mirror", "methods"), "value_error",
+			"mirror.methods has 34 entries; list at most 32 methods"},
 		{"mirror max_in_flight above the ceiling", `"mirror":{"image_id":3,"percent":1,"max_in_flight":100001}`, loc("body", "mirror", "max_in_flight"), "value_error",
 			"mirror.max_in_flight must be from 1 to 100000, got 100001"},
 		{"mirror max_body above the ceiling", `"mirror":{"image_id":3,"percent":1,"max_body":16777217}`, loc("body", "mirror", "max_body"), "value_error",
