@@ -53,6 +53,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		default_host    <host>
 //		max_body        <size>
 //		max_containers  <n>
+//		max_services    <n>
+//		max_total_containers <n>
+//		mirror_budget   <size>
 //		allowed_upstreams <cidr|ip|hostname>...
 //		store local|memory|etcd [{
 //			endpoints    <url>...
@@ -235,6 +238,16 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.MaxContainers = n
+		case "max_services", "max_total_containers":
+			n, err := intArg(d, 1, 100_000_000)
+			if err != nil {
+				return err
+			}
+			if opt == "max_services" {
+				a.MaxServices = n
+			} else {
+				a.MaxTotalContainers = n
+			}
 		case "algorithm":
 			v, err := singleArg(d)
 			if err != nil {
@@ -262,16 +275,20 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("default_host: %s", msg)
 			}
 			a.DefaultHost = v
-		case "max_body":
+		case "max_body", "mirror_budget":
 			v, err := singleArg(d)
 			if err != nil {
 				return err
 			}
 			size, err := humanize.ParseBytes(v)
 			if err != nil || size == 0 || size > math.MaxInt64 {
-				return d.Errf("max_body %q: want a size such as 1MiB or 65536", v)
+				return d.Errf("%s %q: want a size such as 1MiB or 65536", opt, v)
 			}
-			a.MaxBody = int64(size)
+			if opt == "max_body" {
+				a.MaxBody = int64(size)
+			} else {
+				a.MirrorBudget = int64(size)
+			}
 		case "store":
 			sc, err := parseStore(d)
 			if err != nil {

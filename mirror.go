@@ -21,13 +21,15 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/registry"
 )
 
-// MirrorHeader marks a mirrored copy, so the target can tell it from real traffic.
+// MirrorHeader marks a mirrored copy, so the target can tell it from real
+// traffic. A client's own is removed from every proxied request.
 const MirrorHeader = "X-Imagelb-Mirror"
 
 // maxMirrorAnswer is how much of a copy's answer is read (and discarded)
@@ -40,8 +42,10 @@ type mirrorCopy struct {
 	h        *Handler
 	targetID int64
 	counters *registry.MirrorCounters // the target's
-	req      *http.Request            // method, URL, headers; no body, no context yet
+	req      *http.Request            // method, URL, headers (once prepared); no body, no context yet
 	tee      *mirrorTee               // the body as the primary request reads it; nil: none
+	budget   *registry.MirrorBudget   // the registry's, shared by all copies
+	charge   int64                    // what the copy took from budget besides its body
 }
 
 // startMirror makes the copy of r (an admitted request of svc, its URL the
@@ -66,48 +70,86 @@ func (h *Handler) startMirror(r *http.Request, svc *registry.Service) *mirrorCop
 	if !mc.TryBegin(m.MaxInFlight) {
 		return nil
 	}
-	cp := &mirrorCopy{h: h, targetID: m.ImageID, counters: mc, req: mirrorRequest(r)}
+	budget := h.reg.MirrorBudget()
+	charge := registry.MirrorCopyOverhead + headerBytes(r.Header)
+	if !budget.Take(charge) {
+		mc.Dropped.Add(1)
+		mc.Finish(false, false)
+		return nil
+	}
+	cp := &mirrorCopy{h: h, targetID: m.ImageID, counters: mc, req: mirrorRequest(r), budget: budget, charge: charge}
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return cp
 	}
-	cp.tee = &mirrorTee{ReadCloser: r.Body, limit: int(m.MaxBody), want: r.ContentLength}
+	cp.tee = &mirrorTee{ReadCloser: r.Body, limit: int(m.MaxBody), want: r.ContentLength, budget: budget}
 	r.Body = cp.tee
 	return cp
 }
 
-// mirrorRequest is the copy of r without its body: the method, the URL the
-// container gets, the headers without the hop-by-hop ones, the standard
-// proxy headers and X-Imagelb-Mirror: 1.
+// headerBytes is about what a copy of the headers holds.
+func headerBytes(h http.Header) int64 {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 32 // the strings' headers and the slices'
+		}
+	}
+	return int64(n)
+}
+
+// release gives back the copy's share of the mirror budget.
+func (cp *mirrorCopy) release() {
+	n := cp.charge
+	if cp.tee != nil {
+		n += cp.tee.held()
+	}
+	cp.budget.Give(n)
+}
+
+// drop ends a copy that is not sent, counted by counter (Dropped or
+// TooLarge).
+func (cp *mirrorCopy) drop(counter *atomic.Int64) {
+	counter.Add(1)
+	cp.counters.Finish(false, false)
+	cp.release()
+}
+
+// mirrorRequest is the copy of r without its body and without headers yet:
+// the method, the URL the container gets and the Host. The headers are
+// the primary's as Caddy's reverse_proxy prepared them (prepared).
 func mirrorRequest(r *http.Request) *http.Request {
 	u := *r.URL
 	u.Scheme, u.Host, u.User = "http", "", nil
-	out := &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: r.Header.Clone(), Host: r.Host}
-	if out.Header == nil {
-		out.Header = http.Header{}
+	return &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: r.Host}
+}
+
+// prepared takes the copy's headers from the primary's first attempt, as
+// Caddy's reverse_proxy prepared it (prepareRequest): the hop-by-hop
+// headers and those the client named in Connection removed, and
+// X-Forwarded-For/-Proto/-Host set from the client's own only when it is a
+// trusted proxy (the server's trusted_proxies). The copy is thus what the
+// primary's container got, plus X-Imagelb-Mirror: 1. It is called on the
+// request's goroutine, before the attempt is sent.
+func (cp *mirrorCopy) prepared(primary *http.Request) {
+	if cp.req.Header != nil {
+		return // a retry: the first attempt's are the same
 	}
-	for _, h := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		out.Header.Del(h)
-	}
-	if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-		out.Header.Set("X-Forwarded-For", prior+", "+clientIP(r))
-	} else {
-		out.Header.Set("X-Forwarded-For", clientIP(r))
-	}
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
-	}
-	out.Header.Set("X-Forwarded-Proto", proto)
-	out.Header.Set("X-Forwarded-Host", r.Host)
-	out.Header.Set(MirrorHeader, "1")
-	return out
+	cp.req.Header = primary.Header.Clone()
+	cp.req.Header.Set(MirrorHeader, "1")
 }
 
 // done sends the copy now that the primary request has its answer: with
 // the body the primary read, if it read it whole; otherwise the copy is
-// dropped (too large, or not read whole) and counted.
+// dropped (too large, not read whole, or the primary never reached an
+// attempt) and counted.
 func (cp *mirrorCopy) done() {
+	if cp.req.Header == nil {
+		if cp.tee != nil {
+			cp.tee.seal()
+		}
+		cp.drop(&cp.counters.Dropped)
+		return
+	}
 	if cp.tee == nil {
 		go cp.send(nil)
 		return
@@ -115,11 +157,9 @@ func (cp *mirrorCopy) done() {
 	body, whole, over := cp.tee.seal()
 	switch {
 	case over:
-		cp.counters.TooLarge.Add(1)
-		cp.counters.Finish(false, false)
+		cp.drop(&cp.counters.TooLarge)
 	case !whole:
-		cp.counters.Dropped.Add(1)
-		cp.counters.Finish(false, false)
+		cp.drop(&cp.counters.Dropped) // not read whole, or the budget had no room for it
 	default:
 		go cp.send(body)
 	}
@@ -136,6 +176,7 @@ func (cp *mirrorCopy) send(body []byte) {
 			cp.h.logger.Error("mirror panicked", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
 		}
 		cp.counters.Finish(sent, failed)
+		cp.release()
 	}()
 	tgt := cp.h.reg.Lookup(cp.targetID)
 	var c *registry.Container
@@ -176,27 +217,36 @@ func (cp *mirrorCopy) send(body []byte) {
 }
 
 // mirrorTee keeps a copy of what the primary request reads of the body, up
-// to limit bytes. The transport reads the body on its own goroutine and
-// may still do so after the answer, so the copy is guarded.
+// to limit bytes, its memory taken from the mirror budget as it grows. The
+// transport reads the body on its own goroutine and may still do so after
+// the answer, so the copy is guarded.
 type mirrorTee struct {
 	io.ReadCloser
-	limit int
-	want  int64 // the announced length; -1: unknown
+	limit  int
+	want   int64 // the announced length; -1: unknown
+	budget *registry.MirrorBudget
 
-	mu     sync.Mutex
-	buf    []byte
-	eof    bool // the body was read to its end
-	over   bool // it is longer than limit
-	sealed bool // done took the copy: later reads are not kept
+	mu      sync.Mutex
+	buf     []byte
+	taken   int64 // what buf's capacity took from budget
+	eof     bool  // the body was read to its end
+	over    bool  // it is longer than limit
+	starved bool  // the budget had no room for it
+	sealed  bool  // done took the copy: later reads are not kept
 }
 
 func (t *mirrorTee) Read(p []byte) (int, error) {
 	n, err := t.ReadCloser.Read(p)
 	t.mu.Lock()
-	if !t.sealed && !t.over {
-		if len(t.buf)+n > t.limit {
-			t.over, t.buf = true, nil
-		} else {
+	if !t.sealed && !t.over && !t.starved {
+		switch need := len(t.buf) + n; {
+		case need > t.limit:
+			t.over = true
+			t.free()
+		case need > cap(t.buf) && !t.grow(need):
+			t.starved = true
+			t.free()
+		default:
 			t.buf = append(t.buf, p[:n]...)
 			t.eof = err == io.EOF
 		}
@@ -205,8 +255,39 @@ func (t *mirrorTee) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// seal ends the copy and returns it, whether it is the whole body, and
-// whether the body was longer than the limit.
+// grow makes buf's capacity at least need (the announced length at once,
+// else doubling, never past limit) if the budget has room for it.
+func (t *mirrorTee) grow(need int) bool {
+	size := max(need, 2*cap(t.buf), 4096)
+	if t.want >= 0 {
+		size = max(need, int(min(t.want, int64(t.limit))))
+	}
+	size = min(size, t.limit)
+	if !t.budget.Take(int64(size) - t.taken) {
+		return false
+	}
+	nb := make([]byte, len(t.buf), size)
+	copy(nb, t.buf)
+	t.buf, t.taken = nb, int64(size)
+	return true
+}
+
+// free lets go of what was kept and gives its memory back to the budget.
+func (t *mirrorTee) free() {
+	t.budget.Give(t.taken)
+	t.buf, t.taken = nil, 0
+}
+
+// held is what the copy's body took from the budget.
+func (t *mirrorTee) held() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.taken
+}
+
+// seal ends the copy and returns it, whether it is the whole body (and
+// kept whole: the budget had room for it), and whether the body was
+// longer than the limit.
 func (t *mirrorTee) seal() (body []byte, whole, over bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -214,5 +295,5 @@ func (t *mirrorTee) seal() (body []byte, whole, over bool) {
 	if t.buf == nil {
 		t.buf = []byte{}
 	}
-	return t.buf, t.eof || (t.want >= 0 && int64(len(t.buf)) == t.want), t.over
+	return t.buf, !t.starved && (t.eof || (t.want >= 0 && int64(len(t.buf)) == t.want)), t.over
 }

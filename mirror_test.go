@@ -2,12 +2,16 @@ package imagelb
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 // Tests of mirroring through a real Caddy and real backends: what the
@@ -74,7 +78,7 @@ func TestMirrorCopies(t *testing.T) {
 		t.Fatalf("the client was answered by %s", got)
 	}
 	c := <-copies
-	if c != (copyOf{"GET", "/x", "q=1", "", "1", "10.1.2.3, 127.0.0.1"}) {
+	if c != (copyOf{"GET", "/x", "q=1", "", "1", "127.0.0.1"}) { // the client is no trusted proxy: its XFF is not kept
 		t.Fatalf("the copy of a GET: %+v", c)
 	}
 	sendBody(t, "POST", site+"/api/v1/proxy/401/p", "hello", false)
@@ -191,4 +195,212 @@ func TestMirrorFailures(t *testing.T) {
 		t.Fatalf("warning %q", svc.Warning)
 	}
 	sendOK(t, site+"/api/v1/proxy/424/", nil) // a mirror to a deleted image: inert
+}
+
+// headerBackend sends the headers of every request it gets (but health
+// checks) to the returned channel and answers 200.
+func headerBackend(t *testing.T, name string) (*backend, chan http.Header) {
+	t.Helper()
+	got := make(chan http.Header, 10)
+	b := funcBackend(t, name, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		got <- r.Header.Clone()
+	})
+	return b, got
+}
+
+// TestMirrorPreparedLikePrimary (issue 24 row 9): a copy carries the
+// headers the primary's container got, as Caddy's reverse_proxy prepared
+// them: no header the client named in Connection, no hop-by-hop header, the
+// client's X-Forwarded-* replaced (it is no trusted proxy), and kept when
+// it is one; plus X-Imagelb-Mirror: 1, which a client cannot send itself to
+// the primary or the copy.
+func TestMirrorPreparedLikePrimary(t *testing.T) {
+	for _, tc := range []struct {
+		name, server string
+		wantXFF      string
+	}{
+		{"untrusted client", "", "127.0.0.1"},
+		{"trusted proxy", "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}", "6.6.6.6, 127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	%s
+	imagelb {
+		health_interval 1h
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+`, tc.server, port))
+			site := fmt.Sprintf("http://127.0.0.1:%d", port)
+			primary, toPrimary := headerBackend(t, "primary")
+			shadow, toShadow := headerBackend(t, "shadow")
+			registerObject(t, site, 432, map[string]any{"containers": []any{container("s", shadow)}})
+			registerObject(t, site, 431, map[string]any{"containers": []any{container("p", primary)},
+				"mirror": map[string]any{"image_id": 432, "percent": 100, "methods": []string{"GET", "POST"}}})
+
+			for _, method := range []string{"GET", "POST"} {
+				req, _ := http.NewRequest(method, site+"/api/v1/proxy/431/x", strings.NewReader("body"))
+				req.Header.Set("Connection", "keep-alive, X-Secret")
+				req.Header.Set("X-Secret", "hop")
+				req.Header.Set("Keep-Alive", "timeout=5")
+				req.Header.Set("Proxy-Authorization", "Basic eDp5")
+				req.Header.Set("X-Forwarded-For", "6.6.6.6")
+				req.Header.Set("X-Forwarded-Host", "evil.example")
+				req.Header.Set("X-Forwarded-Proto", "https")
+				req.Header.Set(MirrorHeader, "1")
+				req.Header.Set("X-Kept", "end-to-end")
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("%s: status %d", method, resp.StatusCode)
+				}
+				p := <-toPrimary
+				c := <-toShadow
+				if got := p.Get(MirrorHeader); got != "" {
+					t.Fatalf("%s: the primary got the client's %s: %q", method, MirrorHeader, got)
+				}
+				if got := c.Values(MirrorHeader); len(got) != 1 || got[0] != "1" {
+					t.Fatalf("%s: the copy's %s is %q, want one 1", method, MirrorHeader, got)
+				}
+				for name, h := range map[string]http.Header{"primary": p, "copy": c} {
+					for _, hop := range []string{"X-Secret", "Keep-Alive", "Proxy-Authorization"} {
+						if v := h.Get(hop); v != "" {
+							t.Errorf("%s %s got hop-by-hop %s: %q", method, name, hop, v)
+						}
+					}
+					if v := h.Get("X-Forwarded-For"); v != tc.wantXFF {
+						t.Errorf("%s %s: X-Forwarded-For %q, want %q", method, name, v, tc.wantXFF)
+					}
+					if h.Get("X-Kept") != "end-to-end" {
+						t.Errorf("%s %s lost an end-to-end header", method, name)
+					}
+				}
+				c.Del(MirrorHeader)
+				if fmt.Sprint(p) != fmt.Sprint(c) {
+					t.Fatalf("%s: the copy's headers differ from the primary's:\nprimary %v\ncopy    %v", method, p, c)
+				}
+			}
+		})
+	}
+}
+
+// memInUse is the heap and the stacks in use after a collection.
+func memInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapInuse + ms.StackInuse)
+}
+
+// TestMirrorBudget (issue 24 row 5): copies of large bodies to a target
+// that never answers, with max_in_flight and max_body at their ceilings,
+// hold no more memory than mirror_budget: the copies that do not fit are
+// dropped and counted, and the process's heap stays bounded. Then it
+// measures what a copy held without a body costs (MirrorCopyOverhead).
+func TestMirrorBudget(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmirror_budget 4MiB"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	held, release := holdBackend(t, "held")
+	registerObject(t, site, 442, map[string]any{"containers": []any{container("held", held)}})
+	registerObject(t, site, 441, map[string]any{"containers": []any{container("a", newBackend(t, "a"))},
+		"mirror": map[string]any{"image_id": 442, "percent": 100, "methods": []string{"GET", "POST"},
+			"max_body": "16MiB", "max_in_flight": 100000}})
+
+	const copies, size = 64, 512 << 10
+	before := memInUse()
+	body := strings.Repeat("x", size)
+	for i := range copies {
+		sendBody(t, "POST", site+"/api/v1/proxy/441/slow", body, i%2 == 1) // half of them chunked
+	}
+	budget := running.Load().reg.MirrorBudget()
+	eventually(t, "every copy held or dropped", func() bool {
+		s := splitStats(t, 442)
+		return s.MirrorDropped > 0 && s.MirrorDropped+budget.Used()/(size+registry.MirrorCopyOverhead) >= copies-1
+	})
+	grown := memInUse() - before
+	s := splitStats(t, 442)
+	t.Logf("%d copies of %d KiB: %d dropped, budget used %d KiB, heap and stacks grew %d KiB",
+		copies, size>>10, s.MirrorDropped, budget.Used()>>10, grown>>10)
+	if s.MirrorDropped < copies-8 || budget.Used() > 4<<20 {
+		t.Fatalf("a 4 MiB budget held %d bytes and dropped %d of %d copies of 512 KiB", budget.Used(), s.MirrorDropped, copies)
+	}
+	if grown > 16<<20 {
+		t.Fatalf("%d copies of 512 KiB held by a target that never answers grew the heap by %d MiB with a 4 MiB budget",
+			copies, grown>>20)
+	}
+	release()
+	eventually(t, "the held copies finish and give their budget back", func() bool { return budget.Used() == 0 })
+
+	// What a copy without a body costs while its target holds it.
+	held2, release2 := holdBackend(t, "held2")
+	registerObject(t, site, 442, map[string]any{"containers": []any{container("held2", held2)}})
+	const bare = 64
+	before = memInUse()
+	for range bare {
+		sendOK(t, site+"/api/v1/proxy/441/slow", nil)
+	}
+	eventually(t, "the bare copies held", func() bool {
+		return budget.Used() >= bare*registry.MirrorCopyOverhead
+	})
+	per := (memInUse() - before) / bare
+	t.Logf("a copy held without a body costs about %d KiB (MirrorCopyOverhead %d KiB)", per>>10, registry.MirrorCopyOverhead>>10)
+	if per > 2*registry.MirrorCopyOverhead {
+		t.Errorf("a held copy costs %d KiB, more than twice MirrorCopyOverhead: raise it", per>>10)
+	}
+	release2()
+}
+
+// TestClientMirrorHeaderRemoved: a client's own X-Imagelb-Mirror reaches
+// no container, on the proxy route of an image without a mirror and on an
+// ordinary site's reverse_proxy with dynamic imagelb: only imagelb's
+// copies carry it.
+func TestClientMirrorHeaderRemoved(t *testing.T) {
+	apiPort, ordinaryPort := freePort(t), freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	imagelb {
+		health_interval 1h
+	}
+}
+http://127.0.0.1:%d {
+	imagelb
+}
+http://127.0.0.1:%d {
+	reverse_proxy {
+		dynamic imagelb 451
+		lb_policy imagelb
+	}
+}
+`, apiPort, ordinaryPort))
+	register(t, fmt.Sprintf("http://127.0.0.1:%d/api/v1", apiPort), 451, "", container("a", newBackend(t, "a")))
+	for _, url := range []string{
+		fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/451/x", apiPort),
+		fmt.Sprintf("http://127.0.0.1:%d/x", ordinaryPort),
+	} {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set(MirrorHeader, "1")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e echo
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+		}
+		if v, ok := e.Headers[MirrorHeader]; ok {
+			t.Fatalf("GET %s: the container got the client's %s: %q", url, MirrorHeader, v)
+		}
+	}
 }

@@ -119,6 +119,19 @@ type App struct {
 	MaxBody int64 `json:"max_body,omitempty"`
 	// The most containers one service may have. Default: 1000.
 	MaxContainers int `json:"max_containers,omitempty"`
+	// The most services (images) the registry holds; past it a new
+	// registration is refused with a 422. A registry already over a
+	// lowered quota keeps what it has. Default: 100000.
+	MaxServices int `json:"max_services,omitempty"`
+	// The most containers of all services together; a change that would
+	// cross it is refused whole with a 422. A container costs about 4.5 KB
+	// of memory, so the default is about 0.9 GB. Default: 200000.
+	MaxTotalContainers int `json:"max_total_containers,omitempty"`
+	// The memory all mirror copies in flight may hold together, across all
+	// images, in bytes: each copy counts its body, its headers and 48 KiB
+	// for its goroutine and connection. A copy that does not fit is dropped
+	// and counted in the target's mirror_dropped. Default: 67108864 (64 MiB).
+	MirrorBudget int64 `json:"mirror_budget,omitempty"`
 	// Where the registry is kept: every acknowledged change is committed
 	// there before the answer is sent, and before anyone sees it. Read at
 	// the first start of the process; changing it takes a restart.
@@ -391,6 +404,15 @@ func (a *App) resolveOptions() error {
 	if a.MaxContainers == 0 {
 		a.MaxContainers = DefaultMaxContainers
 	}
+	if a.MirrorBudget == 0 {
+		a.MirrorBudget = registry.DefaultMirrorBudget
+	}
+	if a.MaxServices == 0 {
+		a.MaxServices = registry.DefaultMaxServices
+	}
+	if a.MaxTotalContainers == 0 {
+		a.MaxTotalContainers = registry.DefaultMaxTotalContainers
+	}
 	if a.MaxBody == 0 {
 		a.MaxBody = admin.DefaultMaxBody
 	}
@@ -408,8 +430,8 @@ func (a *App) Validate() error {
 	if a.maxRetries < 0 {
 		return fmt.Errorf("max_retries must not be negative, got %d", a.maxRetries)
 	}
-	if a.MaxContainers < 0 || a.MaxBody < 0 {
-		return fmt.Errorf("max_containers and max_body must not be negative")
+	if a.MaxContainers < 0 || a.MaxBody < 0 || a.MaxServices < 0 || a.MaxTotalContainers < 0 || a.MirrorBudget < 0 {
+		return fmt.Errorf("max_containers, max_services, max_total_containers, max_body and mirror_budget must not be negative")
 	}
 	if a.health.MaxFails < 0 {
 		return fmt.Errorf("max_fails must not be negative, got %d", a.health.MaxFails)
@@ -507,7 +529,8 @@ func (a *App) registryOptions() (registry.Options, error) {
 	if err != nil {
 		return registry.Options{}, err
 	}
-	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers, Guard: guard}
+	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers,
+		MaxServices: a.MaxServices, MaxTotalContainers: a.MaxTotalContainers, MirrorBudget: a.MirrorBudget, Guard: guard}
 	if a.DefaultHost != "" {
 		if msg := registry.CheckHost(a.DefaultHost); msg != "" {
 			return opts, fmt.Errorf("default_host: %s", msg)

@@ -1,6 +1,8 @@
 package imagelb
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -8,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/imagelb/caddy-imagelb/registry"
 )
 
 // TestStaticServicesAndReload: static services come from the Caddyfile; a
@@ -148,6 +152,60 @@ func TestParseSeconds(t *testing.T) {
 	for _, in := range []string{"", "0", "-1", "x", "10 s", "1e300", "NaN", "Inf", "99999999999999999999999", "0.0000000001"} {
 		if _, err := parseSeconds(in); err == nil {
 			t.Errorf("parseSeconds(%q) should fail", in)
+		}
+	}
+}
+
+// TestQuotas: max_services and max_total_containers through the site's
+// API: a registration of a new service past max_services, a registration
+// and a PUT that would cross max_total_containers are each refused with a
+// 422 naming the option, and the registry is as it was.
+func TestQuotas(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmax_services 2\n\t\tmax_total_containers 4"))
+	site := fmt.Sprintf("http://127.0.0.1:%d/api/v1", port)
+	b := newBackend(t, "b")
+	c := func(id string) map[string]any { return container(id, b) }
+	register(t, site, 1, "image_name=one", c("a"), c("b"))
+	register(t, site, 2, "image_name=two", c("a"))
+
+	before := registrySnapshot(t)
+	body := func(cs ...map[string]any) string {
+		js, err := json.Marshal(cs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(js)
+	}
+	wantError(t, "POST", site+"/services/3/register?image_name=three", body(c("a")), 422, "max_services")
+	wantError(t, "POST", site+"/services/2/register?image_name=two", body(c("a"), c("b"), c("c")), 422, "max_total_containers")
+	unchanged := func() {
+		t.Helper()
+		if after := registrySnapshot(t); !bytes.Equal(before, after) {
+			t.Fatalf("a refused change changed the registry:\nbefore %s\nafter  %s", before, after)
+		}
+	}
+	unchanged()
+	register(t, site, 2, "image_name=two", c("a"), c("b")) // 4: at the quota
+	before = registrySnapshot(t)
+	one, _ := json.Marshal(c("c"))
+	wantError(t, "PUT", site+"/services/1/containers/c", string(one), 422, "max_total_containers")
+	unchanged()
+}
+
+// TestStaticMirrorCeilings: a static service's mirror above the ceilings
+// of max_body and max_in_flight is refused when the configuration loads,
+// as the API refuses it.
+func TestStaticMirrorCeilings(t *testing.T) {
+	pct := 100.0
+	for _, m := range []registry.Mirror{
+		{ImageID: 2, Percent: &pct, MaxBody: registry.MaxMirrorBody + 1},
+		{ImageID: 2, Percent: &pct, MaxInFlight: registry.MaxMirrorInFlight + 1},
+	} {
+		a := &App{Services: []StaticService{{ImageID: 1, ImageName: "web",
+			ServiceOptions: registry.ServiceOptions{Mirror: &m}}}}
+		if _, err := a.staticSpecs(); err == nil || !strings.Contains(err.Error(), "mirror.max_") {
+			t.Errorf("mirror %+v: %v", m, err)
 		}
 	}
 }

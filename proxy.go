@@ -118,12 +118,15 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 			"image_id %d has max_in_flight %d requests in flight; try again shortly", svc.ImageID, svc.Options.MaxInFlight))
 		return nil
 	}
+	r.Header.Del(MirrorHeader) // only the copies carry it, and only ours
+	var m *mirrorCopy
 	if svc.Options.Mirror != nil {
-		if m := h.startMirror(r, svc); m != nil { // mirror.go
+		if m = h.startMirror(r, svc); m != nil { // mirror.go
 			defer m.done()
 		}
 	}
 	q := newRequest(r, svc, h.app)
+	q.mirror = m
 	q.watchBody(r)
 	status, out, err := serveRecorded(h.rp, w, r, next, svc.State.Usage, q)
 	q.bytesOut = out
@@ -247,6 +250,7 @@ type request struct {
 	statusSrc *caddy.Replacer // where the final status is read when no handler settles the request
 	body      clientBody      // the client's request body, watched for read errors
 	bytesOut  int64           // response body bytes written to the client
+	mirror    *mirrorCopy     // the copy for the image's mirror; nil: none
 }
 
 // clientBody wraps the client's request body to tell a failure of the
@@ -384,6 +388,9 @@ func (p attemptPolicy) Select(pool reverseproxy.UpstreamPool, r *http.Request, w
 		return nil
 	}
 	q := sw.q
+	if q.mirror != nil {
+		q.mirror.prepared(r) // r is the request as Caddy prepared it for the container
+	}
 	svc := p.reg.Lookup(q.service.ImageID)
 	if svc == nil {
 		return nil
@@ -417,6 +424,7 @@ func (u *UpstreamSource) offerPool(r *http.Request, q *request) ([]*reverseproxy
 		return nil, nil
 	}
 	avail := svc.Available()
+	r.Header.Del(MirrorHeader) // r is reverse_proxy's copy: only imagelb's mirror copies carry it
 	if q == nil {
 		svc.State.Begin()
 		q = newRequest(r, svc, u.app)

@@ -6,6 +6,7 @@
 package admin
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -217,6 +218,12 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	if write, ok := v.(streamed); ok {
+		if err := streamJSON(w, write); err != nil && a.Logger != nil {
+			a.Logger.Debug("answer cut short", zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr), zap.Error(err))
+		}
+		return
+	}
 	WriteJSON(w, http.StatusOK, v)
 }
 
@@ -258,11 +265,9 @@ outer:
 
 func (a *API) listServices(c *call) (any, error) {
 	svcs := c.reg.Services()
-	views := make([]registry.ServiceView, len(svcs))
-	for i, s := range svcs {
-		views[i] = s.View()
-	}
-	return views, nil // a bare array, as the original answered
+	return streamed(func(js *jsonStream) {
+		js.list(len(svcs), func(i int) any { return svcs[i].View() }) // a bare array, as the original answered
+	}), nil
 }
 
 func (a *API) getService(c *call) (any, error) {
@@ -362,7 +367,10 @@ func (a *API) deleteContainer(c *call) (any, error) {
 }
 
 func (a *API) portMappings(c *call) (any, error) {
-	return c.reg.PortMappings(), nil // a bare array, as the original answered
+	ms := c.reg.PortMappings() // at most one per port
+	return streamed(func(js *jsonStream) {
+		js.list(len(ms), func(i int) any { return ms[i] }) // a bare array, as the original answered
+	}), nil
 }
 
 func (a *API) systemServices(c *call) (any, error) {
@@ -447,10 +455,11 @@ func (a *API) stats(c *call) (any, error) {
 		}
 		svcs = []*registry.Service{svc}
 	}
-	st := statsAnswer{StatsView: c.reg.Stats(svcs), PortMappingsCount: len(c.reg.PortMappings())}
+	head, entries := c.reg.StatsParts(svcs)
+	st := statsAnswer{StatsView: head, PortMappingsCount: len(c.reg.PortMappings())}
 	st.UserServices.TotalServices = len(svcs)
-	for _, s := range st.Services {
-		st.UserServices.TotalContainers += len(s.Containers)
+	for i, s := range entries {
+		st.UserServices.TotalContainers += len(svcs[i].Containers)
 		st.UserServices.HealthyContainers += s.HealthyContainers
 		st.UserServices.TotalRequests += s.TotalRequests
 	}
@@ -463,7 +472,18 @@ func (a *API) stats(c *call) (any, error) {
 			st.SystemServices.TotalRequests += s.TotalRequests
 		}
 	}
-	return st, nil
+	// The document is written around its services, which are written one
+	// at a time with their containers.
+	st.Services = []registry.ServiceStatsView{}
+	return streamed(func(js *jsonStream) {
+		js.around(st, `"services":[]`, func() {
+			js.list(len(entries), func(i int) any {
+				e := entries[i]
+				e.Containers = svcs[i].ContainerStats()
+				return e
+			})
+		})
+	}), nil
 }
 
 // statsAnswer is the statistics plus the original's summaries.
@@ -552,6 +572,80 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 // WriteError writes {"detail": detail} with the status.
 func WriteError(w http.ResponseWriter, status int, detail string) {
 	WriteJSON(w, status, map[string]string{"detail": detail})
+}
+
+// streamed is an answer written piece by piece (the lists, which grow with
+// the registry): the memory it takes is one element's, not the answer's.
+type streamed func(js *jsonStream)
+
+// streamJSON writes a streamed answer with status 200 and the bytes
+// WriteJSON would write for the whole. An element that cannot be encoded
+// cuts the answer short (the status is sent already): the error says why.
+func streamJSON(w http.ResponseWriter, write streamed) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	js := &jsonStream{w: bufio.NewWriterSize(w, 32<<10)}
+	js.enc = json.NewEncoder(&js.buf)
+	js.enc.SetEscapeHTML(false)
+	write(js)
+	js.raw("\n")
+	if js.err == nil {
+		js.err = js.w.Flush()
+	}
+	return js.err
+}
+
+// jsonStream writes JSON through a buffer; after the first error it writes
+// nothing more.
+type jsonStream struct {
+	w   *bufio.Writer
+	buf bytes.Buffer // one value's encoding
+	enc *json.Encoder
+	err error
+}
+
+// raw writes JSON text as it is.
+func (js *jsonStream) raw(text string) {
+	if js.err == nil {
+		_, js.err = js.w.WriteString(text)
+	}
+}
+
+// encode returns v's encoding, as WriteJSON's encoder makes it, without
+// the final newline; it stays valid until the next encode.
+func (js *jsonStream) encode(v any) []byte {
+	js.buf.Reset()
+	if err := js.enc.Encode(v); err != nil {
+		js.err = err
+		return nil
+	}
+	return bytes.TrimSuffix(js.buf.Bytes(), []byte("\n"))
+}
+
+// list writes a JSON array of n elements, made one at a time by elem.
+func (js *jsonStream) list(n int, elem func(i int) any) {
+	js.raw("[")
+	for i := 0; i < n && js.err == nil; i++ {
+		if i > 0 {
+			js.raw(",")
+		}
+		if b := js.encode(elem(i)); js.err == nil {
+			_, js.err = js.w.Write(b)
+		}
+	}
+	js.raw("]")
+}
+
+// around writes doc, with body written where its encoding has mark.
+func (js *jsonStream) around(doc any, mark string, body func()) {
+	text := string(js.encode(doc))
+	before, after, ok := strings.Cut(text, mark)
+	if js.err == nil && !ok {
+		js.err = fmt.Errorf("%s is not in the answer", mark)
+	}
+	js.raw(before + strings.TrimSuffix(mark, "[]"))
+	body()
+	js.raw(after)
 }
 
 // WriteJSON writes v as JSON with the status.

@@ -1,4 +1,5 @@
-// limits.go owns what turns requests away before a pick: max_in_flight, the retry budget and rate limits.
+// limits.go owns what turns requests away before a pick (max_in_flight, the retry budget and rate limits) and
+// the registry's quotas (max_services, max_total_containers).
 
 package registry
 
@@ -147,4 +148,30 @@ func (l *limits) sweep(at time.Time) {
 	if len(l.byClient) >= maxClients {
 		clear(l.byClient) // every client is busy: start afresh rather than grow
 	}
+}
+
+// Defaults of the registry's quotas, sized for a platform: 100,000 images,
+// and twice as many containers. A container costs about 4.5 KB of memory
+// (README, Performance), so 200,000 containers are about 0.9 GB.
+const (
+	DefaultMaxServices        = 100_000
+	DefaultMaxTotalContainers = 200_000
+)
+
+// checkQuotas refuses (422, like a service over max_containers) a change from before to next that makes the registry
+// hold more services or containers than its quotas allow. A change that
+// does not grow a count past its quota passes, so that a registry already
+// over a lowered quota can still shrink or stay as it is. What is
+// restored or received from a shared store is not checked: it is there
+// already.
+func (r *Registry) checkQuotas(before, next *snapshot) error {
+	if max := r.opts.MaxServices; max > 0 && next.count > max && next.count > before.count {
+		return invalid("the registry holds %d services, the most max_services allows: remove services, or raise max_services (now %d)",
+			before.count, max)
+	}
+	if max := r.opts.MaxTotalContainers; max > 0 && next.total > max && next.total > before.total {
+		return invalid("this change would make %d containers in all, more than max_total_containers %d allows (%d now): "+
+			"remove containers, or raise max_total_containers", next.total, max, before.total)
+	}
+	return nil
 }

@@ -19,6 +19,7 @@ type snapshot struct {
 	shards  [numShards]map[int64]*Service
 	ports   map[int]int64 // external port -> image_id
 	count   int           // number of services
+	total   int           // number of containers, of all services
 	version uint64        // incremented by every change
 	retired uint64        // dial addresses that changes took out of a service, so far
 	touched int64         // the image the last replace changed
@@ -39,6 +40,12 @@ type Options struct {
 	PortLo, PortHi int
 	// MaxContainers caps the containers of one service; 0 means no cap.
 	MaxContainers int
+	// MirrorBudget is the memory all mirror copies in flight may hold
+	// together, in bytes (MirrorBudget); 0 means no limit.
+	MirrorBudget int64
+	// MaxServices and MaxTotalContainers cap the services and the
+	// containers of all services together (limits.go); 0 means no cap.
+	MaxServices, MaxTotalContainers int
 	// Guard decides which hosts containers may have; nil refuses only
 	// the link-local and metadata ranges.
 	Guard *Guard
@@ -63,6 +70,8 @@ type Registry struct {
 	revs       map[int64]int64 // the store's revision of each image's record
 	revision   int64           // the shared store's revision applied
 	usage      map[int64]*UsageCounter
+
+	mirrorBudget MirrorBudget // shared by every image's mirror copies
 
 	ops       [numOps]atomic.Int64
 	listeners listeners // told of every published change (notify.go)
@@ -99,6 +108,7 @@ func New(opts Options) *Registry {
 	r := &Registry{started: now(), revs: map[int64]int64{}, usage: map[int64]*UsageCounter{}}
 	r.cond = sync.NewCond(&r.mu)
 	r.opts = opts.withDefaults()
+	r.mirrorBudget.SetLimit(opts.MirrorBudget)
 	r.head = emptySnapshot()
 	r.snap.Store(r.head)
 	return r
@@ -128,7 +138,11 @@ func (r *Registry) SetOptions(opts Options) {
 	r.mu.Lock()
 	r.opts = opts.withDefaults()
 	r.mu.Unlock()
+	r.mirrorBudget.SetLimit(opts.MirrorBudget)
 }
+
+// MirrorBudget returns the budget every image's mirror copies share.
+func (r *Registry) MirrorBudget() *MirrorBudget { return &r.mirrorBudget }
 
 // Started returns when the registry was created.
 func (r *Registry) Started() time.Time { return r.started }
@@ -221,8 +235,10 @@ func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
 		if fe := checkReferences(snap, &spec, []any{"body"}); len(fe) > 0 {
 			return nil, fe.err() // the images a split or mirror names, as they are now
 		}
-		next, svc, err = r.register(snap, spec)
-		return next, err
+		if next, svc, err = r.register(snap, spec); err != nil {
+			return nil, err
+		}
+		return next, r.checkQuotas(snap, next)
 	})
 	r.count(OpRegister, err == nil)
 	return svc, err
@@ -342,6 +358,10 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 			next.count++
 		}
 		shard[id] = svc
+		next.total += len(svc.Containers)
+	}
+	if old != nil {
+		next.total -= len(old.Containers)
 	}
 	next.shards[i] = shard
 	next.touched = id
@@ -444,7 +464,8 @@ func (r *Registry) PutContainer(imageID int64, spec ContainerSpec) (c *Container
 			markHealthy(c, "", false)
 			cs = append(cs, c)
 		}
-		return snap.replace(old, old.withContainers(cs)), nil
+		next := snap.replace(old, old.withContainers(cs))
+		return next, r.checkQuotas(snap, next)
 	})
 	r.count(OpPutContainer, err == nil)
 	return c, err
@@ -629,6 +650,9 @@ func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 					ids = append(ids, id)
 				}
 			}
+		}
+		if err := r.checkQuotas(before, next); err != nil {
+			return nil, fmt.Errorf("static services: %w", err)
 		}
 		return next, nil
 	})

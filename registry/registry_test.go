@@ -59,10 +59,11 @@ func ids(cs []*Container) []string {
 // checkSnapshot verifies the invariants every published snapshot keeps.
 func checkSnapshot(t testing.TB, s *snapshot) {
 	t.Helper()
-	count := 0
+	count, total := 0, 0
 	for i, shard := range s.shards {
 		for id, svc := range shard {
 			count++
+			total += len(svc.Containers)
 			if svc.ImageID != id || uint64(id)%numShards != uint64(i) {
 				t.Errorf("service %d filed under key %d in shard %d", svc.ImageID, id, i)
 			}
@@ -93,6 +94,9 @@ func checkSnapshot(t testing.TB, s *snapshot) {
 	}
 	if count != s.count {
 		t.Errorf("count = %d, %d services in the shards", s.count, count)
+	}
+	if total != s.total {
+		t.Errorf("total = %d, %d containers in the shards", s.total, total)
 	}
 	for port, id := range s.ports {
 		if svc := s.lookup(id); svc == nil || svc.ExternalPort != port {

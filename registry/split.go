@@ -60,6 +60,8 @@ type Mirror struct {
 const (
 	// MaxSplitTargets is the most entries a split has.
 	MaxSplitTargets = 16
+	// MaxMirrorMethods is the most methods a mirror lists.
+	MaxMirrorMethods = 32
 	// DefaultMirrorMaxBody and MaxMirrorBody are the default and the
 	// largest max_body of a mirror.
 	DefaultMirrorMaxBody = 64 << 10
@@ -143,6 +145,10 @@ func (o *ServiceOptions) checkSplit(fe *fieldErrors, at func(field ...any) []any
 	}
 	if len(m.Methods) == 0 {
 		fe.add("value_error", "mirror.methods is empty: list the methods to copy, or leave it out for GET, HEAD and OPTIONS", at("mirror", "methods")...)
+	}
+	if len(m.Methods) > MaxMirrorMethods {
+		fe.add("value_error", fmt.Sprintf("mirror.methods has %d entries; list at most %d methods", len(m.Methods), MaxMirrorMethods), at("mirror", "methods")...)
+		m.Methods = m.Methods[:MaxMirrorMethods] // one error for the list, not one per entry
 	}
 	for i, name := range m.Methods {
 		if !ValidToken(name) || strings.ToUpper(name) != name {
@@ -381,8 +387,9 @@ type MirrorCounters struct {
 	// or a 5xx.
 	Requests, Failures atomic.Int64
 	// Dropped counts copies not sent: max_in_flight copies were in flight
-	// already, no container could take one, or its body was not read
-	// whole by the primary request.
+	// already, the mirror budget of all copies was spent, no container
+	// could take one, or its body was not read whole by the primary
+	// request.
 	Dropped atomic.Int64
 	// TooLarge counts requests not copied because their body is larger
 	// than the mirror's max_body.
@@ -413,6 +420,53 @@ func (m *MirrorCounters) Finish(sent, failed bool) {
 		}
 	}
 }
+
+// DefaultMirrorBudget is the memory all mirror copies in flight may hold
+// together, across all images, unless the app says otherwise.
+const DefaultMirrorBudget = 64 << 20
+
+// MirrorCopyOverhead is what a copy in flight costs besides its body and
+// headers: its goroutine, its request and the connection it holds to the
+// target (buffers and the transport's two goroutines). TestMirrorBudget
+// measures about 50 KiB a copy held by a target that never answers, the
+// target's side of the connection included (it runs in the test's
+// process).
+const MirrorCopyOverhead = 48 << 10
+
+// MirrorBudget bounds the memory mirror copies hold across all images: a
+// copy takes its share (MirrorCopyOverhead, its headers, its body as it is
+// read) before it holds it, and a copy whose share does not fit is dropped
+// and counted in the target's Dropped. The zero value has no limit.
+type MirrorBudget struct {
+	limit, used atomic.Int64
+}
+
+// SetLimit sets the budget in bytes; 0 means no limit.
+func (b *MirrorBudget) SetLimit(n int64) { b.limit.Store(n) }
+
+// Take takes n bytes from the budget, and reports whether they fit.
+func (b *MirrorBudget) Take(n int64) bool {
+	limit := b.limit.Load()
+	if limit <= 0 {
+		b.used.Add(n)
+		return true
+	}
+	for {
+		u := b.used.Load()
+		if u+n > limit {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+// Give gives back n bytes taken with Take.
+func (b *MirrorBudget) Give(n int64) { b.used.Add(-n) }
+
+// Used is the bytes taken now.
+func (b *MirrorBudget) Used() int64 { return b.used.Load() }
 
 // Size is a number of bytes, written as a number or a string such as
 // "64KiB" or "1MB" (KB is 1000 bytes, KiB 1024).

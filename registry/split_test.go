@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -183,6 +185,12 @@ func TestDecodeSplitRejects(t *testing.T) {
 			"mirror.methods is empty"},
 		{"mirror max_in_flight negative", `"mirror":{"image_id":3,"percent":1,"max_in_flight":-1}`, loc("body", "mirror", "max_in_flight"), "value_error",
 			"mirror.max_in_flight must be from 1 to 100000, got -1"},
+		{"mirror too many methods", `"mirror":{"image_id":3,"percent":1,"methods":[` + strings.Repeat(`"GET",`, 33) + `"GET"]}`, loc("body", "mirror", "methods"), "value_error",
+			"mirror.methods has 34 entries; list at most 32 methods"},
+		{"mirror max_in_flight above the ceiling", `"mirror":{"image_id":3,"percent":1,"max_in_flight":100001}`, loc("body", "mirror", "max_in_flight"), "value_error",
+			"mirror.max_in_flight must be from 1 to 100000, got 100001"},
+		{"mirror max_body above the ceiling", `"mirror":{"image_id":3,"percent":1,"max_body":16777217}`, loc("body", "mirror", "max_body"), "value_error",
+			"mirror.max_body must be from 1 byte to 16MiB, got 16777217 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -320,5 +328,40 @@ func TestParseSize(t *testing.T) {
 		if js, _ := json.Marshal(s); string(js) != want {
 			t.Errorf("Size %d marshals to %s, want %s", s, js, want)
 		}
+	}
+}
+
+// TestMirrorBudget: takes that fit pass and others fail, whatever the
+// concurrency; what is given back can be taken again; 0 is no limit.
+func TestMirrorBudget(t *testing.T) {
+	var b MirrorBudget
+	b.SetLimit(1000)
+	var wg sync.WaitGroup
+	var took atomic.Int64
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				if b.Take(7) {
+					took.Add(7)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if b.Used() != took.Load() || b.Used() > 1000 || b.Used() < 1000-6 {
+		t.Fatalf("used %d, took %d, limit 1000", b.Used(), took.Load())
+	}
+	if b.Take(7) {
+		t.Fatal("a take past the limit passed")
+	}
+	b.Give(b.Used())
+	if !b.Take(1000) || b.Take(1) {
+		t.Fatal("the budget given back cannot be taken again, or the limit moved")
+	}
+	b.SetLimit(0)
+	if !b.Take(1 << 40) {
+		t.Fatal("no limit refused a take")
 	}
 }

@@ -211,8 +211,23 @@ type StatsView struct {
 // Stats returns the statistics of the given services (all when services is
 // the registry's full list). Totals add up the services shown.
 func (r *Registry) Stats(services []*Service) StatsView {
-	v := StatsView{UptimeSeconds: r.Uptime().Seconds(), Services: make([]ServiceStatsView, 0, len(services))}
-	for _, s := range services {
+	v, entries := r.StatsParts(services)
+	for i, s := range services {
+		entries[i].Containers = s.ContainerStats()
+	}
+	v.Services = entries
+	return v
+}
+
+// StatsParts returns the statistics of the given services in parts, for an
+// answer written one service at a time: the document without its services
+// (the totals, which add up the entries), and the services' entries without
+// their containers, which ContainerStats makes for one service when it is
+// written. Each counter is read once, so the totals add up the entries.
+func (r *Registry) StatsParts(services []*Service) (StatsView, []ServiceStatsView) {
+	v := StatsView{UptimeSeconds: r.Uptime().Seconds()}
+	entries := make([]ServiceStatsView, len(services))
+	for i, s := range services {
 		base, total := s.State.Usage.Base(), s.State.Usage.Total()
 		sv := ServiceStatsView{
 			ImageID:             s.ImageID,
@@ -228,31 +243,36 @@ func (r *Registry) Stats(services []*Service) StatsView {
 			ShedRequests:        s.State.Shed.Load(),
 			RetriesDenied:       s.State.RetriesDenied.Load(),
 			TrafficCounters:     trafficCounters(s.State),
-			Containers:          make([]ContainerStatsView, len(s.Containers)),
 		}
 		sv.LatencyMS, sv.RequestsPerSecond = recentOf(&s.State.Counters)
-		for i, c := range s.Containers {
-			cv := ContainerStatsView{
-				ContainerID:       c.ContainerID,
-				Status:            c.Status,
-				TotalRequests:     c.Stats.Requests.Load(),
-				FailedRequests:    c.Stats.Failures.Load(),
-				ActiveConnections: c.Stats.InFlight.Load(),
-				Ejected:           c.Stats.Ejected(),
-				Ejections:         c.Stats.Ejections(),
-				BytesIn:           c.Stats.BytesIn.Load(),
-				BytesOut:          c.Stats.BytesOut.Load(),
-			}
-			cv.LatencyMS, cv.RequestsPerSecond = recentOf(&c.Stats.Counters)
-			sv.Containers[i] = cv
-		}
 		v.TotalRequests += sv.TotalRequests
 		v.FailedRequests += sv.FailedRequests
 		v.ActiveConnections += sv.ActiveConnections
 		v.RequestsPerSecond += sv.RequestsPerSecond
-		v.Services = append(v.Services, sv)
+		entries[i] = sv
 	}
-	return v
+	return v, entries
+}
+
+// ContainerStats returns the statistics of the service's containers.
+func (s *Service) ContainerStats() []ContainerStatsView {
+	out := make([]ContainerStatsView, len(s.Containers))
+	for i, c := range s.Containers {
+		cv := ContainerStatsView{
+			ContainerID:       c.ContainerID,
+			Status:            c.Status,
+			TotalRequests:     c.Stats.Requests.Load(),
+			FailedRequests:    c.Stats.Failures.Load(),
+			ActiveConnections: c.Stats.InFlight.Load(),
+			Ejected:           c.Stats.Ejected(),
+			Ejections:         c.Stats.Ejections(),
+			BytesIn:           c.Stats.BytesIn.Load(),
+			BytesOut:          c.Stats.BytesOut.Load(),
+		}
+		cv.LatencyMS, cv.RequestsPerSecond = recentOf(&c.Stats.Counters)
+		out[i] = cv
+	}
+	return out
 }
 
 // Uptime is how long the registry has existed.
