@@ -48,9 +48,9 @@ const (
 )
 
 // Handler is the imagelb HTTP handler. On a site it serves GET /health, the
-// management API under /api/v1/, the proxy /api/v1/proxy/{image_id}/{path}
-// and every request arriving on a mapped external port. Everything else goes
-// to the next handler. Proxying is done by Caddy's reverse_proxy handler,
+// management API under /api/v1/ and the proxy /api/v1/proxy/{image_id}/{path};
+// everything else goes to the next handler. On a site marked mapped_ports it
+// serves only the mapped external ports. Proxying is done by Caddy's reverse_proxy handler,
 // provisioned inside this one with the imagelb upstream source and policy.
 type Handler struct {
 	// The management API on this site: on, read_only (GET only; writes
@@ -66,6 +66,14 @@ type Handler struct {
 	// answers (containers, system services) are left to them. Default:
 	// none (no CORS).
 	CORS []string `json:"cors,omitempty"`
+	// This site serves mapped external ports: a request is proxied, path
+	// unchanged, to the image mapped to the port it arrived on (404 when
+	// none is), and nothing else is served here (no API, /health or
+	// docs). Only the ports of such sites, and those of the app's
+	// port_range, may be mapped; a site without it never proxies by port,
+	// so a mapping cannot answer for the API. Not combined with api,
+	// dashboard or cors. Default: off.
+	MappedPorts bool `json:"mapped_ports,omitempty"`
 
 	app       *App
 	reg       *registry.Registry
@@ -88,6 +96,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // embedded reverse proxy.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if h.MappedPorts && (h.API != "" || h.Dashboard || len(h.CORS) > 0) {
+		return fmt.Errorf("mapped_ports: a site of mapped ports serves no API, so api, dashboard and cors do not apply; " +
+			"put them on the API's own site")
+	}
 	if h.API == "" {
 		h.API = APIOn
 	}
@@ -187,10 +199,8 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP serves the routes the handler owns and passes the rest on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.reg.HasPortMappings() {
-		if svc := h.reg.ByPort(localPort(r)); svc != nil {
-			return h.proxy(w, r, next, svc)
-		}
+	if h.MappedPorts {
+		return h.serveMappedPort(w, r, next)
 	}
 	path := r.URL.Path
 	if path == proxyPrefix || strings.HasPrefix(path, proxyPrefix+"/") {
@@ -238,6 +248,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.api.ServeHTTP(w, r)
 	}
 	return nil
+}
+
+// serveMappedPort serves a request on a site of mapped ports: the image
+// mapped to the port it arrived on gets it, path unchanged.
+func (h *Handler) serveMappedPort(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	port := localPort(r)
+	svc := h.reg.ByPort(port)
+	if svc == nil {
+		admin.WriteError(w, http.StatusNotFound, fmt.Sprintf(
+			"no image is mapped to port %d: register one with external_port=%d, or see GET /api/v1/port-mappings on the API's site", port, port))
+		return nil
+	}
+	return h.proxy(w, r, next, svc)
 }
 
 // allowGet answers 405 to a method other than GET and HEAD, and reports
@@ -377,6 +400,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		api on|read_only|off
 //		dashboard
 //		cors <origin>...
+//		mapped_ports
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -409,6 +433,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Dashboard = true
+		case "mapped_ports":
+			if h.MappedPorts {
+				return d.Err("mapped_ports already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.MappedPorts = true
 		case "cors":
 			if h.CORS != nil {
 				return d.Err("cors already specified")

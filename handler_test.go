@@ -269,8 +269,8 @@ func TestRetriesHideDeadContainer(t *testing.T) {
 	}
 }
 
-// TestPortMappedRouting: a request arriving on a mapped external port is
-// proxied, path unchanged, to that port's image.
+// TestPortMappedRouting: a request arriving on a mapped external port of a
+// mapped_ports site is proxied, path unchanged, to that port's image.
 func TestPortMappedRouting(t *testing.T) {
 	apiPort, extPort, rangePort := freePort(t), freePort(t), freePort(t)
 	startCaddy(t, fmt.Sprintf(`{
@@ -279,8 +279,13 @@ func TestPortMappedRouting(t *testing.T) {
 		port_range %d-%d
 	}
 }
-http://127.0.0.1:%d, http://127.0.0.1:%d, http://127.0.0.1:%d {
+http://127.0.0.1:%d {
 	imagelb
+}
+http://127.0.0.1:%d, http://127.0.0.1:%d {
+	imagelb {
+		mapped_ports
+	}
 }
 `, rangePort, rangePort, apiPort, extPort, rangePort))
 	site := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
