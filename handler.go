@@ -74,6 +74,15 @@ type Handler struct {
 	// so a mapping cannot answer for the API. Not combined with api,
 	// dashboard or cors. Default: off.
 	MappedPorts bool `json:"mapped_ports,omitempty"`
+	// Forward the client's Authorization header to containers even when
+	// Caddy's authentication on this site (basic_auth, or any
+	// authentication provider) checked it. Off, the header that
+	// authenticated the client to this site is the site's credential and
+	// is removed from proxied requests (the proxy route, mapped ports,
+	// mirror copies); a header Caddy did not check is the tenant's and is
+	// forwarded, as the original did. Cookies are always forwarded: neither
+	// basic_auth nor the dashboard uses one. Default: off.
+	ForwardAuthorization bool `json:"forward_authorization,omitempty"`
 
 	app       *App
 	reg       *registry.Registry
@@ -263,6 +272,22 @@ func (h *Handler) serveMappedPort(w http.ResponseWriter, r *http.Request, next c
 	return h.proxy(w, r, next, svc)
 }
 
+// dropSiteCredentials removes from a request about to be proxied to a
+// container the Authorization header that Caddy's authentication on this
+// site checked (it set {http.auth.user.id}): the operator's credentials
+// for this site are not the tenant's to see, unless forward_authorization
+// says so.
+func (h *Handler) dropSiteCredentials(r *http.Request) {
+	if h.ForwardAuthorization || r.Header.Get("Authorization") == "" {
+		return
+	}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		if _, authenticated := repl.Get("http.auth.user.id"); authenticated {
+			r.Header.Del("Authorization")
+		}
+	}
+}
+
 // allowGet answers 405 to a method other than GET and HEAD, and reports
 // whether the request may go on.
 func allowGet(w http.ResponseWriter, r *http.Request) bool {
@@ -401,6 +426,7 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		dashboard
 //		cors <origin>...
 //		mapped_ports
+//		forward_authorization
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -441,6 +467,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.MappedPorts = true
+		case "forward_authorization":
+			if h.ForwardAuthorization {
+				return d.Err("forward_authorization already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ForwardAuthorization = true
 		case "cors":
 			if h.CORS != nil {
 				return d.Err("cors already specified")
