@@ -61,17 +61,21 @@ func htmlText(s string) string {
 // show. A screenshot is kept in the test's temporary directory.
 func TestDashboardInBrowser(t *testing.T) {
 	port := freePort(t)
-	extPort := freePort(t) // only a mapping (of port_range): nothing listens there in this test
+	extPort := freePort(t) // image 130's external port, on a site of mapped ports
 	startCaddy(t, fmt.Sprintf(`{
 	admin localhost:2999
 	imagelb {
 		health_interval 1h
-		port_range %[2]d-%[2]d
 	}
 }
 http://127.0.0.1:%[1]d {
 	imagelb {
 		dashboard
+	}
+}
+http://127.0.0.1:%[2]d {
+	imagelb {
+		mapped_ports
 	}
 }
 `, port, extPort))
