@@ -262,7 +262,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if _, _, err := parsePortRange(v); err != nil {
+			if _, _, err := registry.ParsePortRange(v); err != nil {
 				return d.Err(err.Error())
 			}
 			a.PortRange = v

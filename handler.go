@@ -48,9 +48,9 @@ const (
 )
 
 // Handler is the imagelb HTTP handler. On a site it serves GET /health, the
-// management API under /api/v1/, the proxy /api/v1/proxy/{image_id}/{path}
-// and every request arriving on a mapped external port. Everything else goes
-// to the next handler. Proxying is done by Caddy's reverse_proxy handler,
+// management API under /api/v1/ and the proxy /api/v1/proxy/{image_id}/{path};
+// everything else goes to the next handler. On a site marked mapped_ports it
+// serves only the mapped external ports. Proxying is done by Caddy's reverse_proxy handler,
 // provisioned inside this one with the imagelb upstream source and policy.
 type Handler struct {
 	// The management API on this site: on, read_only (GET only; writes
@@ -74,6 +74,23 @@ type Handler struct {
 	// ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10,
 	// fc00::/7).
 	WritesFrom []string `json:"writes_from,omitempty"`
+	// This site serves mapped external ports: a request is proxied, path
+	// unchanged, to the image mapped to the port it arrived on (404 when
+	// none is), and nothing else is served here (no API, /health or
+	// docs). Only the ports of such sites, and those of the app's
+	// port_range, may be mapped; a site without it never proxies by port,
+	// so a mapping cannot answer for the API. Not combined with api,
+	// dashboard or cors. Default: off.
+	MappedPorts bool `json:"mapped_ports,omitempty"`
+	// Forward the client's Authorization header to containers even when
+	// Caddy's authentication on this site (basic_auth, or any
+	// authentication provider) checked it. Off, the header that
+	// authenticated the client to this site is the site's credential and
+	// is removed from proxied requests (the proxy route, mapped ports,
+	// mirror copies); a header Caddy did not check is the tenant's and is
+	// forwarded, as the original did. Cookies are always forwarded: neither
+	// basic_auth nor the dashboard uses one. Default: off.
+	ForwardAuthorization bool `json:"forward_authorization,omitempty"`
 
 	writers   *registry.Writers
 	app       *App
@@ -97,6 +114,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // embedded reverse proxy.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if h.MappedPorts && (h.API != "" || h.Dashboard || len(h.CORS) > 0) {
+		return fmt.Errorf("mapped_ports: a site of mapped ports serves no API, so api, dashboard and cors do not apply; " +
+			"put them on the API's own site")
+	}
 	if h.API == "" {
 		h.API = APIOn
 	}
@@ -202,10 +223,8 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP serves the routes the handler owns and passes the rest on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.reg.HasPortMappings() {
-		if svc := h.reg.ByPort(localPort(r)); svc != nil {
-			return h.proxy(w, r, next, svc)
-		}
+	if h.MappedPorts {
+		return h.serveMappedPort(w, r, next)
 	}
 	path := r.URL.Path
 	if path == proxyPrefix || strings.HasPrefix(path, proxyPrefix+"/") {
@@ -264,6 +283,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.api.ServeHTTP(w, r)
 	}
 	return nil
+}
+
+// serveMappedPort serves a request on a site of mapped ports: the image
+// mapped to the port it arrived on gets it, path unchanged.
+func (h *Handler) serveMappedPort(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	port := localPort(r)
+	svc := h.reg.ByPort(port)
+	if svc == nil {
+		admin.WriteError(w, http.StatusNotFound, fmt.Sprintf(
+			"no image is mapped to port %d: register one with external_port=%d, or see GET /api/v1/port-mappings on the API's site", port, port))
+		return nil
+	}
+	return h.proxy(w, r, next, svc)
+}
+
+// dropSiteCredentials removes from a request about to be proxied to a
+// container the Authorization header that Caddy's authentication on this
+// site checked (it set {http.auth.user.id}): the operator's credentials
+// for this site are not the tenant's to see, unless forward_authorization
+// says so.
+func (h *Handler) dropSiteCredentials(r *http.Request) {
+	if h.ForwardAuthorization || r.Header.Get("Authorization") == "" {
+		return
+	}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		if _, authenticated := repl.Get("http.auth.user.id"); authenticated {
+			r.Header.Del("Authorization")
+		}
+	}
 }
 
 // allowGet answers 405 to a method other than GET and HEAD, and reports
@@ -404,6 +452,8 @@ func parseHandlerCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		dashboard
 //		cors <origin>...
 //		writes_from <cidr|ip>...|any
+//		mapped_ports
+//		forward_authorization
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -436,6 +486,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Dashboard = true
+		case "mapped_ports":
+			if h.MappedPorts {
+				return d.Err("mapped_ports already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.MappedPorts = true
+		case "forward_authorization":
+			if h.ForwardAuthorization {
+				return d.Err("forward_authorization already specified")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.ForwardAuthorization = true
 		case "cors":
 			if h.CORS != nil {
 				return d.Err("cors already specified")

@@ -2,6 +2,7 @@ package imagelb
 
 import (
 	"bufio"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -269,8 +270,8 @@ func TestRetriesHideDeadContainer(t *testing.T) {
 	}
 }
 
-// TestPortMappedRouting: a request arriving on a mapped external port is
-// proxied, path unchanged, to that port's image.
+// TestPortMappedRouting: a request arriving on a mapped external port of a
+// mapped_ports site is proxied, path unchanged, to that port's image.
 func TestPortMappedRouting(t *testing.T) {
 	apiPort, extPort, rangePort := freePort(t), freePort(t), freePort(t)
 	startCaddy(t, fmt.Sprintf(`{
@@ -279,8 +280,13 @@ func TestPortMappedRouting(t *testing.T) {
 		port_range %d-%d
 	}
 }
-http://127.0.0.1:%d, http://127.0.0.1:%d, http://127.0.0.1:%d {
+http://127.0.0.1:%d {
 	imagelb
+}
+http://127.0.0.1:%d, http://127.0.0.1:%d {
+	imagelb {
+		mapped_ports
+	}
 }
 `, rangePort, rangePort, apiPort, extPort, rangePort))
 	site := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
@@ -512,5 +518,93 @@ func TestChurnHoldsNoMemory(t *testing.T) {
 	t.Logf("heap before %d KiB, after %d containers %d KiB", before>>10, total, after>>10)
 	if after > before+slack {
 		t.Fatalf("heap grew by %d KiB over %d removed containers, want at most %d KiB", (after-before)>>10, total, slack>>10)
+	}
+}
+
+// TestSiteCredentialsStayHome: the Authorization header that Caddy's
+// basic_auth checked on a site is the operator's, and no container sees
+// it, through the proxy route or a mapped port, unless the site says
+// forward_authorization (mirror copies included); a header Caddy did not
+// check is the tenant's and is forwarded, and so are cookies (issue 24,
+// row 7).
+func TestSiteCredentialsStayHome(t *testing.T) {
+	authed, forwarding, open, mapped := freePort(t), freePort(t), freePort(t), freePort(t)
+	const hash = "$2a$04$DhX5lWSpp8n4agMwh3D.W.sl/wDSrbObsbZVFnBtP4w7P6AQdb3q2" // "s3cret"
+	startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	imagelb {
+		health_interval 1h
+	}
+}
+http://127.0.0.1:%[1]d {
+	basic_auth {
+		ops %[5]s
+	}
+	imagelb
+}
+http://127.0.0.1:%[2]d {
+	basic_auth {
+		ops %[5]s
+	}
+	imagelb {
+		forward_authorization
+	}
+}
+http://127.0.0.1:%[3]d {
+	imagelb
+}
+http://127.0.0.1:%[4]d {
+	basic_auth {
+		ops %[5]s
+	}
+	imagelb {
+		mapped_ports
+	}
+}
+`, authed, forwarding, open, mapped, hash))
+	mirrored := make(chan string, 10) // the Authorization of each mirror copy
+	m := funcBackend(t, "m", func(w http.ResponseWriter, r *http.Request) { mirrored <- r.Header.Get("Authorization") })
+	register(t, adminURL+"/imagelb", 2, "", container("m", m))
+	mustDo(t, "POST", adminURL+"/imagelb/services/1/register", map[string]any{"image_name": "web", "external_port": mapped,
+		"containers": []any{container("a", newBackend(t, "a"))}, "mirror": map[string]any{"image_id": 2, "percent": 100}}, 200, nil)
+
+	operator := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("ops:s3cret"))}}
+	tenant := http.Header{"Authorization": {"Bearer tenant-token"}}
+	appCookie := &http.Cookie{Name: "session", Value: "tenant-app"}
+	for _, tc := range []struct {
+		name string
+		url  string
+		hdr  http.Header
+		want string // the Authorization the container sees
+	}{
+		{"basic_auth site, proxy route", fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/1/x", authed), operator, ""},
+		{"basic_auth site, mapped port", fmt.Sprintf("http://127.0.0.1:%d/x", mapped), operator, ""},
+		{"forward_authorization", fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/1/x", forwarding), operator, operator.Get("Authorization")},
+		{"no basic_auth: the tenant's own header", fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/1/x", open), tenant, "Bearer tenant-token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := send(t, tc.url, tc.hdr, appCookie)
+			var e echo
+			if err := json.Unmarshal(a.body, &e); a.status != 200 || err != nil {
+				t.Fatalf("status %d: %.300s", a.status, a.body)
+			}
+			if got := e.Headers["Authorization"]; got != tc.want {
+				t.Fatalf("the container saw Authorization %q, want %q", got, tc.want)
+			}
+			if e.Headers["Cookie"] != "session=tenant-app" {
+				t.Fatalf("the tenant's cookie did not reach its container: %q", e.Headers["Cookie"])
+			}
+			select {
+			case got := <-mirrored:
+				if got != tc.want {
+					t.Fatalf("the mirror copy carried Authorization %q, want %q", got, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no mirror copy arrived")
+			}
+		})
+	}
+	if a := send(t, fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/1/x", authed), nil); a.status != 401 {
+		t.Fatalf("basic_auth let an anonymous client through: %d", a.status)
 	}
 }

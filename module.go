@@ -103,7 +103,11 @@ type App struct {
 	// each). Default: round_robin.
 	Algorithm string `json:"algorithm,omitempty"`
 	// External ports to allocate to services registered without one, as
-	// "lo-hi" (e.g. "8000-8099"). Default: none.
+	// "lo-hi" (e.g. "8000-8099"). A service may be given external_port
+	// only in this range, or a port of a site whose imagelb handler has
+	// mapped_ports, and never a port another site is served on. Serve the
+	// range with a mapped_ports site (JSON "listen": [":8000-8099"]).
+	// Default: none.
 	PortRange string `json:"port_range,omitempty"`
 	// The host of containers registered without one. Default: 127.0.0.1.
 	DefaultHost string `json:"default_host,omitempty"`
@@ -224,8 +228,9 @@ type StaticService struct {
 	ImageName string `json:"image_name"`
 	// The balancing algorithm. Default: the app's algorithm.
 	Algorithm string `json:"algorithm,omitempty"`
-	// The external port mapped to this image. Default: none, or one from
-	// the app's port_range.
+	// The external port mapped to this image: a port of port_range, or of
+	// a site whose imagelb handler has mapped_ports (never a port another
+	// site is served on). Default: none, or one from the app's port_range.
 	ExternalPort int `json:"external_port,omitempty"`
 	// The containers of the service.
 	Containers []StaticContainer `json:"containers,omitempty"`
@@ -443,7 +448,11 @@ func (a *App) Validate() error {
 // shared registry and makes the app the one the admin API serves.
 func (a *App) Start() error {
 	opts, _ := a.registryOptions()
-	a.reg.SetOptions(opts)
+	opts.Sites = sitePorts(a.ctx)
+	for _, msg := range a.reg.SetOptions(opts) {
+		a.logger.Warn("service left out of the registry: its external_port may not be mapped on this Caddy",
+			zap.String("service", msg))
+	}
 	if err := a.reg.ApplyStatic(a.static); err != nil {
 		return err
 	}
@@ -537,7 +546,7 @@ func (a *App) registryOptions() (registry.Options, error) {
 		}
 	}
 	if a.PortRange != "" {
-		lo, hi, err := parsePortRange(a.PortRange)
+		lo, hi, err := registry.ParsePortRange(a.PortRange)
 		if err != nil {
 			return opts, err
 		}
@@ -651,16 +660,6 @@ func parseSeconds(v string) (time.Duration, error) {
 		err = fmt.Errorf("must be positive")
 	}
 	return d, err
-}
-
-func parsePortRange(s string) (int, int, error) {
-	loS, hiS, ok := strings.Cut(s, "-")
-	lo, err1 := strconv.Atoi(loS)
-	hi, err2 := strconv.Atoi(hiS)
-	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
-		return 0, 0, fmt.Errorf("port_range %q: want lo-hi with 1 <= lo <= hi <= 65535, e.g. 8000-8099", s)
-	}
-	return lo, hi, nil
 }
 
 // Interface guards

@@ -96,6 +96,7 @@ func parseProxyPath(escaped string) (id int64, target string, status int, detail
 // embedded reverse proxy, counting it for the image and its attempts for
 // the containers.
 func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, svc *registry.Service) error {
+	h.dropSiteCredentials(r) // handler.go
 	if len(svc.Options.Split) > 0 {
 		svc = h.routeSplit(w, r, svc) // split.go: the image that serves the request
 	}

@@ -127,7 +127,7 @@ func provisionSystemServices(cfg []SystemService) ([]*systemService, error) {
 func checkUpstream(addr string) (host string, port int, msg string) {
 	host, portText, err := net.SplitHostPort(addr)
 	port, perr := strconv.Atoi(portText)
-	if err != nil || perr != nil || port < 1 || port > 65535 || registry.CheckHost(host) != "" {
+	if err != nil || perr != nil || !registry.ValidPort(int64(port)) || registry.CheckHost(host) != "" {
 		return "", 0, fmt.Sprintf("address %q must be host:port, e.g. 127.0.0.1:3003", addr)
 	}
 	return host, port, ""

@@ -61,20 +61,25 @@ func htmlText(s string) string {
 // show. A screenshot is kept in the test's temporary directory.
 func TestDashboardInBrowser(t *testing.T) {
 	port := freePort(t)
+	extPort := freePort(t) // image 130's external port, on a site of mapped ports
 	startCaddy(t, fmt.Sprintf(`{
 	admin localhost:2999
 	imagelb {
 		health_interval 1h
 	}
 }
-http://127.0.0.1:%d {
+http://127.0.0.1:%[1]d {
 	imagelb {
 		dashboard
 	}
 }
-`, port))
+http://127.0.0.1:%[2]d {
+	imagelb {
+		mapped_ports
+	}
+}
+`, port, extPort))
 	site := fmt.Sprintf("http://127.0.0.1:%d", port)
-	extPort := freePort(t) // only a mapping: nothing listens there in this test
 	register(t, site+"/api/v1", 130, fmt.Sprintf("&external_port=%d", extPort),
 		container("web-1", newBackend(t, "a")), container("web-2", newBackend(t, "b")))
 	page := site + "/api/v1/ui/"

@@ -26,7 +26,7 @@ func (c ContainerSpec) Check() []FieldError {
 			fe.add("value_error", msg, "host")
 		}
 	}
-	if !validPort(int64(c.Port)) {
+	if !ValidPort(int64(c.Port)) {
 		fe.add("value_error", portMsg("port", int64(c.Port)), "port")
 	}
 	if _, ok := ParseStatus(string(c.Status)); !ok {
@@ -63,7 +63,7 @@ func (s *ServiceSpec) Check() []FieldError {
 	if _, ok := ParseAlgorithm(string(s.Algorithm)); !ok {
 		fe.add("enum", unknownAlgorithm(string(s.Algorithm)), "algorithm")
 	}
-	if s.ExternalPort != 0 && !validPort(int64(s.ExternalPort)) {
+	if s.ExternalPort != 0 && !ValidPort(int64(s.ExternalPort)) {
 		fe.add("value_error", portMsg("external_port", int64(s.ExternalPort)), "external_port")
 	}
 	s.Options.check(&fe, s.Algorithm, nil)

@@ -49,6 +49,9 @@ type Options struct {
 	// Guard decides which hosts containers may have; nil refuses only
 	// the link-local and metadata ranges.
 	Guard *Guard
+	// Sites are the ports this Caddy serves, which decide the ports
+	// external_port may map (ports.go); nil: not known yet.
+	Sites *SitePorts
 }
 
 // Registry is the image-keyed registry. Reads (Lookup, ByPort) are lock-free;
@@ -133,12 +136,43 @@ func (o Options) withDefaults() Options {
 }
 
 // SetOptions replaces the registry-wide defaults. Existing services keep the
-// algorithm they were registered with.
-func (r *Registry) SetOptions(opts Options) {
+// algorithm they were registered with. A service that is not static and
+// whose external port the options' sites no longer allow (a record restored
+// from the store, or a site added since) is left out of this node's
+// registry, not of the store; leftOut says which and why. Static services
+// are checked again by ApplyStatic.
+func (r *Registry) SetOptions(opts Options) (leftOut []string) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.opts = opts.withDefaults()
-	r.mu.Unlock()
 	r.mirrorBudget.SetLimit(opts.MirrorBudget)
+	if r.opts.Sites == nil {
+		return nil
+	}
+	ports := make([]int, 0, len(r.head.ports))
+	for p := range r.head.ports {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	for _, p := range ports {
+		msg := r.opts.CheckExternalPort(p)
+		if msg == "" {
+			continue
+		}
+		var id int64
+		_ = r.applyNow(func(snap *snapshot) (*snapshot, error) {
+			svc := snap.lookup(snap.ports[p])
+			if svc == nil || svc.Static || svc.ExternalPort != p {
+				return nil, nil
+			}
+			id = svc.ImageID
+			return snap.replace(svc, nil), nil
+		})
+		if id != 0 {
+			leftOut = append(leftOut, fmt.Sprintf("service %d: %s", id, msg))
+		}
+	}
+	return leftOut
 }
 
 // MirrorBudget returns the budget every image's mirror copies share.
@@ -316,6 +350,9 @@ func (r *Registry) checkSpec(spec *ServiceSpec) error {
 // free port of the configured range, else none.
 func (r *Registry) choosePort(snap *snapshot, spec ServiceSpec, old *Service) (int, error) {
 	if spec.ExternalPort != 0 {
+		if msg := r.opts.CheckExternalPort(spec.ExternalPort); msg != "" {
+			return 0, invalid("%s", msg)
+		}
 		if owner, taken := snap.ports[spec.ExternalPort]; taken && owner != spec.ImageID {
 			return 0, conflict("external port %d is already mapped to image %d", spec.ExternalPort, owner)
 		}
@@ -328,7 +365,7 @@ func (r *Registry) choosePort(snap *snapshot, spec ServiceSpec, old *Service) (i
 		return 0, nil
 	}
 	for p := r.opts.PortLo; p <= r.opts.PortHi; p++ {
-		if _, taken := snap.ports[p]; !taken {
+		if _, taken := snap.ports[p]; !taken && r.opts.CheckExternalPort(p) == "" {
 			return p, nil
 		}
 	}

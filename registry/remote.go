@@ -79,7 +79,9 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 // fromRecord returns the version of a service a stored record describes,
 // keeping from old (this node's version, may be nil) the counters and the
 // health verdicts of containers whose pushed status is unchanged. The port
-// mapping is the record's: the shared store decided it.
+// mapping is the record's: the shared store decided it, unless it maps a
+// port this node may not map (CheckExternalPort): then the record is left
+// out.
 func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (*Service, error) {
 	spec, err := rec.spec()
 	if err != nil {
@@ -87,6 +89,11 @@ func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (*Service, error)
 	}
 	if err := spec.Options.Normalize(spec.Algorithm); err != nil {
 		return nil, err
+	}
+	if spec.ExternalPort != 0 && !spec.Static {
+		if msg := r.opts.CheckExternalPort(spec.ExternalPort); msg != "" {
+			return nil, invalid("%s", msg) // another node's sites are not this one's
+		}
 	}
 	state := r.newState(rec.ImageID)
 	if old != nil {

@@ -246,7 +246,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 			spec.Algorithm = alg
 		}
 		if p, ok := in.ExternalPort.check(&fe, "external_port", false, "body", "external_port"); ok {
-			if !validPort(p) {
+			if !ValidPort(p) {
 				fe.add("value_error", portMsg("external_port", p), "body", "external_port")
 			}
 			spec.ExternalPort = int(p)
@@ -274,7 +274,7 @@ func DecodeRegistration(imageID int64, body []byte, query map[string][]string) (
 	}
 	if v, ok := queryValue(query, "external_port"); ok {
 		p, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || !validPort(p) {
+		if err != nil || !ValidPort(p) {
 			fe.add("value_error", fmt.Sprintf("external_port must be an integer from 1 to 65535, got %q", v), "query", "external_port")
 		}
 		spec.ExternalPort = int(p)
@@ -475,8 +475,6 @@ func checkText(fe *fieldErrors, s string, max int, field string, loc ...any) {
 		}
 	}
 }
-
-func validPort(p int64) bool { return p >= 1 && p <= 65535 }
 
 func portMsg(field string, p int64) string {
 	return fmt.Sprintf("%s must be from 1 to 65535, got %d", field, p)

@@ -45,6 +45,7 @@ func TestCluster(t *testing.T) {
 	nodes := make([]*clusterNode, 3)
 	for i := range nodes {
 		nodes[i] = newClusterNode(t, root, i, etcd.Endpoints())
+		nodes[i].addMappedPorts(t, i, 30000, 30019) // the ports the nodes race for
 	}
 	// Registered last, so it runs first: the nodes stop before their data
 	// directories, backends and etcd go.
@@ -687,6 +688,27 @@ func newClusterNode(t *testing.T, root string, i int, endpoints []string, option
 }
 
 // newClusterNode's options are lines added to the node's imagelb block.
+
+// addMappedPorts adds to the node's Caddyfile a site of mapped ports lo to
+// hi (an external_port may only be a port of such a site, or of
+// port_range), bound to the node's own loopback address 127.0.0.(i+1), so
+// that every node can map the same ports, as nodes on different hosts do.
+func (n *clusterNode) addMappedPorts(t *testing.T, i, lo, hi int) {
+	t.Helper()
+	addrs := make([]string, 0, hi-lo+1)
+	for p := lo; p <= hi; p++ {
+		addrs = append(addrs, fmt.Sprintf("http://:%d", p))
+	}
+	site := fmt.Sprintf("\n%s {\n\tbind 127.0.0.%d\n\timagelb {\n\t\tmapped_ports\n\t}\n}\n", strings.Join(addrs, ", "), i+1)
+	f, err := os.OpenFile(n.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(site); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // start runs the node and waits until it serves /health and its admin
 // API answers (Caddy starts its apps in no set order: the admin endpoint

@@ -160,8 +160,10 @@ func TestDurability(t *testing.T) {
 	adminPort, sitePort, backendPort := freePort(t), freePort(t), freePort(t)
 	// the imagelb directive gives its server the handoff (no servers
 	// block), so the reload below drops no connection
+	extPort := freePort(t) // image 1's external port, of port_range
 	config := func(name, extra string) string {
-		return writeSiteConfig(t, filepath.Join(dir, name), adminPort, sitePort, backendPort, extra)
+		return writeSiteConfig(t, filepath.Join(dir, name), adminPort, sitePort, backendPort,
+			fmt.Sprintf("port_range %d-%d\n\t\t%s", extPort, extPort, extra))
 	}
 	cfg := config("Caddyfile", "")
 	site := fmt.Sprintf("http://127.0.0.1:%d", sitePort)
@@ -188,7 +190,7 @@ func TestDurability(t *testing.T) {
 		t.Fatalf("delete the imported image: %d", st)
 	}
 
-	if st, _ := call(t, "POST", fmt.Sprintf("%s/services/1/register?image_name=web&external_port=%d", adm, freePort(t)),
+	if st, _ := call(t, "POST", fmt.Sprintf("%s/services/1/register?image_name=web&external_port=%d", adm, extPort),
 		fmt.Sprintf(`[{"container_id":"a","port":%d},{"container_id":"b","port":%d}]`, backendPort, backendPort)); st != 200 {
 		t.Fatalf("register: %d", st)
 	}

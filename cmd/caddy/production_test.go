@@ -109,6 +109,19 @@ func TestProductionExample(t *testing.T) {
 	if resp, err := hc.Do(req); err != nil || resp.StatusCode != 403 {
 		t.Fatalf("a write through the site: %v %v", resp, err)
 	}
+	// tenants are not served on the API's origin: the proxy route is
+	// closed there, and image 1 answers on its own host
+	req, _ = http.NewRequest("GET", lb+"/api/v1/proxy/1/hello", nil)
+	req.SetBasicAuth("ops", "change-me")
+	if resp, err := hc.Do(req); err != nil || resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("the proxy on the API's host: %v %v, want a JSON 404", resp, err)
+	} else {
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(msg), "container got") || !strings.Contains(string(msg), "app<image_id>.localhost") {
+			t.Fatalf("the proxy on the API's host answered %s", msg)
+		}
+	}
 
 	// metrics, JSON logs
 	mresp, err := http.Get(adm + "/metrics")
