@@ -244,6 +244,17 @@ func (g *Guard) Check(host string, ports ...int) error {
 	return nil
 }
 
+// CheckAddress is Check without a lookup, for records received under the
+// registry's lock: a host that is an IP address meets every rule; a name is
+// left to the dialers (CheckDial).
+func (g *Guard) CheckAddress(host string, port int) error {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil
+	}
+	return g.checkAddr(host, a.Unmap(), []int{port})
+}
+
 // anySelfPort reports whether one of ports is a port this Caddy listens on.
 func (g *Guard) anySelfPort(ports []int) bool {
 	for _, p := range ports {
