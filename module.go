@@ -115,6 +115,15 @@ type App struct {
 	// refused unless a range at least as specific is listed. Default: any
 	// host but those.
 	AllowedUpstreams []string `json:"allowed_upstreams,omitempty"`
+	// Addresses of this Caddy that containers may nonetheless be at, as
+	// IP:port or IP:lo-hi ("127.0.0.1:9001-9004"): the demo containers a
+	// site of this same Caddy serves, say. Otherwise the proxy never dials
+	// this Caddy's own listeners (the self rule): its admin and remote
+	// admin endpoints, every listener of its sites (a loop) and its etcd
+	// endpoints, on a wildcard listener's every local address, whatever
+	// allowed_upstreams says. Each entry opens exactly that IP and those
+	// ports; names and wildcards are refused. Default: none.
+	AllowedSelfUpstreams []string `json:"allowed_self_upstreams,omitempty"`
 	// The largest management request body in bytes. Default: 1048576 (1 MiB).
 	MaxBody int64 `json:"max_body,omitempty"`
 	// The most containers one service may have. Default: 1000.
@@ -201,6 +210,7 @@ type App struct {
 	stickyKey  []byte
 	stopWatch  chan struct{} // stops the open-file watch
 	system     []*systemService
+	self       []registry.SelfListener // this Caddy's listeners (self.go)
 }
 
 // StaticService is a service declared in the configuration.
@@ -275,6 +285,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.checkReload(); err != nil {
 		return err
 	}
+	// the http app's listeners are added at Start: it may not be
+	// provisioned yet (apps are provisioned in map order)
+	if a.self, err = a.selfListeners(false); err != nil {
+		return err
+	}
 	opts, err := a.registryOptions()
 	if err != nil {
 		return err
@@ -301,7 +316,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 			zap.String("in_use", a.holder.nodeID), zap.String("configured", a.nodeID()))
 	}
 	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
-		return checkerHolder{health.NewChecker(a.reg)}, nil
+		c := health.NewChecker(a.reg)
+		c.SetDialControl(dialControl) // the self and metadata rules (self.go)
+		return checkerHolder{c}, nil
 	})
 	if err != nil {
 		return err
@@ -420,8 +437,17 @@ func (a *App) Validate() error {
 // Start applies this configuration's options and static services to the
 // shared registry and makes the app the one the admin API serves.
 func (a *App) Start() error {
-	opts, _ := a.registryOptions()
+	self, err := a.selfListeners(true)
+	if err != nil {
+		return err
+	}
+	a.self = self
+	opts, err := a.registryOptions()
+	if err != nil {
+		return err
+	}
 	a.reg.SetOptions(opts)
+	dialGuard.Store(opts.Guard)
 	if err := a.reg.ApplyStatic(a.static); err != nil {
 		return err
 	}
@@ -507,6 +533,12 @@ func (a *App) registryOptions() (registry.Options, error) {
 	if err != nil {
 		return registry.Options{}, err
 	}
+	allowSelf, err := a.selfAllowed()
+	if err != nil {
+		return registry.Options{}, err
+	}
+	guard.SetSelf(a.self, localAddrs(), allowSelf)
+	guard.Resolve = resolveForGuard
 	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers, Guard: guard}
 	if a.DefaultHost != "" {
 		if msg := registry.CheckHost(a.DefaultHost); msg != "" {

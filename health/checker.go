@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -62,6 +63,9 @@ type Checker struct {
 	transitions sync.Mutex    // orders status changes and their announcements
 	ejections   atomic.Uint64 // numbers passive ejections
 
+	// the Control hook of the checks' dialer (SetDialControl)
+	control atomic.Pointer[func(network, address string, rc syscall.RawConn) error]
+
 	mu       sync.Mutex
 	cfg      Config
 	sem      chan struct{}
@@ -82,7 +86,7 @@ func NewChecker(reg *registry.Registry) *Checker {
 	// it is rebuilt after recycle.DefaultEvery of them (see package recycle).
 	transport, _ := recycle.New(func() (http.RoundTripper, error) {
 		return &http.Transport{
-			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second, Control: c.dialControl}).DialContext,
 			MaxIdleConns:        1024,
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     2 * time.Minute, // keeps connections across the default 30s interval
@@ -110,6 +114,20 @@ func (c *Checker) Configure(cfg Config, onChange func(Change), logger *zap.Logge
 		c.sem = make(chan struct{}, cfg.MaxConcurrent)
 	}
 	c.cfg, c.onChange, c.logger = cfg, onChange, logger
+}
+
+// SetDialControl sets the Control hook of the checks' dialer: it sees the
+// address a check is about to connect to (after name resolution) and
+// refuses it with an error. nil checks nothing.
+func (c *Checker) SetDialControl(f func(network, address string, rc syscall.RawConn) error) {
+	c.control.Store(&f)
+}
+
+func (c *Checker) dialControl(network, address string, rc syscall.RawConn) error {
+	if f := c.control.Load(); f != nil && *f != nil {
+		return (*f)(network, address, rc)
+	}
+	return nil
 }
 
 func (c *Checker) settings() (Config, chan struct{}, *zap.Logger) {
