@@ -317,7 +317,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
 		c := health.NewChecker(a.reg)
-		c.SetDialControl(dialControl) // the self and metadata rules (self.go)
+		c.SetDialControl(checkerDialControl) // the self and metadata rules (self.go)
 		return checkerHolder{c}, nil
 	})
 	if err != nil {
@@ -447,10 +447,11 @@ func (a *App) Start() error {
 		return err
 	}
 	a.reg.SetOptions(opts)
-	dialGuard.Store(opts.Guard)
 	if err := a.reg.ApplyStatic(a.static); err != nil {
 		return err
 	}
+	dialGuard.Store(opts.Guard)
+	systemAddrs.Store(a.systemServiceAddrs())
 	running.Store(a)
 	a.stopWatch = make(chan struct{})
 	go newFDWatch(a.logger).run(a.stopWatch)

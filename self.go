@@ -54,6 +54,42 @@ func dialControl(_, address string, _ syscall.RawConn) error {
 	return dialGuard.Load().CheckDial(address)
 }
 
+// systemAddrs are the addresses of the configured system services, which
+// the health checker may dial although they may be sites of this same
+// Caddy (the example's are): the operator declared them, and no request
+// reaches them through a container's address.
+var systemAddrs atomic.Pointer[map[netip.AddrPort]bool]
+
+// checkerDialControl is the health checker's Control hook: dialControl,
+// except for the system services' addresses.
+func checkerDialControl(network, address string, rc syscall.RawConn) error {
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		if m := systemAddrs.Load(); m != nil && (*m)[netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())] {
+			return nil
+		}
+	}
+	return dialControl(network, address, rc)
+}
+
+// systemServiceAddrs resolves the system services' addresses.
+func (a *App) systemServiceAddrs() *map[netip.AddrPort]bool {
+	out := map[netip.AddrPort]bool{}
+	for _, s := range a.system {
+		var ips []netip.Addr
+		if ip, err := netip.ParseAddr(s.host); err == nil {
+			ips = []netip.Addr{ip}
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ips, _ = net.DefaultResolver.LookupNetIP(ctx, "ip", s.host)
+			cancel()
+		}
+		for _, ip := range ips {
+			out[netip.AddrPortFrom(ip.Unmap(), uint16(s.port))] = true
+		}
+	}
+	return &out
+}
+
 // selfListeners lists the addresses this Caddy listens on: the admin
 // endpoint (local and remote), the etcd endpoints of store etcd, and, once
 // every app is provisioned (withHTTP, from Start on), every listener of the

@@ -262,3 +262,18 @@ func TestProxyErrorsNameTheContainer(t *testing.T) {
 		}
 	}
 }
+
+// TestSelfRuleSystemServiceHealth: a system service served by this same
+// Caddy (as the example's are) passes its health checks: the operator
+// declared it, so the checker's dial check lets its address through.
+func TestSelfRuleSystemServiceHealth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Caddy")
+	}
+	site, target := freePort(t), freePort(t)
+	startCaddy(t, selfConfig(site, target, fmt.Sprintf("health_interval 1s\n\t\tsystem_service billing 127.0.0.1:%d {\n\t\t\tpaths /billing/*\n\t\t}", target)))
+	eventually(t, "the system service served by this Caddy healthy", func() bool {
+		_, raw := do(t, "GET", fmt.Sprintf("http://127.0.0.1:%d/api/v1/system-services", site), nil)
+		return bytes.Contains(raw, []byte(`"status":"healthy"`))
+	})
+}
