@@ -57,6 +57,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		max_total_containers <n>
 //		mirror_budget   <size>
 //		allowed_upstreams <cidr|ip|hostname>...
+//		allowed_self_upstreams <ip:port|ip:lo-hi>...
 //		store local|memory|etcd [{
 //			endpoints    <url>...
 //			prefix       <prefix>
@@ -166,6 +167,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(err.Error())
 			}
 			a.AllowedUpstreams = append(a.AllowedUpstreams, rules...)
+		case "allowed_self_upstreams":
+			addrs := d.RemainingArgs()
+			if len(addrs) == 0 {
+				return d.ArgErr()
+			}
+			for _, s := range addrs {
+				if _, err := registry.ParseSelfAllow(s); err != nil {
+					return d.Err(err.Error())
+				}
+			}
+			a.AllowedSelfUpstreams = addrs
 		case "health_interval", "health_timeout", "timeout", "fail_duration", "usage_interval", "usage_flush", "usage_retention":
 			v, err := singleArg(d)
 			if err != nil {

@@ -161,6 +161,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := t.Provision(ctx); err != nil {
 			return nil, err
 		}
+		guardDials(t)
 		return t, nil
 	}, func(rt http.RoundTripper) { _ = rt.(*reverseproxy.HTTPTransport).Cleanup() }, h.reg.RetiredAddresses, 0)
 	if err != nil {

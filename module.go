@@ -119,6 +119,15 @@ type App struct {
 	// refused unless a range at least as specific is listed. Default: any
 	// host but those.
 	AllowedUpstreams []string `json:"allowed_upstreams,omitempty"`
+	// Addresses of this Caddy that containers may nonetheless be at, as
+	// IP:port or IP:lo-hi ("127.0.0.1:9001-9004"): the demo containers a
+	// site of this same Caddy serves, say. Otherwise the proxy never dials
+	// this Caddy's own listeners (the self rule): its admin and remote
+	// admin endpoints, every listener of its sites (a loop) and its etcd
+	// endpoints, on a wildcard listener's every local address, whatever
+	// allowed_upstreams says. Each entry opens exactly that IP and those
+	// ports; names and wildcards are refused. Default: none.
+	AllowedSelfUpstreams []string `json:"allowed_self_upstreams,omitempty"`
 	// The largest management request body in bytes. Default: 1048576 (1 MiB).
 	MaxBody int64 `json:"max_body,omitempty"`
 	// The most containers one service may have. Default: 1000.
@@ -218,6 +227,7 @@ type App struct {
 	stickyKey  []byte
 	stopWatch  chan struct{} // stops the open-file watch
 	system     []*systemService
+	self       []registry.SelfListener // this Caddy's listeners (self.go)
 }
 
 // StaticService is a service declared in the configuration.
@@ -293,6 +303,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.checkReload(); err != nil {
 		return err
 	}
+	// the http app's listeners are added at Start: it may not be
+	// provisioned yet (apps are provisioned in map order)
+	if a.self, err = a.selfListeners(false); err != nil {
+		return err
+	}
 	opts, err := a.registryOptions()
 	if err != nil {
 		return err
@@ -319,7 +334,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 			zap.String("in_use", a.holder.nodeID), zap.String("configured", a.nodeID()))
 	}
 	val, _, err = checkers.LoadOrNew(checkerKey, func() (caddy.Destructor, error) {
-		return checkerHolder{health.NewChecker(a.reg)}, nil
+		c := health.NewChecker(a.reg)
+		c.SetDialControl(checkerDialControl) // the self and metadata rules (self.go)
+		return checkerHolder{c}, nil
 	})
 	if err != nil {
 		return err
@@ -447,7 +464,15 @@ func (a *App) Validate() error {
 // Start applies this configuration's options and static services to the
 // shared registry and makes the app the one the admin API serves.
 func (a *App) Start() error {
-	opts, _ := a.registryOptions()
+	self, err := a.selfListeners(true)
+	if err != nil {
+		return err
+	}
+	a.self = self
+	opts, err := a.registryOptions()
+	if err != nil {
+		return err
+	}
 	opts.Sites = sitePorts(a.ctx)
 	for _, msg := range a.reg.SetOptions(opts) {
 		a.logger.Warn("service left out of the registry: its external_port may not be mapped on this Caddy",
@@ -456,6 +481,8 @@ func (a *App) Start() error {
 	if err := a.reg.ApplyStatic(a.static); err != nil {
 		return err
 	}
+	dialGuard.Store(opts.Guard)
+	systemAddrs.Store(a.systemServiceAddrs())
 	running.Store(a)
 	a.stopWatch = make(chan struct{})
 	go newFDWatch(a.logger).run(a.stopWatch)
@@ -538,6 +565,12 @@ func (a *App) registryOptions() (registry.Options, error) {
 	if err != nil {
 		return registry.Options{}, err
 	}
+	allowSelf, err := a.selfAllowed()
+	if err != nil {
+		return registry.Options{}, err
+	}
+	guard.SetSelf(a.self, localAddrs(), allowSelf)
+	guard.Resolve = resolveForGuard
 	opts := registry.Options{DefaultAlgorithm: alg, DefaultHost: a.DefaultHost, MaxContainers: a.MaxContainers,
 		MaxServices: a.MaxServices, MaxTotalContainers: a.MaxTotalContainers, MirrorBudget: a.MirrorBudget, Guard: guard}
 	if a.DefaultHost != "" {

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -171,9 +172,10 @@ func (h *Handler) proxy(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	case http.StatusServiceUnavailable:
 		detail = fmt.Sprintf("no healthy container for image_id %d could take the request", svc.ImageID)
 	case http.StatusGatewayTimeout:
-		detail = fmt.Sprintf("the container of image_id %d did not answer within %s", svc.ImageID, h.app.timeout)
+		detail = fmt.Sprintf("the container%s of image_id %d did not answer within %s", lastContainer(q), svc.ImageID, h.app.timeout)
 	default:
-		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts): %v", svc.ImageID, len(q.tried), unwrapHandlerError(err))
+		detail = fmt.Sprintf("every attempt to reach a container of image_id %d failed (%d attempts); the last, "+
+			"container%s: %s", svc.ImageID, len(q.tried), lastContainer(q), attemptFailure(err))
 		if q.noRetry {
 			detail += fmt.Sprintf("; the retry budget of image_id %d (%g of requests) allowed no more retries", svc.ImageID, svc.Options.RetryBudget)
 		}
@@ -207,6 +209,34 @@ func (h *Handler) rateLimited(w http.ResponseWriter, r *http.Request, svc *regis
 		"rate limit of image_id %d exceeded: %d requests per %s (burst %d) per %s; retry in %s",
 		svc.ImageID, rl.Requests, time.Duration(rl.Interval), rl.Burst, strings.ReplaceAll(rl.Per, "_", " "), wait.Round(time.Millisecond)))
 	return true
+}
+
+// lastContainer names the container of the latest attempt, for a detail:
+// its id, never its address (the client has no business knowing it).
+func lastContainer(q *request) string {
+	if q.last == nil {
+		return ""
+	}
+	return fmt.Sprintf(" %q", q.last.ContainerID)
+}
+
+// attemptFailure says in fixed words why an attempt failed, without the
+// container's address (dial errors got theirs in dialFailure, self.go).
+func attemptFailure(err error) string {
+	err = unwrapHandlerError(err)
+	var dialErr reverseproxy.DialError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &dialErr):
+		return dialErr.Error()
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return "it timed out"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "it closed the connection before a complete response"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "it reset the connection"
+	}
+	return "the exchange with it failed"
 }
 
 // errorStatus is the status of a reverse_proxy error: its own, else 502.

@@ -68,3 +68,35 @@ func BenchmarkStatsCost(b *testing.B) {
 	b.ReportMetric(float64(accounting.Nanoseconds())/float64(b.N), "stats-ns/req")
 	b.ReportMetric(100*accounting.Seconds()/proxied.Seconds(), "stats-%")
 }
+
+// BenchmarkProxyNewConnection proxies requests whose container closes every
+// connection, so each request dials it anew: the dialers' Control hook
+// (self.go, the self and metadata rules) is on every request's path here,
+// where with keep-alive it is paid once per connection.
+func BenchmarkProxyNewConnection(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts Caddy")
+	}
+	port := freePort(b)
+	tester := caddytest.NewTester(b)
+	tester.InitServer(siteConfig(port, "health_interval 1h\n\t\tpersist off"), "caddyfile")
+	be := funcBackend(b, "a", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		w.WriteHeader(http.StatusOK)
+	})
+	register(b, adminURL+"/imagelb", 141, "", container("a", be))
+	url := fmt.Sprintf("http://127.0.0.1:%d/api/v1/proxy/141/", port)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := hc.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+}

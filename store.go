@@ -295,7 +295,7 @@ func (a *App) restore(h *registryHolder, loaded *registry.Loaded, where string) 
 		return fmt.Errorf("restoring the registry from %s: %v (move it away to start empty)", where, err)
 	}
 	for _, d := range dropped {
-		a.logger.Warn("container left out of the restored registry: allowed_upstreams refuses it",
+		a.logger.Warn("container left out of the restored registry: the upstream guard refuses it",
 			zap.String("store", where), zap.String("container", d))
 	}
 	a.logger.Info("registry restored", zap.String("store", where), zap.Int("services", len(loaded.Records)),
@@ -343,7 +343,7 @@ func (a *App) openEtcd(ctx context.Context, h *registryHolder) error {
 			// as local registrations are: waking it at each event would
 			// restart its round (and list every service) per change.
 			for _, err := range reg.ApplyRemote(ev) {
-				logger.Error("record left out: it does not pass validation", zap.Error(err))
+				logger.Error("record or container left out: it does not pass validation", zap.Error(err))
 			}
 		})
 	})

@@ -65,6 +65,9 @@ type Checker struct {
 	transitions sync.Mutex    // orders status changes and their announcements
 	ejections   atomic.Uint64 // numbers passive ejections
 
+	// the Control hook of the checks' dialer (SetDialControl)
+	control atomic.Pointer[func(network, address string, rc syscall.RawConn) error]
+
 	mu       sync.Mutex
 	cfg      Config
 	sem      chan struct{}
@@ -87,7 +90,7 @@ func NewChecker(reg *registry.Registry) *Checker {
 	// it is rebuilt after recycle.DefaultEvery of them (see package recycle).
 	transport, _ := recycle.New(func() (http.RoundTripper, error) {
 		return &http.Transport{
-			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:         (&net.Dialer{KeepAlive: 30 * time.Second, Control: c.dialControl}).DialContext,
 			MaxIdleConns:        1024,
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     2 * time.Minute, // keeps connections across the default 30s interval
@@ -115,6 +118,20 @@ func (c *Checker) Configure(cfg Config, onChange func(Change), logger *zap.Logge
 		c.sem = make(chan struct{}, cfg.MaxConcurrent)
 	}
 	c.cfg, c.onChange, c.logger = cfg, onChange, logger
+}
+
+// SetDialControl sets the Control hook of the checks' dialer: it sees the
+// address a check is about to connect to (after name resolution) and
+// refuses it with an error. nil checks nothing.
+func (c *Checker) SetDialControl(f func(network, address string, rc syscall.RawConn) error) {
+	c.control.Store(&f)
+}
+
+func (c *Checker) dialControl(network, address string, rc syscall.RawConn) error {
+	if f := c.control.Load(); f != nil && *f != nil {
+		return (*f)(network, address, rc)
+	}
+	return nil
 }
 
 func (c *Checker) settings() (Config, chan struct{}, *zap.Logger) {
@@ -429,12 +446,15 @@ func (c *Checker) failed(ctx context.Context, cfg Config, addr string, err error
 // would make the checker a banner reader for whoever registers containers.
 func failureText(ctx context.Context, cfg Config, err error) string {
 	var rerr *registry.Error
+	var refused *registry.DialRefused
 	var dnsErr *net.DNSError
 	var netErr net.Error
 	msg := err.Error()
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
 		return "timeout: no answer within " + cfg.Timeout.String()
+	case errors.As(err, &refused):
+		return "dial refused by the " + refused.Rule + " rule"
 	case errors.As(err, &rerr):
 		return "dial refused by the self/metadata rule"
 	case errors.Is(err, syscall.ECONNREFUSED):

@@ -515,17 +515,20 @@ func (r *Registry) checkHosts(cs ...ContainerSpec) error {
 	r.mu.Lock()
 	guard, defaultHost := r.opts.Guard, r.opts.DefaultHost
 	r.mu.Unlock()
-	checked := map[string]bool{}
+	var hosts []string
+	ports := map[string][]int{}
 	for _, c := range cs {
 		host := c.Host
 		if host == "" {
 			host = defaultHost
 		}
-		if checked[host] {
-			continue
+		if _, seen := ports[host]; !seen {
+			hosts = append(hosts, host)
 		}
-		checked[host] = true
-		if err := guard.Check(host); err != nil {
+		ports[host] = append(ports[host], c.Port)
+	}
+	for _, host := range hosts {
+		if err := guard.Check(host, ports[host]...); err != nil {
 			return err
 		}
 	}

@@ -51,9 +51,12 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 				}
 				return snap.replace(old, nil), nil
 			}
-			svc, err := r.fromRecord(old, *rec.Record)
+			svc, dropped, err := r.fromRecord(old, *rec.Record)
 			if err != nil {
 				return nil, err
+			}
+			for _, d := range dropped {
+				errs = append(errs, fmt.Errorf("record of image_id %d at revision %d: %w", rec.ImageID, rec.Revision, d))
 			}
 			return snap.replace(old, svc), nil
 		}
@@ -81,20 +84,35 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 // health verdicts of containers whose pushed status is unchanged. The port
 // mapping is the record's: the shared store decided it, unless it maps a
 // port this node may not map (CheckExternalPort): then the record is left
-// out.
-func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (*Service, error) {
+// out. A container at an address the upstream guard refuses (this node's
+// own listeners, say) is left out and named in dropped; only IP addresses
+// are checked here, under the lock, and the dialers check the rest.
+func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (svc *Service, dropped []error, err error) {
 	spec, err := rec.spec()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := spec.Options.Normalize(spec.Algorithm); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if spec.ExternalPort != 0 && !spec.Static {
 		if msg := r.opts.CheckExternalPort(spec.ExternalPort); msg != "" {
-			return nil, invalid("%s", msg) // another node's sites are not this one's
+			return nil, nil, invalid("%s", msg) // another node's sites are not this one's
 		}
 	}
+	kept := spec.Containers[:0]
+	for _, cs := range spec.Containers {
+		host := cs.Host
+		if host == "" {
+			host = r.opts.DefaultHost
+		}
+		if err := r.opts.Guard.CheckAddress(host, cs.Port); err != nil {
+			dropped = append(dropped, fmt.Errorf("container %q left out: %w", cs.ContainerID, err))
+			continue
+		}
+		kept = append(kept, cs)
+	}
+	spec.Containers = kept
 	state := r.newState(rec.ImageID)
 	if old != nil {
 		state = old.State
@@ -107,7 +125,7 @@ func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (*Service, error)
 		}
 		containers[i] = containerFrom(cs, prev)
 	}
-	return newService(spec, containers, state), nil
+	return newService(spec, containers, state), dropped, nil
 }
 
 // containerFrom builds a container's version from what the orchestrator

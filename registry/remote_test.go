@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -57,5 +59,25 @@ func TestRemoteKeepsThisNodesVerdicts(t *testing.T) {
 	errs := r.ApplyRemote(RemoteEvent{Revision: 9, Reset: true, Records: []Remote{{ImageID: 2, Revision: 8, Record: &bad}}})
 	if r.Lookup(1) != nil || r.Lookup(2) != nil || len(errs) != 1 {
 		t.Fatalf("after a reset without image 1 and a bad image 2: 1=%v 2=%v errs=%v", r.Lookup(1), r.Lookup(2), errs)
+	}
+}
+
+// TestRemoteLeavesOutSelfAddresses: a record received from the shared store
+// with a container at this node's own listener (the admin endpoint) is
+// applied without that container, which is named in the errors.
+func TestRemoteLeavesOutSelfAddresses(t *testing.T) {
+	g, _ := NewGuard(nil)
+	g.SetSelf([]SelfListener{{Addr: netip.MustParseAddr("127.0.0.1"), Port: 2019, What: "admin endpoint"}}, nil, nil)
+	r := newTestRegistry(t, Options{Guard: g})
+	errs := r.ApplyRemote(RemoteEvent{Revision: 3, Records: []Remote{{ImageID: 1, Revision: 3,
+		Record: &ServiceRecord{ImageID: 1, ImageName: "web", Algorithm: RoundRobin, Containers: []ContainerRecord{
+			{ContainerID: "admin", Host: "127.0.0.1", Port: 2019, Status: StatusHealthy, Weight: 1},
+			{ContainerID: "ok", Host: "127.0.0.1", Port: 8002, Status: StatusHealthy, Weight: 1}}}}}})
+	svc := r.Lookup(1)
+	if svc == nil || len(svc.Containers) != 1 || svc.Container("ok") == nil {
+		t.Fatalf("after a record with a container at the admin endpoint: %+v, want container ok alone", svc)
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `container "admin" left out`) || !strings.Contains(errs[0].Error(), "self rule") {
+		t.Fatalf("errors %v, want the left-out container named with the rule", errs)
 	}
 }

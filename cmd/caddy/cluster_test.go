@@ -668,6 +668,7 @@ func newClusterNode(t *testing.T, root string, i int, endpoints []string, option
 	replace(fmt.Sprintf("admin localhost:%d", 2019+10*i), fmt.Sprintf("admin localhost:%d", adminPort))
 	replace(fmt.Sprintf(":%d {", 8080+i), fmt.Sprintf(":%d {", sitePort))
 	replace(fmt.Sprintf(":%d {", 9001+i), fmt.Sprintf(":%d {", n.demoPort))
+	replace(fmt.Sprintf("allowed_self_upstreams 127.0.0.1:%d", 9001+i), fmt.Sprintf("allowed_self_upstreams 127.0.0.1:%d", n.demoPort))
 	replace("endpoints http://127.0.0.1:2379", "endpoints "+strings.Join(endpoints, " ")+"\n\t\t\trequest_timeout 2s")
 	replace("node_id "+n.name, "node_id "+n.name) // the example names the node as the test expects
 	extra := "\n\t\tusage_flush 1s"               // the usage sums are checked soon after the load

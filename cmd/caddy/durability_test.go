@@ -134,6 +134,9 @@ func (p *proc) stop(t *testing.T) {
 func call(t *testing.T, method, url, body string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json") // as the original's clients send it
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -406,13 +409,15 @@ func registered(svc map[string]any) string {
 // writeSiteConfig writes a Caddyfile with the admin endpoint on adminPort,
 // the imagelb app with health_interval 1h and the global options given,
 // the imagelb handler on sitePort and a backend answering "backend" on
-// backendPort, and returns its path.
+// backendPort (a site of the same Caddy, so allowed_self_upstreams lists
+// it), and returns its path.
 func writeSiteConfig(t *testing.T, path string, adminPort, sitePort, backendPort int, global string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`{
 	admin localhost:%d
 	imagelb {
 		health_interval 1h
+		allowed_self_upstreams 127.0.0.1:%d
 		%s
 	}
 }
@@ -422,7 +427,7 @@ http://127.0.0.1:%d {
 http://127.0.0.1:%d {
 	respond "backend"
 }
-`, adminPort, global, sitePort, backendPort)
+`, adminPort, backendPort, global, sitePort, backendPort)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
