@@ -54,47 +54,7 @@ func TestXcaddyBinaryRunsExample(t *testing.T) {
 		t.Fatalf("validate examples/caddy.json: %v\n%s", err, out)
 	}
 
-	// the example on free ports
-	example, err := os.ReadFile(filepath.Join(root, "examples", "Caddyfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ports := map[string]int{}
-	cfg := string(example)
-	for _, p := range []string{"2019", "3000", "3001", "3003", "8000", "8001", "9001", "9002", "9003", "9004"} {
-		ports[p] = freePort(t)
-		cfg = strings.ReplaceAll(cfg, ":"+p, fmt.Sprintf(":%d", ports[p]))
-		cfg = strings.ReplaceAll(cfg, "external_port "+p, fmt.Sprintf("external_port %d", ports[p]))
-	}
-	cfgPath := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	run := exec.CommandContext(ctx, bin, "run", "--config", cfgPath)
-	run.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	logs, _ := run.StderrPipe()
-	if err := run.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _, _ = io.Copy(io.Discard, bufio.NewReader(logs)) }()
-	t.Cleanup(func() { cancel(); _ = run.Wait() })
-
-	site := fmt.Sprintf("http://127.0.0.1:%d", ports["3000"])
-	adm := fmt.Sprintf("http://localhost:%d", ports["2019"])
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(site + "/health")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("caddy did not start: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling until the server listens
-	}
+	ports, site, adm := runExample(t, bin, root)
 
 	call := func(method, url, body string, want int) map[string]any {
 		t.Helper()
@@ -180,6 +140,55 @@ func TestXcaddyBinaryRunsExample(t *testing.T) {
 	if e := call("GET", site+"/openapi.json", "", 200); e["openapi"] != "3.1.0" {
 		t.Fatalf("openapi: %v", e)
 	}
+}
+
+// runExample runs examples/Caddyfile with the binary on free ports, waits
+// until its API site answers, and returns the ports (keyed by the example's
+// own), the API site's URL and the admin endpoint's.
+func runExample(t *testing.T, bin, root string) (ports map[string]int, site, adm string) {
+	t.Helper()
+	dir := t.TempDir()
+	example, err := os.ReadFile(filepath.Join(root, "examples", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports = map[string]int{}
+	cfg := string(example)
+	for _, p := range []string{"2019", "3000", "3001", "3003", "8000", "8001", "9001", "9002", "9003", "9004"} {
+		ports[p] = freePort(t)
+		cfg = strings.ReplaceAll(cfg, ":"+p, fmt.Sprintf(":%d", ports[p]))
+		cfg = strings.ReplaceAll(cfg, "external_port "+p, fmt.Sprintf("external_port %d", ports[p]))
+	}
+	cfgPath := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	run := exec.CommandContext(ctx, bin, "run", "--config", cfgPath)
+	run.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	logs, _ := run.StderrPipe()
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, bufio.NewReader(logs)) }()
+	t.Cleanup(func() { cancel(); _ = run.Wait() })
+
+	site = fmt.Sprintf("http://127.0.0.1:%d", ports["3000"])
+	adm = fmt.Sprintf("http://localhost:%d", ports["2019"])
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(site + "/health")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy did not start: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling until the server listens
+	}
+
+	return ports, site, adm
 }
 
 var (
