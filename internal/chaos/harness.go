@@ -147,6 +147,8 @@ type run struct {
 	watchMu  sync.Mutex
 	watched  map[int64][]Image // every version of each image in etcd, in order
 	watchErr error
+	marks    map[int64]int64 // when the watch first saw each write's mark
+	lastMark atomic.Int64
 
 	model    porcupine.Model // the one checked
 	lastInfo porcupine.LinearizationInfo
@@ -182,7 +184,7 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		cfg.Out = t.TempDir()
 	}
 	began := time.Now()
-	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}}
+	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, marks: map[int64]int64{}}
 	r.etcd = etcdtest.Start(t, 3)
 	backend := startBackend(t)
 	for i := range cfg.Nodes {
@@ -226,6 +228,16 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 			r.ops = append(r.ops, porcupine.Operation{ClientId: 0, Input: Op{Kind: Read, Group: g, Node: "etcd"},
 				Call: now, Output: Result{Code: 200, State: final[g]}, Return: now + 1})
 		}
+	}
+	// The history's watch must have seen every version up to the final
+	// read: it tells which unknown writes took effect.
+	want := r.etcd.Revision()
+	for wait := time.Now(); r.watchRev.Load() < want; {
+		if time.Since(wait) > 10*time.Second {
+			rep.Anomalies = append(rep.Anomalies, fmt.Sprintf("the history's watch is at revision %d, etcd at %d", r.watchRev.Load(), want))
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the watch's progress
 	}
 	cancel()
 	r.check(rep)
@@ -371,7 +383,7 @@ func (r *run) record(client int, op Op, res Result, call, ret int64) {
 func (r *run) writer(id int, n *node, backend int, rng *rand.Rand, deadline time.Time) {
 	for time.Now().Before(deadline) {
 		op := randomOp(rng, r.cfg.Groups)
-		op.Node = n.name
+		op.Node, op.Mark = n.name, r.lastMark.Add(1)
 		call := r.now()
 		res := send(n, op, backend)
 		r.record(id, op, res, call, r.now())
@@ -437,16 +449,16 @@ func send(n *node, op Op, backend int) Result {
 		for i, c := range op.Ctrs {
 			if c.Present {
 				cs = append(cs, map[string]any{"container_id": fmt.Sprintf("c%d", i), "port": backend,
-					"weight": c.Weight, "status": statusNames[c.Status]})
+					"weight": c.Weight, "status": statusNames[c.Status], "cpu_usage": op.Mark})
 			}
 		}
 		body = cs
 	case Put:
 		method, target = "PUT", ctr
-		body = map[string]any{"port": backend, "weight": op.Weight, "status": statusNames[op.Status]}
+		body = map[string]any{"port": backend, "weight": op.Weight, "status": statusNames[op.Status], "cpu_usage": op.Mark}
 	case Patch:
 		method, target = "PATCH", ctr
-		p := map[string]any{}
+		p := map[string]any{"cpu_usage": op.Mark}
 		if op.Weight >= 0 {
 			p["weight"] = op.Weight
 		}
@@ -516,9 +528,10 @@ type svcJSON struct {
 }
 
 type ctrJSON struct {
-	ID     string `json:"container_id"`
-	Weight int    `json:"weight"`
-	Status string `json:"status"`
+	ID     string   `json:"container_id"`
+	Weight int      `json:"weight"`
+	Status string   `json:"status"`
+	Mark   *float64 `json:"cpu_usage"`
 }
 
 func (c ctrJSON) ctr() Ctr {
@@ -682,6 +695,13 @@ func (r *run) watch(ctx context.Context, ready chan struct{}) {
 					im.Odd = true
 				} else {
 					im = s.image(g)
+					for _, c := range s.Containers {
+						if c.Mark != nil {
+							if _, seen := r.marks[int64(*c.Mark)]; !seen {
+								r.marks[int64(*c.Mark)] = r.now()
+							}
+						}
+					}
 				}
 			}
 			r.watched[id] = append(r.watched[id], im)
@@ -820,8 +840,38 @@ func (r *run) check(rep *Report) {
 	for _, o := range r.ops {
 		end = max(end, o.Return)
 	}
+	// A Register, Put or Patch leaves its mark in the record it writes: if
+	// etcd's history has it, the write took effect before the watch saw it;
+	// if not, it never did (the watch saw every version up to the final
+	// read), and it leaves the history. A delete leaves no mark: it stays
+	// pending.
+	r.watchMu.Lock()
+	drop := map[int]bool{}
 	for _, i := range r.unknown {
-		r.ops[i].Return = end + 1
+		op, res := r.ops[i].Input.(Op), r.ops[i].Output.(Result)
+		if op.Kind == DelCtr || op.Kind == DelSvc {
+			r.ops[i].Return = end + 1
+			continue
+		}
+		if at, ok := r.marks[op.Mark]; ok {
+			res.Applied = true
+			r.ops[i].Output, r.ops[i].Return = res, max(at, r.ops[i].Call)
+			rep.Codes["unknown, applied"]++
+		} else {
+			drop[i] = true
+			rep.Codes["unknown, not applied"]++
+		}
+	}
+	r.watchMu.Unlock()
+	if len(drop) > 0 {
+		kept := r.ops[:0:0]
+		for i, o := range r.ops {
+			if !drop[i] {
+				kept = append(kept, o)
+			}
+		}
+		r.ops = kept
+		rep.Ops += len(drop)
 	}
 	for _, o := range r.ops {
 		op, res := o.Input.(Op), o.Output.(Result)
@@ -832,7 +882,9 @@ func (r *run) check(rep *Report) {
 		rep.Ops++
 		switch res.Code {
 		case 0:
-			rep.Codes["unknown"]++
+			if op.Kind == DelCtr || op.Kind == DelSvc {
+				rep.Codes["unknown"]++
+			}
 		case 409:
 			if res.PortConflict {
 				rep.Codes["409 port"]++

@@ -154,6 +154,10 @@ type Op struct {
 	Claim  bool  // Register: with external_port
 	Ctrs   [Containers]Ctr
 	Node   string // the node asked; "etcd" for a Read
+	// Mark is the write's own number, sent as each container's cpu_usage
+	// (Register, Put, Patch): a record that carries it shows that the
+	// write took effect.
+	Mark int64
 }
 
 func (op Op) String() string {
@@ -189,6 +193,9 @@ type Result struct {
 	// Code is 200, 404 or 409, or 0: the effect is unknown (503, a timeout,
 	// a connection cut, another 5xx).
 	Code int
+	// Applied: an unknown write whose mark etcd's history shows; it took
+	// effect before its (then finite) return.
+	Applied bool
 	// PortConflict: a 409 that says the port is mapped to another image (a
 	// 409 for 32 lost races says nothing about the state).
 	PortConflict bool
@@ -201,6 +208,9 @@ type Result struct {
 func (r Result) String() string {
 	switch r.Code {
 	case 0:
+		if r.Applied {
+			return "unknown, seen applied: " + r.Detail
+		}
 		return "unknown: " + r.Detail
 	case 200:
 		return "200"
@@ -263,6 +273,9 @@ func step(s State, op Op, r Result) (bool, State) {
 	next, code, ctr, img := apply(s, op)
 	switch r.Code {
 	case 0: // applied or not: porcupine places it anywhere after its call, the end included
+		if r.Applied {
+			return code == 200, next
+		}
 		return true, next
 	case 409:
 		if r.PortConflict {
