@@ -34,7 +34,7 @@ func TestChaos(t *testing.T) {
 	}
 	rep := Run(t, bin, Config{
 		Seed:     seed,
-		Duration: 20 * time.Second,
+		Duration: 15 * time.Second,
 		Faults:   []string{FaultMemberKill, FaultLeaderKill, FaultAllMembers, FaultNodeKill, FaultPartition, FaultCompact, FaultNodePause},
 		FaultGap: 1500 * time.Millisecond,
 		FaultFor: 1500 * time.Millisecond,

@@ -142,13 +142,15 @@ type run struct {
 	ops       []porcupine.Operation
 	unknown   []int // indexes in ops of writes whose effect is unknown
 	nodeReads []nodeRead
+	ports     []string // port keys that disagree with the records
 
-	watchRev atomic.Int64 // the newest revision the history's watch has seen
-	watchMu  sync.Mutex
-	watched  map[int64][]Image // every version of each image in etcd, in order
-	watchErr error
-	marks    map[int64]int64 // when the watch first saw each write's mark
-	lastMark atomic.Int64
+	watchRev  atomic.Int64 // the newest revision the history's watch has seen
+	watchMu   sync.Mutex
+	watched   map[int64][]Image // every version of each image in etcd, in order
+	watchedAt map[int64][]int64 // and the revision of each
+	watchErr  error
+	marks     map[int64]int64 // when the watch first saw each write's mark
+	lastMark  atomic.Int64
 
 	model    porcupine.Model // the one checked
 	lastInfo porcupine.LinearizationInfo
@@ -184,7 +186,7 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		cfg.Out = t.TempDir()
 	}
 	began := time.Now()
-	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, marks: map[int64]int64{}}
+	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, watchedAt: map[int64][]int64{}, marks: map[int64]int64{}}
 	r.etcd = etcdtest.Start(t, 3)
 	backend := startBackend(t)
 	for i := range cfg.Nodes {
@@ -623,17 +625,29 @@ func (r *run) readEtcd(ctx context.Context) ([]State, error) {
 		fmt.Sscanf(string(kv.Value), "%d", &owner)
 		g, slot, ok := imageOf(owner, r.cfg.Groups)
 		if !ok || GroupPort(g) != port || !states[g][slot].Port {
-			states[g][slot].Odd = true // a port key without the record that holds the port
+			r.portProblem(fmt.Sprintf("at revision %d, etcd's key ports/%d names image %d, whose record does not hold the port",
+				resp.Header.Revision, port, owner))
 		}
 	}
 	for g := range states {
 		for slot := range states[g] {
 			if states[g][slot].Port && !portKey(resp, GroupPort(g)) {
-				states[g][slot].Odd = true // a record holding a port no key claims
+				r.portProblem(fmt.Sprintf("at revision %d, image %d's record holds port %d, which no ports/ key claims",
+					resp.Header.Revision, ImageID(g, slot), GroupPort(g)))
 			}
 		}
 	}
 	return states, nil
+}
+
+// portProblem notes a disagreement between the port keys and the records
+// (the first few).
+func (r *run) portProblem(what string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ports) < 3 {
+		r.ports = append(r.ports, what)
+	}
 }
 
 func portKey(resp *clientv3.TxnResponse, port int) bool {
@@ -663,52 +677,66 @@ func (r *run) etcdReader(deadline time.Time) {
 }
 
 // watch records every version of every record, from the start, for the
-// check of the nodes' reads; ready is closed once it watches.
+// check of the nodes' reads and of unknown writes; ready is closed once it
+// watches. A watch that ends (etcd lost its leader, say) starts again after
+// the last revision it saw.
 func (r *run) watch(ctx context.Context, ready chan struct{}) {
 	rev := r.etcd.Revision()
 	r.watchRev.Store(rev)
-	wc := r.etcd.Client().Watch(clientv3.WithRequireLeader(ctx), prefix+"services/", clientv3.WithPrefix(),
-		clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
-	close(ready)
-	for resp := range wc {
-		if err := resp.Err(); err != nil {
-			if ctx.Err() == nil && resp.Canceled {
-				r.watchMu.Lock()
-				r.watchErr = err
-				r.watchMu.Unlock()
-				return
-			}
-			continue
+	for ctx.Err() == nil {
+		wc := r.etcd.Client().Watch(ctx, prefix+"services/", clientv3.WithPrefix(),
+			clientv3.WithRev(r.watchRev.Load()+1), clientv3.WithProgressNotify())
+		if ready != nil {
+			close(ready)
+			ready = nil
 		}
-		r.watchMu.Lock()
-		for _, ev := range resp.Events {
-			var id int64
-			fmt.Sscanf(strings.TrimPrefix(string(ev.Kv.Key), prefix+"services/"), "%d", &id)
-			g, _, ok := imageOf(id, r.cfg.Groups)
-			if !ok {
-				continue
+		for resp := range wc {
+			if err := resp.Err(); err != nil {
+				if resp.CompactRevision != 0 {
+					r.watchMu.Lock()
+					r.watchErr = err
+					r.watchMu.Unlock()
+					return
+				}
+				break
 			}
-			im := Image{}
-			if ev.Type == clientv3.EventTypePut {
-				var s svcJSON
-				if json.Unmarshal(ev.Kv.Value, &s) != nil {
-					im.Odd = true
-				} else {
-					im = s.image(g)
-					for _, c := range s.Containers {
-						if c.Mark != nil {
-							if _, seen := r.marks[int64(*c.Mark)]; !seen {
-								r.marks[int64(*c.Mark)] = r.now()
-							}
-						}
+			r.watchMu.Lock()
+			for _, ev := range resp.Events {
+				r.event(ev)
+			}
+			r.watchMu.Unlock()
+			r.watchRev.Store(max(r.watchRev.Load(), resp.Header.Revision))
+		}
+		time.Sleep(50 * time.Millisecond) // before watching again
+	}
+}
+
+// event records one version of a record; r.watchMu is held.
+func (r *run) event(ev *clientv3.Event) {
+	var id int64
+	fmt.Sscanf(strings.TrimPrefix(string(ev.Kv.Key), prefix+"services/"), "%d", &id)
+	g, _, ok := imageOf(id, r.cfg.Groups)
+	if !ok {
+		return
+	}
+	im := Image{}
+	if ev.Type == clientv3.EventTypePut {
+		var s svcJSON
+		if json.Unmarshal(ev.Kv.Value, &s) != nil {
+			im.Odd = true
+		} else {
+			im = s.image(g)
+			for _, c := range s.Containers {
+				if c.Mark != nil {
+					if _, seen := r.marks[int64(*c.Mark)]; !seen {
+						r.marks[int64(*c.Mark)] = r.now()
 					}
 				}
 			}
-			r.watched[id] = append(r.watched[id], im)
 		}
-		r.watchMu.Unlock()
-		r.watchRev.Store(max(r.watchRev.Load(), resp.Header.Revision))
 	}
+	r.watched[id] = append(r.watched[id], im)
+	r.watchedAt[id] = append(r.watchedAt[id], ev.Kv.ModRevision)
 }
 
 // faults injects the configured faults one at a time until deadline; each
@@ -919,6 +947,7 @@ func (r *run) check(rep *Report) {
 		rep.Anomalies = append(rep.Anomalies, fmt.Sprintf("porcupine did not finish within %s (not an anomaly of the system; a smaller history checks)", r.cfg.CheckTimeout))
 	}
 	r.lastInfo = info
+	rep.Anomalies = append(rep.Anomalies, r.ports...)
 	rep.Anomalies = append(rep.Anomalies, r.checkNodeReads()...)
 }
 
@@ -990,7 +1019,8 @@ func (r *run) checkNodeReads() []string {
 		node, epoch int
 		id          int64
 	}
-	at := map[key]int{} // the index of the version a node showed last
+	at := map[key]int{}     // the index of the version a node showed last
+	when := map[key]int64{} // and when it read it
 	for _, rd := range reads {
 		for g := range r.cfg.Groups {
 			for slot := range ImagesPerGroup {
@@ -1003,19 +1033,32 @@ func (r *run) checkNodeReads() []string {
 				if j < 0 {
 					if len(found) < 10 {
 						what := "a version etcd never had"
-						if slices.Contains(versions[:from], got) {
-							what = "an older version than it showed before (it went back)"
+						if old := slices.Index(versions[:from], got); old >= 0 {
+							what = fmt.Sprintf("etcd's version %s (at revision %d), older than version %s (revision %d) which it showed at %s: it went back",
+								vname(old), rev(r.watchedAt[id], old), vname(from), rev(r.watchedAt[id], from),
+								time.Duration(when[k]).Round(time.Millisecond))
 						}
 						found = append(found, fmt.Sprintf("%s at %s showed image %d as %s: %s",
 							r.nodes[rd.node].name, time.Duration(rd.call).Round(time.Millisecond), id, got, what))
 					}
 					continue
 				}
-				at[k] = from + j
+				at[k], when[k] = from+j, rd.call
 			}
 		}
 	}
 	return found
+}
+
+// vname names version i of an image's versions (0: before the first).
+func vname(i int) string { return fmt.Sprintf("#%d", i) }
+
+// rev is the revision of version i (0 for the version before the first).
+func rev(revs []int64, i int) int64 {
+	if i == 0 {
+		return 0
+	}
+	return revs[i-1]
 }
 
 // write writes the history and porcupine's visualization of the run to
@@ -1043,8 +1086,8 @@ func (r *run) write(rep *Report) []string {
 		for slot := range ImagesPerGroup {
 			id := ImageID(g, slot)
 			fmt.Fprintf(&b, "  image %d:\n", id)
-			for _, v := range r.watched[id] {
-				fmt.Fprintf(&b, "    %s\n", v)
+			for i, v := range r.watched[id] {
+				fmt.Fprintf(&b, "    #%d rev %d: %s\n", i+1, r.watchedAt[id][i], v)
 			}
 		}
 	}
