@@ -8,6 +8,7 @@
 //
 //	go run ./bench/chaos -duration 10m -seed 1
 //	go run ./bench/chaos -histories 1 -seed 42 -faults node-kill,partition
+//	go run ./bench/chaos -local -duration 5m   # store local, killed with SIGKILL
 //
 // Run it in a private network namespace when other programs use loopback
 // ports (`unshare --net`). Seeds are consecutive from -seed; a seed fixes the
@@ -42,9 +43,13 @@ func main() {
 	groups := flag.Int("groups", 2, "image groups (two images contending for one port each)")
 	writers := flag.Int("writers", 2, "writers per node")
 	strict := flag.Bool("strict", false, "check that every 404 and port 409 was right at some moment of its request")
+	local := flag.Bool("local", false, "one node on store local, killed with SIGKILL (only node-kill applies; -faults defaults to it)")
 	out := flag.String("out", "chaos-out", "directory for the files of anomalous histories")
 	flag.Parse()
 
+	if *local && !flagSet("faults") {
+		*faults = chaos.FaultNodeKill
+	}
 	var kinds []string
 	for _, k := range strings.Split(*faults, ",") {
 		if k = strings.TrimSpace(k); k != "" {
@@ -90,7 +95,7 @@ func main() {
 			break
 		}
 		cfg := chaos.Config{Seed: s, Duration: *length, Groups: *groups, Writers: *writers, Faults: kinds,
-			PauseFor: *pause, StrictRejects: *strict, Out: *out}
+			PauseFor: *pause, StrictRejects: *strict, Local: *local, Out: *out}
 		rep, err := runOne(tmp, bin, cfg)
 		ran++
 		if err != nil {
@@ -214,6 +219,13 @@ func (c *inProgress) cleanup() {
 		f()
 	}
 	os.RemoveAll(filepath.Join(tb.tmp, tb.name))
+}
+
+// flagSet reports whether the flag was given.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // moduleRoot is the directory of the go.mod above the working directory.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -65,9 +66,14 @@ type Config struct {
 	// moment of the request (a node answering from a stale view breaks
 	// it); off, a rejected write is only checked to change nothing.
 	StrictRejects bool
-	CheckTimeout  time.Duration // porcupine's; default 2m
-	Out           string        // directory for anomaly files; default the test's temporary one
-	Log           func(format string, args ...any)
+	// Local runs one node on `store local` (its bbolt file) instead of the
+	// cluster: the writers hit it while node-kill kills it with SIGKILL (in
+	// the middle of group commits), and its own reads, linearizable on one
+	// node, stand where etcd's are. Only node-kill applies.
+	Local        bool
+	CheckTimeout time.Duration // porcupine's; default 2m
+	Out          string        // directory for anomaly files; default the test's temporary one
+	Log          func(format string, args ...any)
 }
 
 // Report is what a run found.
@@ -187,7 +193,17 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 	}
 	began := time.Now()
 	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, watchedAt: map[int64][]int64{}, marks: map[int64]int64{}}
-	r.etcd = etcdtest.Start(t, 3)
+	if cfg.Local {
+		cfg.Nodes = 1
+		r.cfg = cfg
+		for _, f := range cfg.Faults {
+			if f != FaultNodeKill {
+				t.Fatalf("chaos: fault %s does not apply to store local (only %s does)", f, FaultNodeKill)
+			}
+		}
+	} else {
+		r.etcd = etcdtest.Start(t, 3)
+	}
 	backend := startBackend(t)
 	for i := range cfg.Nodes {
 		r.nodes = append(r.nodes, r.newNode(i, backend))
@@ -199,9 +215,11 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 	rep := &Report{Seed: cfg.Seed, Codes: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	watching := make(chan struct{})
-	go r.watch(ctx, watching)
-	<-watching
+	if !cfg.Local {
+		watching := make(chan struct{})
+		go r.watch(ctx, watching)
+		<-watching
+	}
 
 	r.start = time.Now()
 	deadline := r.start.Add(cfg.Duration)
@@ -213,10 +231,22 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		}
 		wg.Go(func() { r.reader(i, n, deadline) })
 	}
-	wg.Go(func() { r.etcdReader(deadline) })
+	if cfg.Local {
+		wg.Go(func() { r.localReader(r.nodes[0], deadline) })
+	} else {
+		wg.Go(func() { r.etcdReader(deadline) })
+	}
 	r.faults(deadline, rep)
 	wg.Wait()
 
+	if cfg.Local {
+		r.check(rep)
+		rep.TotalTaken = time.Since(began)
+		if len(rep.Anomalies) > 0 {
+			rep.Files = r.write(rep)
+		}
+		return rep
+	}
 	// Every fault is healed: each node must come to etcd's state.
 	conv := time.Now()
 	final, err := r.converge(30 * time.Second)
@@ -272,8 +302,12 @@ func (r *run) newNode(i int, backend int) *node {
 	t := r.t
 	n := &node{name: fmt.Sprintf("lb-%d", i+1), dir: t.TempDir(), done: make(chan struct{})}
 	close(n.done)
+	store := "store local"
 	var eps []string
 	for m := range 3 {
+		if r.cfg.Local {
+			break
+		}
 		target, err := url.Parse(r.etcd.Endpoint(m))
 		if err != nil {
 			t.Fatal(err)
@@ -287,6 +321,10 @@ func (r *run) newNode(i int, backend int) *node {
 		n.proxies = append(n.proxies, p)
 		eps = append(eps, "http://"+addr)
 	}
+	if !r.cfg.Local {
+		store = fmt.Sprintf("store etcd {\n\t\t\tendpoints %s\n\t\t\trequest_timeout 2s\n\t\t\tdial_timeout 2s\n\t\t}",
+			strings.Join(eps, " "))
+	}
 	admin, site := testkit.FreePort(t), testkit.FreePort(t)
 	n.adm = fmt.Sprintf("http://127.0.0.1:%d/imagelb", admin)
 	cfg := fmt.Sprintf(`{
@@ -294,18 +332,14 @@ func (r *run) newNode(i int, backend int) *node {
 	imagelb {
 		node_id %s
 		health_interval 1h
-		store etcd {
-			endpoints %s
-			request_timeout 2s
-			dial_timeout 2s
-		}
+		%s
 	}
 }
 
 :%d {
 	imagelb
 }
-`, admin, n.name, strings.Join(eps, " "), site)
+`, admin, n.name, store, site)
 	n.config = filepath.Join(n.dir, "Caddyfile")
 	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -387,8 +421,10 @@ func (r *run) writer(id int, n *node, backend int, rng *rand.Rand, deadline time
 		op := randomOp(rng, r.cfg.Groups)
 		op.Node, op.Mark = n.name, r.lastMark.Add(1)
 		call := r.now()
-		res := send(n, op, backend)
-		r.record(id, op, res, call, r.now())
+		res, sent := send(n, op, backend)
+		if sent {
+			r.record(id, op, res, call, r.now())
+		}
 		wait := time.Duration(rng.Int64N(int64(r.cfg.Think) + 1))
 		if res.Code == 0 {
 			wait += 200 * time.Millisecond // etcd or the node is down: fewer unknowns to place
@@ -434,8 +470,9 @@ func randomOp(rng *rand.Rand, groups int) Op {
 	return op
 }
 
-// send makes op's request to the node and reads its answer.
-func send(n *node, op Op, backend int) Result {
+// send makes op's request to the node and reads its answer; sent is false
+// when the node refused the connection (it is dead: nothing was asked).
+func send(n *node, op Op, backend int) (res Result, sent bool) {
 	img := ImageID(op.Group, op.Slot)
 	svc := fmt.Sprintf("%s/services/%d", n.adm, img)
 	ctr := fmt.Sprintf("%s/containers/c%d", svc, op.Ctr)
@@ -483,8 +520,11 @@ func send(n *node, op Op, backend int) Result {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := client.Do(req)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return Result{}, false
+	}
 	if err != nil {
-		return Result{Detail: err.Error()}
+		return Result{Detail: err.Error()}, true
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
@@ -512,13 +552,13 @@ func send(n *node, op Op, backend int) Result {
 				res.Ctr = c.ctr()
 			}
 		}
-		return res
+		return res, true
 	case 404:
-		return Result{Code: 404, Detail: detail}
+		return Result{Code: 404, Detail: detail}, true
 	case 409:
-		return Result{Code: 409, PortConflict: strings.Contains(detail, "already mapped"), Detail: detail}
+		return Result{Code: 409, PortConflict: strings.Contains(detail, "already mapped"), Detail: detail}, true
 	}
-	return Result{Detail: fmt.Sprintf("%d %s", resp.StatusCode, detail)}
+	return Result{Detail: fmt.Sprintf("%d %s", resp.StatusCode, detail)}, true
 }
 
 // svcJSON is a Service as the API answers it, and a record as etcd holds
@@ -673,6 +713,26 @@ func (r *run) etcdReader(deadline time.Time) {
 			}
 		}
 		time.Sleep(100 * time.Millisecond) // read interval
+	}
+}
+
+// localReader reads the one node of store local every 50 ms: on one node
+// its reads are linearizable, and stand in the history where etcd's are.
+func (r *run) localReader(n *node, deadline time.Time) {
+	for time.Now().Before(deadline) {
+		call := r.now()
+		images, ok := r.readNode(n)
+		ret := r.now()
+		if ok {
+			for g := range r.cfg.Groups {
+				var s State
+				for slot := range ImagesPerGroup {
+					s[slot] = images[ImageID(g, slot)]
+				}
+				r.record(0, Op{Kind: Read, Group: g, Node: n.name}, Result{Code: 200, State: s}, call, ret)
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // read interval
 	}
 }
 
@@ -877,7 +937,7 @@ func (r *run) check(rep *Report) {
 	drop := map[int]bool{}
 	for _, i := range r.unknown {
 		op, res := r.ops[i].Input.(Op), r.ops[i].Output.(Result)
-		if op.Kind == DelCtr || op.Kind == DelSvc {
+		if op.Kind == DelCtr || op.Kind == DelSvc || r.cfg.Local {
 			r.ops[i].Return = end + 1
 			continue
 		}
@@ -910,7 +970,7 @@ func (r *run) check(rep *Report) {
 		rep.Ops++
 		switch res.Code {
 		case 0:
-			if op.Kind == DelCtr || op.Kind == DelSvc {
+			if op.Kind == DelCtr || op.Kind == DelSvc || r.cfg.Local {
 				rep.Codes["unknown"]++
 			}
 		case 409:
@@ -948,7 +1008,9 @@ func (r *run) check(rep *Report) {
 	}
 	r.lastInfo = info
 	rep.Anomalies = append(rep.Anomalies, r.ports...)
-	rep.Anomalies = append(rep.Anomalies, r.checkNodeReads()...)
+	if !r.cfg.Local {
+		rep.Anomalies = append(rep.Anomalies, r.checkNodeReads()...)
+	}
 }
 
 // firstStuck names the operations porcupine could not place: for each
