@@ -165,6 +165,7 @@ func (r *Registry) commitQueued() {
 	pub = r.snap.Load()
 	newer := map[int64]bool{}
 	committed := map[int64]bool{}
+	_, shared := store.(Watcher)
 	for _, ch := range changes {
 		committed[ch.ImageID] = true
 		switch {
@@ -173,6 +174,8 @@ func (r *Registry) commitQueued() {
 			// Commit returns) or a later change of another node: keep that
 			// version, whose containers the health checker may be checking.
 			newer[ch.ImageID] = true
+		case ch.Record == nil && !shared:
+			delete(r.revs, ch.ImageID) // no watch: no older event to refuse
 		default:
 			r.revs[ch.ImageID] = rev // for a removal: a tombstone (applyRemote)
 			if ch.Record == nil {
@@ -187,6 +190,12 @@ func (r *Registry) commitQueued() {
 		p.rev = expect[p.id] // not stored (a static service): the record did not move
 		if committed[p.id] {
 			p.rev = rev
+		}
+		if r.made[p.id] == p { // nothing queued on it: head's version is the published one from now on
+			delete(r.made, p.id)
+			if newer[p.id] {
+				r.head = r.head.put(p.id, pub.lookup(p.id))
+			}
 		}
 		if newer[p.id] {
 			continue
