@@ -76,11 +76,14 @@ type Remote struct {
 // RemoteEvent is what a shared store's watch delivers: records changed by
 // any node. With Reset, Records is the whole registry (after a re-list:
 // the watch fell behind compaction, or broke), and every image not in it
-// is gone.
+// is gone. With Rewound too, the store's revision went back (etcd restored
+// from a backup without a revision bump): the revisions of what the node
+// had before are of another history, and it must become what was listed.
 type RemoteEvent struct {
 	Records  []Remote
 	Revision int64 // the store's revision after the event
 	Reset    bool
+	Rewound  bool
 }
 
 // Watcher is implemented by stores that several nodes share: Watch
