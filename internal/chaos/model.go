@@ -1,10 +1,28 @@
 // Package chaos checks a cluster of imagelb nodes the way etcd's robustness
 // tests and Jepsen check a database: clients on every node record each
 // operation (invoke and return times, node, request, answer) while faults
-// hit etcd and the nodes, then the history is checked against a model of
-// the registry with porcupine (writes and etcd's reads must be
-// linearizable), each node's reads are checked never to go back, and every
-// node must end equal to etcd.
+// hit etcd and the nodes, then the history is checked.
+//
+//   - Writes (register, PUT, PATCH and DELETE of containers, DELETE of a
+//     service, port claims) and etcd's own reads (one transaction over the
+//     records and the port keys, every 100 ms) must be linearizable against
+//     Model, with porcupine. A 200 is applied, with the answer the model
+//     gives; a 404 or 409 is not applied (with StrictRejects, it must also
+//     have been right at some moment of the request); a 503, a timeout, a
+//     cut connection or another 5xx is unknown. Each Register, PUT and PATCH
+//     carries its own number as cpu_usage, so an unknown one is resolved from
+//     etcd's history: applied before the history's watch saw it, or never
+//     (the watch sees every version up to the final read). An unknown delete
+//     stays pending: porcupine may place it anywhere after its call, or
+//     nowhere.
+//   - A node's reads may lag, but each must be a version etcd had, never
+//     older than one the same node process showed before: the history's own
+//     watch records every version of each record, and each node's reads
+//     must walk forward through them. A restarted node is a new process (it
+//     starts from its local copy) and starts a new walk.
+//   - Once the faults are healed, every node must serve etcd's state within
+//     30 s, and that state is the history's final read.
+//   - The port keys must agree with the records at every read of etcd.
 //
 // The model is partitioned by group: a group is two images that contend for
 // one external port, so a check stays small (porcupine checks each group
