@@ -626,3 +626,33 @@ func TestManyWritersLoseNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestReListOlderThanOwnCommit: a re-list read before this node's own
+// commit was answered must not take the committed image away, not even
+// until the watch delivers it: a read from the node never goes back. Its
+// removals of what the node had before the listing still apply.
+func TestReListOlderThanOwnCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	st := open(t, c.Endpoints(), bolt(t))
+	commit(t, st, put(record(1, 0, "x"), 0, 0))
+	reg := registry.New(registry.Options{})
+	if _, err := reg.Restore(load(t, st)); err != nil {
+		t.Fatal(err)
+	}
+	reg.SetStore(st)
+	other := open(t, c.Endpoints(), nil)
+	commit(t, other, del(1, load(t, other).Records[0].Revision, 0))
+	listing := load(t, other) // read now: without image 1, before image 5
+	register(t, reg, 5, "c")
+	records := make([]registry.Remote, len(listing.Records))
+	for i := range listing.Records {
+		records[i] = registry.Remote{ImageID: listing.Records[i].ImageID, Record: &listing.Records[i], Revision: listing.Records[i].Revision}
+	}
+	reg.ApplyRemote(registry.RemoteEvent{Records: records, Revision: listing.Revision, Reset: true}) // as the watch delivers it
+	if reg.Lookup(5) == nil {
+		t.Fatal("the node's own acknowledged image 5 went away at a re-list read before its commit")
+	}
+	if reg.Lookup(1) != nil {
+		t.Fatal("image 1, removed by another node before the listing, is still on the node")
+	}
+}
