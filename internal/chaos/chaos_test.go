@@ -6,6 +6,7 @@ import (
 	"github.com/anishathalye/porcupine"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -31,14 +32,7 @@ func TestChaos(t *testing.T) {
 	if out == "" {
 		out = t.TempDir()
 	}
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := BuildCaddy(root, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := caddyBinary(t)
 	rep := Run(t, bin, Config{
 		Seed:     seed,
 		Duration: 15 * time.Second,
@@ -68,14 +62,7 @@ func TestChaosLocal(t *testing.T) {
 		t.Skip("starts Caddy")
 	}
 	seed := uint64(time.Now().UnixNano() % 1_000_000)
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := BuildCaddy(root, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := caddyBinary(t)
 	rep := Run(t, bin, Config{Seed: seed, Duration: 8 * time.Second, Local: true, Writers: 6,
 		Faults: []string{FaultNodeKill}, FaultGap: time.Second, FaultFor: 400 * time.Millisecond, Log: t.Logf})
 	t.Logf("seed %d: %d writes %v, %d reads, %d faults; porcupine %s in %s", rep.Seed, rep.Ops, rep.Codes,
@@ -86,6 +73,37 @@ func TestChaosLocal(t *testing.T) {
 	for _, a := range rep.Anomalies {
 		t.Errorf("seed %d: %s", seed, a)
 	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// caddyBinary builds cmd/caddy once for the package's tests.
+func caddyBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "imagelb-chaos-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin, buildErr = BuildCaddy("../..", dir)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBin != "" {
+		os.RemoveAll(filepath.Dir(builtBin))
+	}
+	os.Exit(code)
 }
 
 // TestModel checks the model on histories written by hand: the lost update
