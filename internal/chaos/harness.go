@@ -154,19 +154,23 @@ type run struct {
 	watchMu   sync.Mutex
 	watched   map[int64][]Image // every version of each image in etcd, in order
 	watchedAt map[int64][]int64 // and the revision of each
-	watchErr  error
-	marks     map[int64]int64 // when the watch first saw each write's mark
-	lastMark  atomic.Int64
+	// and the writes (their marks) whose changes each holds: a version
+	// cannot be committed before those writes were sent
+	watchedMarks map[int64][][]int64
+	markCall     map[int64]int64 // when each write was sent
+	watchErr     error
+	marks        map[int64]int64 // when the watch first saw each write's mark
+	lastMark     atomic.Int64
 
 	model    porcupine.Model // the one checked
 	lastInfo porcupine.LinearizationInfo
 }
 
 type nodeRead struct {
-	node   int
-	epoch  int // the node's process: reads of one process must not go back
-	call   int64
-	images map[int64]Image
+	node      int
+	epoch     int // the node's process: reads of one process must not go back
+	call, ret int64
+	images    map[int64]Image
 }
 
 // node is one Caddy node: a process of the built binary.
@@ -192,7 +196,7 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		cfg.Out = t.TempDir()
 	}
 	began := time.Now()
-	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, watchedAt: map[int64][]int64{}, marks: map[int64]int64{}}
+	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, watchedAt: map[int64][]int64{}, watchedMarks: map[int64][][]int64{}, markCall: map[int64]int64{}, marks: map[int64]int64{}}
 	if cfg.Local {
 		cfg.Nodes = 1
 		r.cfg = cfg
@@ -409,6 +413,9 @@ func (r *run) record(client int, op Op, res Result, call, ret int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ops = append(r.ops, porcupine.Operation{ClientId: client, Input: op, Call: call, Output: res, Return: ret})
+	if op.Mark != 0 {
+		r.markCall[op.Mark] = call
+	}
 	if op.Kind != Read && res.Code == 0 {
 		r.unknown = append(r.unknown, len(r.ops)-1)
 	}
@@ -607,9 +614,10 @@ func (r *run) reader(i int, n *node, deadline time.Time) {
 		epoch := int(n.epoch.Load())
 		call := r.now()
 		images, ok := r.readNode(n)
+		ret := r.now()
 		if ok && int(n.epoch.Load()) == epoch {
 			r.mu.Lock()
-			r.nodeReads = append(r.nodeReads, nodeRead{node: i, epoch: epoch, call: call, images: images})
+			r.nodeReads = append(r.nodeReads, nodeRead{node: i, epoch: epoch, call: call, ret: ret, images: images})
 			r.mu.Unlock()
 		}
 		time.Sleep(20 * time.Millisecond) // read interval
@@ -780,6 +788,7 @@ func (r *run) event(ev *clientv3.Event) {
 		return
 	}
 	im := Image{}
+	var marks []int64
 	if ev.Type == clientv3.EventTypePut {
 		var s svcJSON
 		if json.Unmarshal(ev.Kv.Value, &s) != nil {
@@ -788,6 +797,7 @@ func (r *run) event(ev *clientv3.Event) {
 			im = s.image(g)
 			for _, c := range s.Containers {
 				if c.Mark != nil {
+					marks = append(marks, int64(*c.Mark))
 					if _, seen := r.marks[int64(*c.Mark)]; !seen {
 						r.marks[int64(*c.Mark)] = r.now()
 					}
@@ -797,6 +807,7 @@ func (r *run) event(ev *clientv3.Event) {
 	}
 	r.watched[id] = append(r.watched[id], im)
 	r.watchedAt[id] = append(r.watchedAt[id], ev.Kv.ModRevision)
+	r.watchedMarks[id] = append(r.watchedMarks[id], marks)
 }
 
 // faults injects the configured faults one at a time until deadline; each
@@ -1083,6 +1094,22 @@ func (r *run) checkNodeReads() []string {
 	}
 	at := map[key]int{}     // the index of the version a node showed last
 	when := map[key]int64{} // and when it read it
+	// earliest[id][i]: version i of image id cannot have been committed
+	// before this time (the latest call of the writes it holds, or of its
+	// predecessor's): a read that returned before it cannot show it.
+	earliest := map[int64][]int64{}
+	for id, vs := range r.watchedMarks {
+		e := make([]int64, len(vs)+1)
+		for i, marks := range vs {
+			e[i+1] = e[i]
+			for _, m := range marks {
+				if c, ok := r.markCall[m]; ok {
+					e[i+1] = max(e[i+1], c)
+				}
+			}
+		}
+		earliest[id] = e
+	}
 	for _, rd := range reads {
 		for g := range r.cfg.Groups {
 			for slot := range ImagesPerGroup {
@@ -1091,10 +1118,19 @@ func (r *run) checkNodeReads() []string {
 				k := key{rd.node, rd.epoch, id}
 				from := at[k]
 				got := rd.images[id]
-				j := slices.Index(versions[from:], got)
+				j := -1
+				for i := from; i < len(versions); i++ {
+					if i > 0 && earliest[id][i] > rd.ret {
+						break // not committed yet when the read returned
+					}
+					if versions[i] == got {
+						j = i
+						break
+					}
+				}
 				if j < 0 {
 					if len(found) < 10 {
-						what := "a version etcd never had"
+						what := "a version etcd did not have"
 						if old := slices.Index(versions[:from], got); old >= 0 {
 							what = fmt.Sprintf("etcd's version %s (at revision %d), older than version %s (revision %d) which it showed at %s: it went back",
 								vname(old), rev(r.watchedAt[id], old), vname(from), rev(r.watchedAt[id], from),
@@ -1105,7 +1141,7 @@ func (r *run) checkNodeReads() []string {
 					}
 					continue
 				}
-				at[k], when[k] = from+j, rd.call
+				at[k], when[k] = j, rd.call
 			}
 		}
 	}
