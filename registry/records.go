@@ -70,7 +70,10 @@ func (e *ConflictError) Error() string { return "conflict: " + e.Detail }
 type Remote struct {
 	ImageID  int64
 	Record   *ServiceRecord // nil: the image was deleted
-	Revision int64          // the revision of the change
+	// Revision is the revision of the change; for a record a read found
+	// absent, the revision of that read. A node that has the image at this
+	// revision or a newer one skips it.
+	Revision int64
 }
 
 // RemoteEvent is what a shared store's watch delivers: records changed by
