@@ -68,9 +68,12 @@ func (e *ConflictError) Error() string { return "conflict: " + e.Detail }
 
 // Remote is one record as a shared store holds it, or its deletion.
 type Remote struct {
-	ImageID  int64
-	Record   *ServiceRecord // nil: the image was deleted
-	Revision int64          // the revision of the change
+	ImageID int64
+	Record  *ServiceRecord // nil: the image was deleted
+	// Revision is the revision of the change; for a record a read found
+	// absent, the revision of that read. A node that has the image at this
+	// revision or a newer one skips it.
+	Revision int64
 }
 
 // RemoteEvent is what a shared store's watch delivers: records changed by
