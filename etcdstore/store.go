@@ -509,20 +509,23 @@ func (s *Store) Commit(ctx context.Context, changes []registry.Change) (int64, e
 	}
 	resp, err := cli.Txn(rctx).If(cmps...).Then(ops...).Else(gets...).Commit()
 	if err != nil {
-		const unknown = "the change was not acknowledged (it may still have been applied if the request reached etcd; re-read before retrying)"
+		// Once the request is sent, only etcd's refusal says that nothing
+		// was applied: a timeout or a lost connection may come after etcd
+		// committed it.
 		switch {
+		case refused(err):
+			return 0, fmt.Errorf("etcd at %s refused the change: %w", s.eps, err)
 		case ctx.Err() != nil && !errors.Is(rctx.Err(), context.DeadlineExceeded):
-			return 0, fmt.Errorf("the commit to etcd was abandoned: %s: %w", unknown, ctx.Err())
-		case unreachable(err):
-			what := fmt.Sprintf("etcd at %s did not answer within %s", s.eps, s.cfg.RequestTimeout)
-			if !errors.Is(err, context.DeadlineExceeded) {
-				what = fmt.Sprintf("etcd at %s is unavailable", s.eps)
-			}
-			err = &unavailableError{msg: what + ": " + unknown, err: err}
-			s.setDegraded(err.Error())
-			return 0, err
+			return 0, commitUnknown("the commit to etcd was abandoned", ctx.Err())
+		case errors.Is(err, context.DeadlineExceeded):
+			err = commitUnknown(fmt.Sprintf("etcd at %s did not answer within %s", s.eps, s.cfg.RequestTimeout), err)
+		default:
+			err = commitUnknown(fmt.Sprintf("etcd at %s did not confirm the commit", s.eps), err)
 		}
-		return 0, fmt.Errorf("etcd at %s refused the change: %w", s.eps, err)
+		if unreachable(err) {
+			s.setDegraded(err.Error())
+		}
+		return 0, err
 	}
 	if !resp.Succeeded {
 		return 0, s.conflict(ctx, cli, changes, claims, resp)
@@ -625,8 +628,12 @@ func (s *Store) conflict(ctx context.Context, cli *clientv3.Client, changes []re
 	var details []string
 	have := map[int64]bool{}
 	for i, ch := range changes {
-		cur := registry.Remote{ImageID: ch.ImageID}
-		if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		// A record that is gone is gone as of the transaction's revision:
+		// the watch's older events of it must not bring it back.
+		cur := registry.Remote{ImageID: ch.ImageID, Revision: resp.Header.Revision}
+		kvs := resp.Responses[i].GetResponseRange().GetKvs()
+		exists := len(kvs) > 0
+		if exists {
 			_, rec, err := s.decode(kvs[0])
 			if err != nil {
 				s.log.Error("an etcd record does not decode", zap.String("key", string(kvs[0].Key)), zap.Error(err))
@@ -636,10 +643,10 @@ func (s *Store) conflict(ctx context.Context, cli *clientv3.Client, changes []re
 		have[ch.ImageID] = true
 		e.Current = append(e.Current, cur)
 		switch {
-		case cur.Revision == ch.Expect:
+		case exists && cur.Revision == ch.Expect, !exists && ch.Expect == 0:
 		case ch.Expect == 0:
 			details = append(details, fmt.Sprintf("image %d was created by another node (at revision %d)", ch.ImageID, cur.Revision))
-		case cur.Revision == 0:
+		case !exists:
 			details = append(details, fmt.Sprintf("image %d was deleted by another node (it was at revision %d)", ch.ImageID, ch.Expect))
 		default:
 			details = append(details, fmt.Sprintf("image %d was changed by another node (revision %d, not %d)", ch.ImageID, cur.Revision, ch.Expect))
@@ -682,7 +689,7 @@ func (s *Store) conflict(ctx context.Context, cli *clientv3.Client, changes []re
 			details = append(details, "the records of the ports' owners could not be read: "+err.Error())
 		} else {
 			for i, id := range owners {
-				cur := registry.Remote{ImageID: id}
+				cur := registry.Remote{ImageID: id, Revision: oresp.Header.Revision}
 				if kvs := oresp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
 					_, cur.Record, _ = s.decode(kvs[0])
 					cur.Revision = kvs[0].ModRevision
@@ -848,6 +855,35 @@ func (s *Store) requestError(what string, err error) error {
 		return &unavailableError{msg: fmt.Sprintf("could not %s etcd at %s", what, s.eps), err: err}
 	}
 	return fmt.Errorf("could not %s etcd at %s: %w", what, s.eps, err)
+}
+
+// commitUnknown is the error of a commit whose outcome is unknown: the
+// request may have reached etcd and been applied. It wraps
+// registry.ErrStoreUnavailable (a 503 whose detail says the outcome is
+// unknown).
+func commitUnknown(what string, err error) error {
+	return &unavailableError{msg: what, err: err}
+}
+
+// refused tells an error by which etcd refused a request, having applied
+// nothing (a transaction too large, no space left, no permission), from
+// one that leaves the outcome unknown.
+func refused(err error) bool {
+	var code codes.Code
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	} else if st, ok := status.FromError(err); ok {
+		code = st.Code()
+	} else {
+		return false
+	}
+	switch code {
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange, codes.PermissionDenied,
+		codes.Unauthenticated, codes.ResourceExhausted, codes.NotFound, codes.AlreadyExists:
+		return true
+	}
+	return false
 }
 
 // unavailableError is an error of an unreachable etcd: it wraps both

@@ -43,6 +43,9 @@ type watch struct {
 	s     *Store
 	apply func(registry.RemoteEvent)
 	rev   int64 // every change up to rev has been delivered
+	// rewound: etcd's revision went back; the next re-list says so, even
+	// if writes since have taken the revision past rev again.
+	rewound bool
 }
 
 func (w *watch) run(ctx context.Context) {
@@ -219,8 +222,9 @@ func (w *watch) reset(loaded *registry.Loaded) {
 		rec := loaded.Records[i]
 		records[i] = registry.Remote{ImageID: rec.ImageID, Record: &rec, Revision: rec.Revision}
 	}
-	w.apply(registry.RemoteEvent{Records: records, Revision: loaded.Revision, Reset: true})
-	w.rev = loaded.Revision
+	rewound := w.rewound || loaded.Revision < w.rev
+	w.apply(registry.RemoteEvent{Records: records, Revision: loaded.Revision, Reset: true, Rewound: rewound})
+	w.rev, w.rewound = loaded.Revision, false
 	w.s.replaceCache(loaded)
 	w.s.setRevision(loaded.Revision)
 	w.s.setOK(loaded.Revision)
@@ -238,6 +242,7 @@ func (w *watch) backwards(ctx context.Context, cli *clientv3.Client, rev int64) 
 		return nil // cannot tell; the watch goes on
 	}
 	if resp.Header.Revision < w.rev {
+		w.rewound = true
 		return fmt.Errorf("etcd's revision went back from %d to %d (was it restored from a backup?)", w.rev, resp.Header.Revision)
 	}
 	w.s.log.Debug("the watch's etcd member lags", zap.Int64("member_revision", rev), zap.Int64("revision", w.rev))

@@ -34,10 +34,20 @@ const maxConflicts = 32
 const commitTimeout = 15 * time.Second
 
 // pending is one durable change waiting for the store.
+//
+// Its commit compares the image's record with the revision of the version
+// the change was made from, never with the newest revision the node has
+// seen since: a change made on an older version must not overwrite what
+// another node committed meanwhile. A change made on the version another
+// queued change left (after) is compared with the revision that change's
+// commit gave the record.
 type pending struct {
 	change    func(snap *snapshot) (*snapshot, error)
 	id        int64
 	svc       *Service // the new version; nil: removed
+	after     *pending // the change whose version this one was made on; nil: made on the published version
+	base      int64    // with after nil: the revision of the record it was made from (0: none)
+	rev       int64    // once committed: the revision of the image's record after it
 	conflicts int      // how often another node won the race for the record
 	done      bool
 	err       error
@@ -79,16 +89,45 @@ func (r *Registry) make(p *pending) bool {
 	next.version = cur.version + 1
 	p.id = next.touched // every durable change replaces one image's version
 	p.svc = next.lookup(p.id)
+	p.after, p.base = r.made[p.id], 0
+	if p.after == nil {
+		p.base = r.baseOf(p.id)
+	}
+	r.made[p.id] = p
 	r.head = next
 	return true
 }
 
+// baseOf is the revision of the image's record in the published version
+// (0: it has none).
+func (r *Registry) baseOf(id int64) int64 {
+	if svc := r.snap.Load().lookup(id); svc != nil && !svc.Static {
+		return r.revs[id]
+	}
+	return 0
+}
+
+// expect is the revision p's commit compares the image's record with: the
+// one of the version p was made from.
+func (p *pending) expect() int64 {
+	if p.after == nil {
+		return p.base
+	}
+	return p.after.rev
+}
+
 // remake makes the queued changes again, in order, on what is published
 // (after a commit failed, or another node changed an image they touch).
+// The batch being committed is layered on top, even where the published
+// version is newer: a change made on it expects its commit's revision, so
+// if another node's change came between, that change's commit conflicts
+// and it is made again on the newer version.
 func (r *Registry) remake(queue []*pending) {
 	r.head = r.snap.Load()
+	r.made = map[int64]*pending{}
 	for _, p := range r.inflight { // being committed: the queue was made on them
 		r.head = r.head.put(p.id, p.svc)
+		r.made[p.id] = p
 	}
 	r.queue = r.queue[:0:0]
 	for _, p := range queue {
@@ -106,7 +145,7 @@ func (r *Registry) commitQueued() {
 	batch := r.queue[:n:n]
 	r.queue = r.queue[n:]
 	pub := r.snap.Load()
-	changes := r.changesOf(pub, batch)
+	changes, expect := r.changesOf(pub, batch)
 	store := r.store
 	r.inflight = batch
 	r.mu.Unlock()
@@ -125,21 +164,39 @@ func (r *Registry) commitQueued() {
 	}
 	pub = r.snap.Load()
 	newer := map[int64]bool{}
+	committed := map[int64]bool{}
+	_, shared := store.(Watcher)
 	for _, ch := range changes {
+		committed[ch.ImageID] = true
 		switch {
 		case rev > 0 && r.revs[ch.ImageID] >= rev:
 			// The watch already applied this commit (it can come back before
 			// Commit returns) or a later change of another node: keep that
 			// version, whose containers the health checker may be checking.
 			newer[ch.ImageID] = true
-		case ch.Record == nil:
-			delete(r.revs, ch.ImageID)
+		case ch.Record == nil && !shared:
+			delete(r.revs, ch.ImageID) // no watch: no older event to refuse
 		default:
-			r.revs[ch.ImageID] = rev
+			r.revs[ch.ImageID] = rev // for a removal: a tombstone (applyRemote)
+			if ch.Record == nil {
+				r.tombs[ch.ImageID] = struct{}{}
+			} else {
+				delete(r.tombs, ch.ImageID)
+			}
 		}
 	}
 	for _, p := range batch {
 		p.done = true
+		p.rev = expect[p.id] // not stored (a static service): the record did not move
+		if committed[p.id] {
+			p.rev = rev
+		}
+		if r.made[p.id] == p { // nothing queued on it: head's version is the published one from now on
+			delete(r.made, p.id)
+			if newer[p.id] {
+				r.head = r.head.put(p.id, pub.lookup(p.id))
+			}
+		}
 		if newer[p.id] {
 			continue
 		}
@@ -153,6 +210,7 @@ func (r *Registry) commitQueued() {
 	r.snap.Store(pub)
 	if len(r.queue) == 0 {
 		r.head = pub
+		r.made = map[int64]*pending{}
 	}
 	ids := make([]int64, 0, len(batch))
 	for _, p := range batch {
@@ -164,21 +222,25 @@ func (r *Registry) commitQueued() {
 }
 
 // changesOf returns the store changes of a batch: one per image, the last
-// version queued for it. Static services come from the configuration and are
-// not stored.
-func (r *Registry) changesOf(pub *snapshot, batch []*pending) []Change {
+// version queued for it, expecting the revision the first change of the
+// image in the batch was made from (the others were made on it), and that
+// revision for each image. Static services come from the configuration and
+// are not stored.
+func (r *Registry) changesOf(pub *snapshot, batch []*pending) ([]Change, map[int64]int64) {
 	last := map[int64]*pending{}
+	expect := map[int64]int64{}
 	var order []int64
 	for _, p := range batch {
 		if _, ok := last[p.id]; !ok {
 			order = append(order, p.id)
+			expect[p.id] = p.expect()
 		}
 		last[p.id] = p
 	}
 	var out []Change
 	for _, id := range order {
 		svc, old := last[id].svc, pub.lookup(id)
-		ch := Change{ImageID: id, Expect: r.revs[id]}
+		ch := Change{ImageID: id, Expect: expect[id]}
 		if old != nil {
 			ch.PrevPort = old.ExternalPort
 		}
@@ -193,7 +255,7 @@ func (r *Registry) changesOf(pub *snapshot, batch []*pending) []Change {
 		}
 		out = append(out, ch)
 	}
-	return out
+	return out, expect
 }
 
 // failed settles a batch the store refused: nothing of it is published.
@@ -226,8 +288,13 @@ func (r *Registry) failed(batch []*pending, store RecordStore, err error) {
 // storeError is what a writer whose change the store did not take gets.
 func storeError(store RecordStore, err error) *Error {
 	if errors.Is(err, ErrStoreUnavailable) {
+		// A request that timed out may have been committed: only "unknown"
+		// is true.
 		return &Error{Kind: KindUnavailable, Detail: fmt.Sprintf(
-			"the change was not applied: %v; the registry is read-only until the store answers again", err)}
+			"the outcome of the change is unknown: %v. It may or may not have been applied: once the store "+
+				"answers, read the image back before deciding, or send the same request again (a register, "+
+				"PUT or PATCH sent twice leaves what one leaves; a DELETE sent again answers 404 if the first "+
+				"was applied)", err)}
 	}
 	return &Error{Kind: KindStorage, Detail: fmt.Sprintf(
 		"the change was not applied: saving it to %s failed: %v; nothing changed, retry once the store is fixed",
@@ -280,4 +347,12 @@ func (s *Service) record() ServiceRecord {
 		rec.Containers[i].Status = c.pushed
 	}
 	return rec
+}
+
+// Pending returns how many durable changes wait for the store: queued, or
+// in the batch being committed. Their writers have no answer yet.
+func (r *Registry) Pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.queue) + len(r.inflight)
 }

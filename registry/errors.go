@@ -15,12 +15,14 @@ const (
 	KindNotFound                    // 404
 	KindConflict                    // 409
 	KindTooLarge                    // 413
-	KindStorage                     // 500: the store failed; nothing was applied
-	KindUnavailable                 // 503: a shared store cannot be reached; nothing was applied
+	KindStorage                     // 500: the store refused the change; nothing was applied
+	KindUnavailable                 // 503: a shared store did not answer; the change's outcome is unknown
 )
 
 // ErrStoreUnavailable is wrapped by a store's errors when it cannot be
-// reached (etcd down, no quorum): the registry answers 503, not 500.
+// reached (etcd down, no quorum) or did not answer a commit: the registry
+// answers 503, not 500, saying that the change's outcome is unknown (a
+// commit that timed out may have been applied).
 var ErrStoreUnavailable = errors.New("the shared store cannot be reached")
 
 // FieldError is one validation failure, located like FastAPI locates them:

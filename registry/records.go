@@ -68,19 +68,25 @@ func (e *ConflictError) Error() string { return "conflict: " + e.Detail }
 
 // Remote is one record as a shared store holds it, or its deletion.
 type Remote struct {
-	ImageID  int64
-	Record   *ServiceRecord // nil: the image was deleted
-	Revision int64          // the revision of the change
+	ImageID int64
+	Record  *ServiceRecord // nil: the image was deleted
+	// Revision is the revision of the change; for a record a read found
+	// absent, the revision of that read. A node that has the image at this
+	// revision or a newer one skips it.
+	Revision int64
 }
 
 // RemoteEvent is what a shared store's watch delivers: records changed by
 // any node. With Reset, Records is the whole registry (after a re-list:
 // the watch fell behind compaction, or broke), and every image not in it
-// is gone.
+// is gone. With Rewound too, the store's revision went back (etcd restored
+// from a backup without a revision bump): the revisions of what the node
+// had before are of another history, and it must become what was listed.
 type RemoteEvent struct {
 	Records  []Remote
 	Revision int64 // the store's revision after the event
 	Reset    bool
+	Rewound  bool
 }
 
 // Watcher is implemented by stores that several nodes share: Watch

@@ -69,10 +69,17 @@ type Registry struct {
 	queue      []*pending
 	inflight   []*pending // the batch being committed
 	committing bool
-	cond       *sync.Cond      // on mu: a commit finished
-	revs       map[int64]int64 // the store's revision of each image's record
-	revision   int64           // the shared store's revision applied
-	usage      map[int64]*UsageCounter
+	cond       *sync.Cond // on mu: a commit finished
+	// made holds, for each image whose version in head a change not yet
+	// published made, that change (commit.go).
+	made map[int64]*pending
+	// revs is the store's revision of each image's record, and of the
+	// removal of an image removed since the watch's revision (tombs): an
+	// event at or below it is older than what this node has (remote.go).
+	revs     map[int64]int64
+	tombs    map[int64]struct{}
+	revision int64 // the shared store's revision the watch delivered
+	usage    map[int64]*UsageCounter
 
 	mirrorBudget MirrorBudget // shared by every image's mirror copies
 
@@ -108,7 +115,8 @@ func (r *Registry) Operations() map[Op]int64 {
 
 // New returns an empty registry with the given options.
 func New(opts Options) *Registry {
-	r := &Registry{started: now(), revs: map[int64]int64{}, usage: map[int64]*UsageCounter{}}
+	r := &Registry{started: now(), revs: map[int64]int64{}, tombs: map[int64]struct{}{}, made: map[int64]*pending{},
+		usage: map[int64]*UsageCounter{}}
 	r.cond = sync.NewCond(&r.mu)
 	r.opts = opts.withDefaults()
 	r.mirrorBudget.SetLimit(opts.MirrorBudget)

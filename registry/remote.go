@@ -7,9 +7,18 @@ import (
 
 // ApplyRemote applies what a shared store's watch delivered: records that
 // any node committed, through the same snapshot swap as a local change. A
-// record this node already has at that revision (its own commit coming
-// back) is skipped. It returns the records it could not apply (a record
-// that fails validation is left out, and the rest applies).
+// record this node already has at that revision or a newer one (its own
+// commit coming back, an event older than a conflict told it) is skipped.
+// It returns the records it could not apply (a record that fails
+// validation is left out, and the rest applies).
+//
+// A Reset (a re-list) makes the node what it listed: images not listed are
+// removed, listed ones replace what the node has, except where this node
+// knows a change newer than the listing (its own commit, answered after
+// the list was read); the watch delivers that change next. When etcd's
+// revision went back (Rewound, or a listing older than what the watch
+// delivered: etcd was restored from a backup), nothing the node recorded
+// counts: it becomes exactly what it listed.
 //
 // Health verdicts, counters and rotation are this node's: a container
 // keeps its own verdict while the status the orchestrator pushed is
@@ -24,23 +33,30 @@ func (r *Registry) ApplyRemote(ev RemoteEvent) []error {
 	return errs
 }
 
-// applyRemote is ApplyRemote with r.mu held; stale reports that a queued
-// change touches an image it changed, so the queue must be made again.
+// applyRemote is ApplyRemote with r.mu held; stale reports that a change
+// not yet published was made on a version of an image it changed, so the
+// queue must be made again.
 func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 	records := ev.Records
 	if ev.Reset {
-		keep := make(map[int64]bool, len(records))
+		listed := make(map[int64]bool, len(records))
 		for _, rec := range records {
-			keep[rec.ImageID] = true
+			listed[rec.ImageID] = true
 		}
 		for _, svc := range r.Services() {
-			if !svc.Static && !keep[svc.ImageID] {
-				records = append(records, Remote{ImageID: svc.ImageID, Revision: ev.Revision})
+			if !svc.Static && !listed[svc.ImageID] {
+				records = append(slices.Clip(records), Remote{ImageID: svc.ImageID, Revision: ev.Revision})
 			}
+		}
+		if ev.Rewound || ev.Revision < r.revision {
+			// The revisions this node recorded are of a history etcd no
+			// longer has: none of them says what is newer.
+			r.revs, r.tombs = map[int64]int64{}, map[int64]struct{}{}
+			stale = len(r.made) > 0
 		}
 	}
 	for _, rec := range records {
-		if rec.Revision != 0 && rec.Revision <= r.revs[rec.ImageID] {
+		if rec.Revision <= r.revs[rec.ImageID] {
 			continue
 		}
 		change := func(snap *snapshot) (*snapshot, error) {
@@ -64,19 +80,32 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 			errs = append(errs, fmt.Errorf("record of image_id %d at revision %d: %w", rec.ImageID, rec.Revision, err))
 			continue
 		}
+		r.revs[rec.ImageID] = rec.Revision
 		if rec.Record == nil {
-			delete(r.revs, rec.ImageID)
+			r.tombs[rec.ImageID] = struct{}{}
 		} else {
-			r.revs[rec.ImageID] = rec.Revision
+			delete(r.tombs, rec.ImageID)
 		}
-		if r.queuedFor(rec.ImageID) {
+		if r.made[rec.ImageID] != nil {
 			stale = true
 		}
 	}
-	if ev.Revision > r.revision {
+	if ev.Revision > r.revision || ev.Reset {
 		r.revision = ev.Revision
 	}
+	r.pruneTombs()
 	return errs, stale
+}
+
+// pruneTombs forgets the removals the watch has delivered: it delivers
+// nothing at or below its revision again.
+func (r *Registry) pruneTombs() {
+	for id := range r.tombs {
+		if r.revs[id] <= r.revision {
+			delete(r.revs, id)
+			delete(r.tombs, id)
+		}
+	}
 }
 
 // fromRecord returns the version of a service a stored record describes,
@@ -190,7 +219,8 @@ func (r *Registry) Restore(loaded *Loaded) (dropped []string, err error) {
 		revs[spec.ImageID] = loaded.Records[i].Revision
 	}
 	next.version = r.head.version + 1
-	r.revs, r.revision = revs, loaded.Revision
+	r.revs, r.tombs, r.revision = revs, map[int64]struct{}{}, loaded.Revision
+	r.made = map[int64]*pending{}
 	r.snap.Store(next)
 	r.head = next
 	ids := make([]int64, len(specs))

@@ -432,3 +432,33 @@ func (p *proxy) stop() {
 	p.mu.Unlock()
 	p.wg.Wait()
 }
+
+// Leader is the index of the member that leads, or -1 when none of the
+// running members knows a leader.
+func (c *Cluster) Leader() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, m := range c.members {
+		if m.etcd != nil && m.etcd.Server.Leader() == m.etcd.Server.MemberID() {
+			return i
+		}
+	}
+	return -1
+}
+
+// Proxy forwards TCP connections from one address to another, like the
+// proxy in front of each member: a test puts one between a client (a Caddy
+// node, say) and a member, and Stop cuts that client alone off the member.
+type Proxy struct{ p *proxy }
+
+// NewProxy returns a proxy that will listen on addr and forward to target;
+// it forwards only after Start.
+func NewProxy(addr, target string) *Proxy {
+	return &Proxy{p: &proxy{addr: addr, target: target}}
+}
+
+// Start listens, if the proxy does not already.
+func (x *Proxy) Start() error { return x.p.start() }
+
+// Stop closes the listener and every forwarded connection.
+func (x *Proxy) Stop() { x.p.stop() }
