@@ -33,7 +33,7 @@ COPY --from=build /out/caddy /usr/bin/caddy
 COPY --from=build /src/examples/Caddyfile /etc/caddy/Caddyfile
 
 # Caddy's data directory is $XDG_DATA_HOME/caddy: the registry lives in
-# /data/caddy/imagelb/registry.json (README, Durability). Its config directory
+# /data/caddy/imagelb/registry.db (docs/durability.md). Its config directory
 # (autosave.json) is $XDG_CONFIG_HOME/caddy. A new named volume starts as a copy
 # of the image's directory, owner included, so nonroot can write to it; a bind
 # mount keeps the host directory's owner and must be writable by 65532.
@@ -53,7 +53,7 @@ COPY --from=busybox:1.36-musl /bin/wget /usr/bin/wget
 # 3000: the platform's API and proxy; 8001: image 1's external port. 2019 is
 # Caddy's admin API, but the example binds it to localhost:2019, which inside
 # the container is the container's own loopback: publishing 2019 reaches
-# nothing unless `admin` in the Caddyfile is changed (see README, Container
+# nothing unless `admin` in the Caddyfile is changed (see docs/getting-started.md, Container
 # image). The example's :3001 site and demo containers on :9001-:9004 listen
 # too, and are not exposed.
 EXPOSE 3000 2019 8001
