@@ -11,8 +11,8 @@
 // Caddyfile parser, beside its types), fdwatch.go and docs.go. It imports
 // Caddy and the module's own packages: registry (pure Go: model, rules,
 // balancing, counters), admin (the HTTP API), health (the checker), handoff
-// (a listener wrapper), ui (embedded pages) and internal/recycle; none of
-// them imports it.
+// (a listener wrapper), demo (the example's demo orchestrator), ui (embedded
+// pages) and internal/recycle; none of them imports it.
 package imagelb
 
 import (
@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/admin"
+	_ "github.com/imagelb/caddy-imagelb/demo"
 	_ "github.com/imagelb/caddy-imagelb/handoff"
 	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"

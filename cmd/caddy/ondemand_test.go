@@ -3,6 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,4 +120,106 @@ func TestClusterOnDemand(t *testing.T) {
 			t.Fatalf("stop_url called %d times, want 1", got)
 		}
 	})
+}
+
+// TestExampleScaleToZero runs docs/scale-to-zero-walkthrough.md against the
+// xcaddy-built binary running examples/Caddyfile: an image registered with
+// on_demand and no container is started by the example's demo orchestrator
+// when the first request arrives (the request waits and gets the demo
+// container's answer), and stopped (its container removed) after its
+// idle_timeout; the next request starts it again. The walk-through's
+// idle_timeout of 30s is 2s here. A start webhook sent by a client through
+// the gateway (which routes any other /api/v1 path to the orchestrator) is
+// refused and registers nothing.
+func TestExampleScaleToZero(t *testing.T) {
+	bin, root := xcaddyBinary(t)
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "scale-to-zero-walkthrough.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const register = `{"image_name": "web", "containers": [], "on_demand": {"idle_timeout": "30s"}}`
+	if !strings.Contains(string(doc), register) {
+		t.Fatalf("the walk-through no longer registers %s: update this test with it", register)
+	}
+	ports, site, _ := runExample(t, bin, root)
+	api := site + "/api/v1"
+	send := func(t *testing.T, method, url, body string) (int, []byte) {
+		t.Helper()
+		req := mustRequest(t, method, url, body)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, url, err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, raw
+	}
+	type container struct {
+		ContainerID string `json:"container_id"`
+		Port        int    `json:"port"`
+		Status      string `json:"status"`
+	}
+	containers := func(t *testing.T) []container {
+		t.Helper()
+		var svc struct{ Containers []container }
+		if st := getJSON(api+"/services/3", &svc); st != 200 {
+			t.Fatalf("GET /services/3: %d", st)
+		}
+		return svc.Containers
+	}
+	if st, raw := send(t, "POST", api+"/services/3/register", strings.Replace(register, "30s", "2s", 1)); st != 200 {
+		t.Fatalf("registering image 3: %d %s", st, raw)
+	}
+
+	t.Run("a webhook through the gateway", func(t *testing.T) {
+		st, raw := send(t, "POST", api+"/api/images/3/start", `{"image_id": 3, "action": "start"}`)
+		if st != http.StatusForbidden || !strings.Contains(detailOf(raw), "not through a proxy") {
+			t.Fatalf("POST /api/v1/api/images/3/start through the gateway: %d %s, want 403", st, raw)
+		}
+		if cs := containers(t); len(cs) != 0 {
+			t.Fatalf("a client of the gateway registered %v", cs)
+		}
+	})
+
+	t.Run("images it must not start", func(t *testing.T) {
+		orch := fmt.Sprintf("http://127.0.0.1:%d/api/images/", ports["3003"])
+		for _, c := range []struct {
+			url    string
+			status int
+			detail string
+		}{
+			{orch + "9/start", http.StatusNotFound, "image_id 9 is not registered"},
+			{orch + "1/start", http.StatusConflict, "image_id 1 is not on_demand"},
+			{orch + "1/stop", http.StatusConflict, "image_id 1 is not on_demand"},
+		} {
+			st, raw := send(t, "POST", c.url, `{}`)
+			if st != c.status || !strings.Contains(detailOf(raw), c.detail) {
+				t.Fatalf("POST %s: %d %s, want %d with %q", c.url, st, raw, c.status, c.detail)
+			}
+		}
+		var svc struct{ Containers []container }
+		if getJSON(api+"/services/1", &svc) != 200 || len(svc.Containers) != 2 {
+			t.Fatalf("image 1 changed: %+v", svc)
+		}
+	})
+
+	for _, round := range []string{"the first request", "a request after the stop"} {
+		t.Run(round, func(t *testing.T) {
+			start := time.Now()
+			st, raw := send(t, "GET", api+"/proxy/3/hello", "")
+			var e map[string]string
+			if st != 200 || json.Unmarshal(raw, &e) != nil || e["container"] != fmt.Sprint(ports["9004"]) || e["path"] != "/hello" {
+				t.Fatalf("GET /api/v1/proxy/3/hello: %d %s, want 200 from the demo container 9004", st, raw)
+			}
+			t.Logf("answered after %v", time.Since(start))
+			cs := containers(t)
+			if len(cs) != 1 || cs[0].ContainerID != "demo-3" || cs[0].Port != ports["9004"] || cs[0].Status != "healthy" {
+				t.Fatalf("containers of image 3: %+v, want demo-3 on 9004, healthy", cs)
+			}
+			testkit.Eventually(t, "the demo container removed after idle_timeout", func() bool { return len(containers(t)) == 0 })
+		})
+	}
 }

@@ -2,18 +2,18 @@ package testkit
 
 import (
 	"bufio"
-	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/imagelb/caddy-imagelb/internal/orchestrate"
 )
 
 // Orchestrator is a stand-in for the platform's orchestrator in the start
@@ -105,8 +105,10 @@ func (o *Orchestrator) Hold() (release func()) {
 }
 
 // StartURL and StopURL are the webhooks, with the {image_id} placeholder.
-func (o *Orchestrator) StartURL() string { return o.URL + "/api/images/{image_id}/start" }
-func (o *Orchestrator) StopURL() string  { return o.URL + "/api/images/{image_id}/stop" }
+func (o *Orchestrator) StartURL() string {
+	return o.URL + orchestrate.WebhookPrefix + "{image_id}/start"
+}
+func (o *Orchestrator) StopURL() string { return o.URL + orchestrate.WebhookPrefix + "{image_id}/stop" }
 
 // Starts and Stops count the webhook calls for the image.
 func (o *Orchestrator) Starts(id int64) int { o.mu.Lock(); defer o.mu.Unlock(); return o.starts[id] }
@@ -127,10 +129,8 @@ func (o *Orchestrator) Timeline(id int64) Timeline {
 }
 
 func (o *Orchestrator) serve(w http.ResponseWriter, r *http.Request) {
-	rest, ok := strings.CutPrefix(r.URL.Path, "/api/images/")
-	idText, action, _ := strings.Cut(rest, "/")
-	id, err := strconv.ParseInt(idText, 10, 64)
-	if !ok || err != nil || r.Method != http.MethodPost || (action != "start" && action != "stop") {
+	id, action, ok := orchestrate.ParseWebhook(r)
+	if !ok {
 		http.Error(w, "not a webhook", http.StatusNotFound)
 		return
 	}
@@ -138,14 +138,14 @@ func (o *Orchestrator) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewDecoder(r.Body).Decode(&body)
 	o.mu.Lock()
 	o.bodies = append(o.bodies, body)
-	if action == "start" {
+	if action == orchestrate.Start {
 		o.starts[id]++
 	} else {
 		o.stops[id]++
 	}
 	o.mu.Unlock()
 	switch {
-	case action == "stop":
+	case action == orchestrate.Stop:
 		o.stop(id)
 		w.WriteHeader(http.StatusOK)
 	case o.Fail.Load():
@@ -190,17 +190,8 @@ func (o *Orchestrator) start(id int64) {
 	tl.Listening = time.Now()
 	o.timeline[id] = tl
 	o.mu.Unlock()
-	b, _ := json.Marshal(map[string]any{"host": "127.0.0.1", "port": port, "status": status})
-	req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("%s/services/%d/containers/%s", api, id, name), bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		o.t.Errorf("orchestrator: registering %s: %v", name, err)
-		return
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		o.t.Errorf("orchestrator: registering %s: status %d", name, resp.StatusCode)
+	if err := (orchestrate.API{Base: api}).Register(context.Background(), id, name, "127.0.0.1", port, status); err != nil {
+		o.t.Errorf("orchestrator: %v", err)
 		return
 	}
 	o.mu.Lock()
@@ -223,10 +214,7 @@ func (o *Orchestrator) stop(id int64) {
 	delete(o.running, id)
 	o.mu.Unlock()
 	for _, s := range list {
-		req, _ := http.NewRequest(http.MethodDelete, fmt.Sprintf("%s/services/%d/containers/%s", api, id, s.name), nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-		}
+		_ = (orchestrate.API{Base: api}).Remove(context.Background(), id, s.name)
 		s.srv.Close()
 	}
 }
