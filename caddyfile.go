@@ -473,9 +473,13 @@ func parseService(d *caddyfile.Dispenser, prev []StaticService) (s StaticService
 			}
 			s.Algorithm = v
 		case "external_port":
-			n, err := intArg(d, 1, 65535)
+			v, err := singleArg(d)
 			if err != nil {
 				return s, nil, err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || !registry.ValidPort(int64(n)) {
+				return s, nil, d.Errf("external_port %q: want a whole number from 1 to 65535", v)
 			}
 			s.ExternalPort = n
 		case "container":
@@ -731,7 +735,7 @@ func parseContainer(d *caddyfile.Dispenser, prev []StaticContainer) (StaticConta
 		}
 	}
 	addr, err := caddy.ParseNetworkAddress(args[1])
-	if err != nil || addr.Network != "tcp" || addr.PortRangeSize() != 1 || addr.StartPort == 0 {
+	if err != nil || addr.Network != "tcp" || addr.PortRangeSize() != 1 || !registry.ValidPort(int64(addr.StartPort)) {
 		return c, d.Errf("container address %q: want host:port, e.g. 127.0.0.1:9001", args[1])
 	}
 	c.Host, c.Port = addr.Host, int(addr.StartPort)
