@@ -7,8 +7,11 @@
 // Caddy: module.go (the app), handler.go (the handler's routing and
 // lifecycle), proxy.go (the request path, top to bottom), upstreams.go and
 // selection.go (the source and policy modules), sticky.go (the sticky
-// cookie), systemservice.go, adminapi.go, metrics.go, caddyfile.go (every
-// Caddyfile parser, beside its types), fdwatch.go and docs.go. It imports
+// cookie), systemservice.go, adminapi.go, metrics.go, the imagelb global
+// option's Caddyfile (caddyfile.go the app's block, caddyfile_service.go a
+// service block, caddyfile_store.go the store, caddyfile_args.go the shared
+// argument parsers; the other modules parse theirs beside their types),
+// fdwatch.go and docs.go. It imports
 // Caddy and the module's own packages: registry (pure Go: model, rules,
 // balancing, counters), admin (the HTTP API), health (the checker), handoff
 // (a listener wrapper), demo (the example's demo orchestrator), ui (embedded

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os/exec"
@@ -283,6 +284,22 @@ func TestOnDemandIdleStop(t *testing.T) {
 	}
 	if o.Stops(177) != 1 {
 		t.Errorf("stop_url called %d times for 177, want 1", o.Stops(177))
+	}
+	// the stop body says how long the image was idle in whole seconds
+	// (an integer, as the docs show: "idle_seconds": 600), not 1.000000981
+	stops := 0
+	for _, body := range o.Bodies() {
+		if body["action"] != "stop" {
+			continue
+		}
+		stops++
+		secs, ok := body["idle_seconds"].(float64)
+		if !ok || secs < 1 || secs != math.Trunc(secs) {
+			t.Errorf("stop webhook body %v: want idle_seconds a whole number of seconds, at least the idle_timeout 1", body)
+		}
+	}
+	if stops < 2 {
+		t.Errorf("%d stop webhook bodies, want 2", stops)
 	}
 }
 

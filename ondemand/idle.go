@@ -137,7 +137,7 @@ func (a *Activator) stopIdle(ctx context.Context, id int64, name string, idle, q
 	}
 	if cfg.StopURL != "" {
 		if err := a.call(cfg.StopURL, id, map[string]any{"image_id": id, "image_name": name, "action": "stop", "node_id": node,
-			"idle_seconds": quiet.Seconds()}, webhookTimeout); err != nil {
+			"idle_seconds": int64(quiet.Round(time.Second) / time.Second)}, webhookTimeout); err != nil {
 			logger.Warn("stop of an idle image failed; retrying later", zap.Int64("image_id", id), zap.Error(err))
 			retry(min(idle, 30*time.Second))
 			return

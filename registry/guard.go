@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -72,13 +71,11 @@ func ParseSelfAllow(s string) (SelfAllow, error) {
 		return SelfAllow{}, fmt.Errorf("allowed_self_upstreams %q: the host must be one IP address (not a name or a "+
 			"wildcard), e.g. 127.0.0.1:9001", s)
 	}
-	loS, hiS, isRange := strings.Cut(ports, "-")
-	if !isRange {
-		hiS = loS
+	if !strings.Contains(ports, "-") {
+		ports += "-" + ports // one port is the range of that port
 	}
-	lo, err1 := strconv.ParseUint(loS, 10, 16)
-	hi, err2 := strconv.ParseUint(hiS, 10, 16)
-	if err1 != nil || err2 != nil || lo < 1 || lo > hi {
+	lo, hi, err := ParsePortRange(ports)
+	if err != nil {
 		return SelfAllow{}, fmt.Errorf("allowed_self_upstreams %q: want a port 1-65535 or a range lo-hi, e.g. 127.0.0.1:9001-9004", s)
 	}
 	return SelfAllow{Addr: a.Unmap(), Lo: uint16(lo), Hi: uint16(hi)}, nil
@@ -258,7 +255,7 @@ func (g *Guard) CheckAddress(host string, port int) error {
 // anySelfPort reports whether one of ports is a port this Caddy listens on.
 func (g *Guard) anySelfPort(ports []int) bool {
 	for _, p := range ports {
-		if g != nil && p > 0 && p <= 65535 && g.selfPorts[uint16(p)] {
+		if g != nil && ValidPort(int64(p)) && g.selfPorts[uint16(p)] {
 			return true
 		}
 	}
@@ -268,7 +265,7 @@ func (g *Guard) anySelfPort(ports []int) bool {
 // checkSelf applies the self rule to containers at host (address a).
 func (g *Guard) checkSelf(host string, a netip.Addr, ports []int) error {
 	for _, port := range ports {
-		if port < 1 || port > 65535 {
+		if !ValidPort(int64(port)) {
 			continue // the port's own check says what is wrong
 		}
 		if what := g.self(a.WithZone(""), uint16(port)); what != "" {

@@ -207,7 +207,8 @@ func TestGuardCheckDialMetadata(t *testing.T) {
 }
 
 func TestParseSelfAllow(t *testing.T) {
-	for _, bad := range []string{"localhost:9001", ":9001", "0.0.0.0:9001", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:9004-9001", "127.0.0.1:70000"} {
+	for _, bad := range []string{"localhost:9001", ":9001", "0.0.0.0:9001", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:9004-9001", "127.0.0.1:70000",
+		"127.0.0.1:+9001", "127.0.0.1:9001-+9004", "127.0.0.1:9001-70000", "127.0.0.1:9001-"} {
 		if _, err := ParseSelfAllow(bad); err == nil {
 			t.Errorf("ParseSelfAllow(%q) accepted", bad)
 		}

@@ -14,15 +14,25 @@ import (
 // ValidPort reports whether p is a TCP port number, 1 to 65535.
 func ValidPort(p int64) bool { return p >= 1 && p <= 65535 }
 
-// ParsePortRange parses a port_range, "lo-hi" with 1 <= lo <= hi <= 65535.
+// ParsePortRange parses a port_range, "lo-hi" with 1 <= lo <= hi <= 65535
+// (digits only, no sign).
 func ParsePortRange(s string) (lo, hi int, err error) {
 	loS, hiS, ok := strings.Cut(s, "-")
-	lo, err1 := strconv.Atoi(loS)
-	hi, err2 := strconv.Atoi(hiS)
-	if !ok || err1 != nil || err2 != nil || lo < 1 || hi > 65535 || lo > hi {
+	lo, ok1 := parsePort(loS)
+	hi, ok2 := parsePort(hiS)
+	if !ok || !ok1 || !ok2 || lo > hi {
 		return 0, 0, fmt.Errorf("port_range %q: want lo-hi with 1 <= lo <= hi <= 65535, e.g. 8000-8099", s)
 	}
 	return lo, hi, nil
+}
+
+// parsePort parses a port written in decimal digits, 1 to 65535.
+func parsePort(s string) (int, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	p, err := strconv.Atoi(s)
+	return p, err == nil && ValidPort(int64(p))
 }
 
 // SitePorts is what the registry knows of the ports this Caddy serves,

@@ -77,7 +77,9 @@ func TestParsePortRange(t *testing.T) {
 		lo, hi int
 		ok     bool
 	}{{"8000-8099", 8000, 8099, true}, {"1-65535", 1, 65535, true}, {"9-8", 0, 0, false}, {"0-10", 0, 0, false},
-		{"8000", 0, 0, false}, {"a-b", 0, 0, false}, {"1-65536", 0, 0, false}} {
+		{"8000", 0, 0, false}, {"a-b", 0, 0, false}, {"1-65536", 0, 0, false},
+		// digits only: a sign is not part of a port
+		{"+8000-8099", 0, 0, false}, {"8000-+8099", 0, 0, false}, {"8000--8099", 0, 0, false}} {
 		lo, hi, err := ParsePortRange(tc.in)
 		if (err == nil) != tc.ok || lo != tc.lo || hi != tc.hi {
 			t.Errorf("ParsePortRange(%q) = %d, %d, %v", tc.in, lo, hi, err)

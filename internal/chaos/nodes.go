@@ -1,0 +1,145 @@
+// The Caddy nodes of a run: each a process of the built binary with its own
+// proxies to the etcd members, started, killed with SIGKILL or signalled.
+
+package chaos
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/imagelb/caddy-imagelb/internal/etcdtest"
+	"github.com/imagelb/caddy-imagelb/internal/testkit"
+)
+
+type nodeRead struct {
+	node      int
+	epoch     int // the node's process: reads of one process must not go back
+	call, ret int64
+	images    map[int64]Image
+}
+
+// node is one Caddy node: a process of the built binary.
+type node struct {
+	name, dir, config string
+	adm               string
+	proxies           []*etcdtest.Proxy // its own way to each member
+	epoch             atomic.Int64
+	cmd               *exec.Cmd
+	done              chan struct{}
+}
+
+// newNode writes node i's Caddyfile: the imagelb app on etcd through the
+// node's own proxies, no health checks (a verdict would change the status
+// a read shows), request_timeout 2s.
+func (r *run) newNode(i int, backend int) *node {
+	t := r.t
+	n := &node{name: fmt.Sprintf("lb-%d", i+1), dir: t.TempDir(), done: make(chan struct{})}
+	close(n.done)
+	store := "store local"
+	var eps []string
+	for m := range 3 {
+		if r.cfg.Local {
+			break
+		}
+		target, err := url.Parse(r.etcd.Endpoint(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
+		p := etcdtest.NewProxy(addr, target.Host)
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Stop)
+		n.proxies = append(n.proxies, p)
+		eps = append(eps, "http://"+addr)
+	}
+	if !r.cfg.Local {
+		store = fmt.Sprintf("store etcd {\n\t\t\tendpoints %s\n\t\t\trequest_timeout 2s\n\t\t\tdial_timeout 2s\n\t\t}",
+			strings.Join(eps, " "))
+	}
+	admin, site := testkit.FreePort(t), testkit.FreePort(t)
+	n.adm = fmt.Sprintf("http://127.0.0.1:%d/imagelb", admin)
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	imagelb {
+		node_id %s
+		health_interval 1h
+		%s
+	}
+}
+
+:%d {
+	imagelb
+}
+`, admin, n.name, store, site)
+	n.config = filepath.Join(n.dir, "Caddyfile")
+	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// startNode runs the node's process and waits until its API answers.
+func (r *run) startNode(n *node) {
+	r.t.Helper()
+	logs, err := os.OpenFile(filepath.Join(n.dir, "caddy.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	cmd := exec.Command(r.bin, "run", "--config", n.config)
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+n.dir, "XDG_CONFIG_HOME="+n.dir)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logs.Close(); close(done) }()
+	n.cmd, n.done = cmd, done
+	n.epoch.Add(1)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-done:
+			r.t.Fatalf("%s exited at start; its log: %s", n.name, filepath.Join(n.dir, "caddy.log"))
+		default:
+		}
+		if resp, err := client.Get(n.adm + "/services"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%s's API did not answer within 30s", n.name)
+		}
+		time.Sleep(20 * time.Millisecond) // polling until the node serves
+	}
+}
+
+// kill9 kills the node with SIGKILL (no shutdown code runs) and waits.
+func (n *node) kill9() {
+	if n.cmd != nil && n.cmd.Process != nil {
+		n.cmd.Process.Kill()
+		<-n.done
+	}
+}
+
+func (n *node) signal(sig syscall.Signal) {
+	if n.cmd != nil && n.cmd.Process != nil {
+		n.cmd.Process.Signal(sig)
+	}
+}
+
+func (r *run) killAll() {
+	for _, n := range r.nodes {
+		n.kill9()
+	}
+}
