@@ -656,3 +656,50 @@ func TestReListOlderThanOwnCommit(t *testing.T) {
 		t.Fatal("image 1, removed by another node before the listing, is still on the node")
 	}
 }
+
+// TestDeleteOvertakesOwnCommit: a's commit (a registration of a new image,
+// then a put on an image a has) is held after etcd committed it; b, which
+// has seen it, removes the image, and a's watch delivers the removal before
+// a's commit returns. The commit's answer is older than what a's watch
+// delivered: a must not publish it, not even for a moment, or a read from
+// a goes back, and the removed image stays on a for good (the watch never
+// delivers the removal again).
+func TestDeleteOvertakesOwnCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+	writes := []func() error{
+		func() error {
+			_, err := a.reg.Register(registry.ServiceSpec{ImageID: 1, ImageName: "one", Containers: []registry.ContainerSpec{ctr("a")}})
+			return err
+		},
+		func() error { _, err := a.reg.PutContainer(2, ctr("a")); return err },
+	}
+	register(t, a.reg, 2, "c0")
+	for i, write := range writes {
+		id := int64(i + 1)
+		a.gate.holdNext("after", false)
+		errA := async(write)
+		a.gate.waitHeld(t)
+		waitHas(t, "b", b.reg, id, "a")
+		if _, err := b.reg.Remove(id); err != nil {
+			t.Fatal(err)
+		}
+		removed := c.Revision()
+		testkit.Eventually(t, "node a's watch to deliver the removal", func() bool { return a.reg.Revision() >= removed })
+		var back atomic.Bool
+		stop := a.reg.OnChange(func(ids []int64) {
+			if slices.Contains(ids, id) && a.reg.Lookup(id) != nil {
+				back.Store(true)
+			}
+		})
+		a.gate.releaseHeld()
+		if err := answer(t, fmt.Sprintf("a's write of image %d", id), errA); err != nil {
+			t.Fatalf("a's write of image %d: %v", id, err)
+		}
+		stop()
+		if back.Load() || a.reg.Lookup(id) != nil {
+			t.Fatalf("image %d, removed by b after a's commit, came back on node a when a's commit returned", id)
+		}
+		converged(t, c, id, nil, a.reg, b.reg)
+	}
+}

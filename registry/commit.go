@@ -169,10 +169,16 @@ func (r *Registry) commitQueued() {
 	for _, ch := range changes {
 		committed[ch.ImageID] = true
 		switch {
-		case rev > 0 && r.revs[ch.ImageID] >= rev:
+		case rev > 0 && (r.revs[ch.ImageID] >= rev || shared && rev <= r.revision):
 			// The watch already applied this commit (it can come back before
 			// Commit returns) or a later change of another node: keep that
 			// version, whose containers the health checker may be checking.
+			// Once the watch has passed the commit's revision, what the node
+			// has of the image is as new as the commit or newer, even where
+			// no revision of it is left to say so (a removal whose tombstone
+			// was pruned, an image a re-list did not find): publishing the
+			// commit then would show an older version than the node showed,
+			// and bring back a removed image for good.
 			newer[ch.ImageID] = true
 		case ch.Record == nil && !shared:
 			delete(r.revs, ch.ImageID) // no watch: no older event to refuse
