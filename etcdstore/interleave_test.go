@@ -775,3 +775,34 @@ func relist(t *testing.T, reg *registry.Registry, st *Store) {
 	}
 	reg.ApplyRemote(registry.RemoteEvent{Records: records, Revision: listing.Revision, Reset: true})
 }
+
+// TestRemovalQueuedOnOvertakenCommit: a's put a1 is committed but not
+// answered and a's removal of the image is queued on a1's version; b, which
+// has seen a1, removes the image first, and a's watch delivers that before
+// a1's commit returns. Only one removal happened: a's must answer 404, not
+// a 200 that no commit backs (seed 5013: two nodes answered 200 to the
+// removal of one version).
+func TestRemovalQueuedOnOvertakenCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+	register(t, a.reg, 1, "c0")
+	waitHas(t, "b", b.reg, 1, "c0")
+
+	_, errA1, errRemove := inFlightWithQueued(t, a,
+		func() error { _, err := a.reg.PutContainer(1, ctr("a1")); return err },
+		func() error { _, err := a.reg.Remove(1); return err })
+	waitHas(t, "b", b.reg, 1, "a1")
+	if _, err := b.reg.Remove(1); err != nil {
+		t.Fatal(err)
+	}
+	removed := c.Revision()
+	testkit.Eventually(t, "node a's watch to deliver b's removal", func() bool { return a.reg.Revision() >= removed })
+	a.gate.releaseHeld()
+	if err := answer(t, "put a1", errA1); err != nil {
+		t.Fatalf("put a1: %v", err)
+	}
+	if err := answer(t, "a's removal", errRemove); registry.KindOf(err) != registry.KindNotFound {
+		t.Fatalf("a's removal of an image b had removed first answered %v, want a 404", err)
+	}
+	converged(t, c, 1, nil, a.reg, b.reg)
+}
