@@ -656,3 +656,153 @@ func TestReListOlderThanOwnCommit(t *testing.T) {
 		t.Fatal("image 1, removed by another node before the listing, is still on the node")
 	}
 }
+
+// TestDeleteOvertakesOwnCommit: a's commit (a registration of a new image,
+// then a put on an image a has) is held after etcd committed it; b, which
+// has seen it, removes the image, and a's watch delivers the removal before
+// a's commit returns. The commit's answer is older than what a's watch
+// delivered: a must not publish it, not even for a moment, or a read from
+// a goes back, and the removed image stays on a for good (the watch never
+// delivers the removal again).
+func TestDeleteOvertakesOwnCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+	writes := []func() error{
+		func() error {
+			_, err := a.reg.Register(registry.ServiceSpec{ImageID: 1, ImageName: "one", Containers: []registry.ContainerSpec{ctr("a")}})
+			return err
+		},
+		func() error { _, err := a.reg.PutContainer(2, ctr("a")); return err },
+	}
+	register(t, a.reg, 2, "c0")
+	for i, write := range writes {
+		id := int64(i + 1)
+		a.gate.holdNext("after", false)
+		errA := async(write)
+		a.gate.waitHeld(t)
+		waitHas(t, "b", b.reg, id, "a")
+		if _, err := b.reg.Remove(id); err != nil {
+			t.Fatal(err)
+		}
+		removed := c.Revision()
+		testkit.Eventually(t, "node a's watch to deliver the removal", func() bool { return a.reg.Revision() >= removed })
+		var back atomic.Bool
+		stop := a.reg.OnChange(func(ids []int64) {
+			if slices.Contains(ids, id) && a.reg.Lookup(id) != nil {
+				back.Store(true)
+			}
+		})
+		a.gate.releaseHeld()
+		if err := answer(t, fmt.Sprintf("a's write of image %d", id), errA); err != nil {
+			t.Fatalf("a's write of image %d: %v", id, err)
+		}
+		stop()
+		if back.Load() || a.reg.Lookup(id) != nil {
+			t.Fatalf("image %d, removed by b after a's commit, came back on node a when a's commit returned", id)
+		}
+		converged(t, c, id, nil, a.reg, b.reg)
+	}
+}
+
+// TestReListWhileBatchInFlight: a's put a1 is committed but not answered,
+// put a2 is queued on it, and a's watch is stopped; b puts b1 on a1 (then,
+// in a second round, removes the image), etcd compacts, and a re-list
+// (what the watch delivers after a compaction) reaches a before a1's commit
+// returns. a must not publish a1's version over the listed one when the
+// commit returns, and a2, made on a1's version, must not drop b1 nor bring
+// the image back. a's watch stays stopped: the re-list stands for it, and
+// a watch delivers nothing older than its re-list.
+func TestReListWhileBatchInFlight(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+	other := open(t, c.Endpoints(), nil)
+	for id, remove := range []bool{false, true} {
+		id := int64(id + 1)
+		register(t, a.reg, id, "c0")
+		waitHas(t, "b", b.reg, id, "c0")
+		a.pauseWatch()
+		_, errA1, errA2 := inFlightWithQueued(t, a,
+			func() error { _, err := a.reg.PutContainer(id, ctr("a1")); return err },
+			func() error { _, err := a.reg.PutContainer(id, ctr("a2")); return err })
+		waitHas(t, "b", b.reg, id, "a1")
+		listed := func() bool { return has(a.reg, id, "b1") }
+		want := []string{"a1", "a2", "b1", "c0"}
+		if remove {
+			listed, want = func() bool { return a.reg.Lookup(id) == nil }, nil
+			_, err := b.reg.Remove(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := b.reg.PutContainer(id, ctr("b1")); err != nil {
+			t.Fatal(err)
+		}
+		c.Compact(0)
+		relist(t, a.reg, other)
+		if !listed() {
+			t.Fatalf("round %d: node a is not what it listed", id)
+		}
+		var back atomic.Bool
+		stop := a.reg.OnChange(func(ids []int64) {
+			if slices.Contains(ids, id) && !listed() {
+				back.Store(true)
+			}
+		})
+		a.gate.releaseHeld()
+		if err := answer(t, "put a1", errA1); err != nil {
+			t.Fatalf("put a1: %v", err)
+		}
+		errA2v := answer(t, "put a2", errA2)
+		stop()
+		if back.Load() {
+			t.Fatalf("round %d: node a went back to a1's version when a1's commit returned, after its re-list", id)
+		}
+		if remove && registry.KindOf(errA2v) != registry.KindNotFound || !remove && errA2v != nil {
+			t.Fatalf("round %d: put a2: %v", id, errA2v)
+		}
+		relist(t, a.reg, other) // in place of a's watch
+		converged(t, c, id, want, a.reg, b.reg)
+	}
+}
+
+// relist delivers to reg what a watch delivers after a re-list: every
+// record as etcd holds it now, read through st.
+func relist(t *testing.T, reg *registry.Registry, st *Store) {
+	t.Helper()
+	listing := load(t, st)
+	records := make([]registry.Remote, len(listing.Records))
+	for i := range listing.Records {
+		records[i] = registry.Remote{ImageID: listing.Records[i].ImageID, Record: &listing.Records[i], Revision: listing.Records[i].Revision}
+	}
+	reg.ApplyRemote(registry.RemoteEvent{Records: records, Revision: listing.Revision, Reset: true})
+}
+
+// TestRemovalQueuedOnOvertakenCommit: a's put a1 is committed but not
+// answered and a's removal of the image is queued on a1's version; b, which
+// has seen a1, removes the image first, and a's watch delivers that before
+// a1's commit returns. Only one removal happened: a's must answer 404, not
+// a 200 that no commit backs (seed 5013: two nodes answered 200 to the
+// removal of one version).
+func TestRemovalQueuedOnOvertakenCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+	register(t, a.reg, 1, "c0")
+	waitHas(t, "b", b.reg, 1, "c0")
+
+	_, errA1, errRemove := inFlightWithQueued(t, a,
+		func() error { _, err := a.reg.PutContainer(1, ctr("a1")); return err },
+		func() error { _, err := a.reg.Remove(1); return err })
+	waitHas(t, "b", b.reg, 1, "a1")
+	if _, err := b.reg.Remove(1); err != nil {
+		t.Fatal(err)
+	}
+	removed := c.Revision()
+	testkit.Eventually(t, "node a's watch to deliver b's removal", func() bool { return a.reg.Revision() >= removed })
+	a.gate.releaseHeld()
+	if err := answer(t, "put a1", errA1); err != nil {
+		t.Fatalf("put a1: %v", err)
+	}
+	if err := answer(t, "a's removal", errRemove); registry.KindOf(err) != registry.KindNotFound {
+		t.Fatalf("a's removal of an image b had removed first answered %v, want a 404", err)
+	}
+	converged(t, c, 1, nil, a.reg, b.reg)
+}

@@ -169,10 +169,16 @@ func (r *Registry) commitQueued() {
 	for _, ch := range changes {
 		committed[ch.ImageID] = true
 		switch {
-		case rev > 0 && r.revs[ch.ImageID] >= rev:
+		case rev > 0 && (r.revs[ch.ImageID] >= rev || shared && rev <= r.revision):
 			// The watch already applied this commit (it can come back before
 			// Commit returns) or a later change of another node: keep that
 			// version, whose containers the health checker may be checking.
+			// Once the watch has passed the commit's revision, what the node
+			// has of the image is as new as the commit or newer, even where
+			// no revision of it is left to say so (a removal whose tombstone
+			// was pruned, an image a re-list did not find): publishing the
+			// commit then would show an older version than the node showed,
+			// and bring back a removed image for good.
 			newer[ch.ImageID] = true
 		case ch.Record == nil && !shared:
 			delete(r.revs, ch.ImageID) // no watch: no older event to refuse
@@ -227,19 +233,25 @@ func (r *Registry) commitQueued() {
 // revision for each image. Static services come from the configuration and
 // are not stored.
 func (r *Registry) changesOf(pub *snapshot, batch []*pending) ([]Change, map[int64]int64) {
-	last := map[int64]*pending{}
+	first, last := map[int64]*pending{}, map[int64]*pending{}
 	expect := map[int64]int64{}
 	var order []int64
 	for _, p := range batch {
 		if _, ok := last[p.id]; !ok {
 			order = append(order, p.id)
 			expect[p.id] = p.expect()
+			first[p.id] = p
 		}
 		last[p.id] = p
 	}
 	var out []Change
 	for _, id := range order {
 		svc, old := last[id].svc, pub.lookup(id)
+		if old == nil && first[id].after != nil {
+			// Made on a change whose commit the watch overtook (a newer
+			// version, or a removal, is published): the store decides.
+			old = first[id].after.svc
+		}
 		ch := Change{ImageID: id, Expect: expect[id]}
 		if old != nil {
 			ch.PrevPort = old.ExternalPort
@@ -251,6 +263,11 @@ func (r *Registry) changesOf(pub *snapshot, batch []*pending) ([]Change, map[int
 			rec := svc.record()
 			ch.Record = &rec
 		case old == nil || old.Static:
+			// Nothing stored to remove. (A removal made on a committed
+			// change's version is sent even when what is published no
+			// longer has the image, above: the store's compare-and-swap
+			// refuses it. Answered 200 with no commit, it would be a
+			// second removal of a version another node removed.)
 			continue
 		}
 		out = append(out, ch)

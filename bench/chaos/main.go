@@ -124,6 +124,7 @@ func main() {
 	}
 	fmt.Println()
 	if bad > 0 {
+		os.RemoveAll(tmp) // os.Exit skips the deferred removal
 		os.Exit(1)
 	}
 }

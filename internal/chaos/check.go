@@ -28,12 +28,13 @@ func (r *run) check(rep *Report) {
 		end = max(end, o.Return)
 	}
 	// A Register, Put or Patch leaves its mark in the record it writes: if
-	// etcd's history has it, the write took effect before the watch saw it;
-	// if not, it never did (the watch saw every version up to the final
-	// read), and it leaves the history. A delete leaves no mark: it stays
-	// pending.
+	// etcd's history has it, the write took effect before the watch saw it.
+	// If not, it may still have taken effect: a node commits the changes
+	// queued meanwhile as one record per image, so a write followed in the
+	// same commit by another write of the same image (or a removal) leaves
+	// no mark of its own, and a registration without containers has none.
+	// Such a write stays pending, as a delete does.
 	r.watchMu.Lock()
-	drop := map[int]bool{}
 	for _, i := range r.unknown {
 		op, res := r.ops[i].Input.(Op), r.ops[i].Output.(Result)
 		if op.Kind == DelCtr || op.Kind == DelSvc || r.cfg.Local {
@@ -45,21 +46,11 @@ func (r *run) check(rep *Report) {
 			r.ops[i].Output, r.ops[i].Return = res, max(at, r.ops[i].Call)
 			rep.Codes["unknown, applied"]++
 		} else {
-			drop[i] = true
-			rep.Codes["unknown, not applied"]++
+			r.ops[i].Return = end + 1
+			rep.Codes["unknown, no mark"]++
 		}
 	}
 	r.watchMu.Unlock()
-	if len(drop) > 0 {
-		kept := r.ops[:0:0]
-		for i, o := range r.ops {
-			if !drop[i] {
-				kept = append(kept, o)
-			}
-		}
-		r.ops = kept
-		rep.Ops += len(drop)
-	}
 	for _, o := range r.ops {
 		op, res := o.Input.(Op), o.Output.(Result)
 		if op.Kind == Read {

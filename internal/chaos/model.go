@@ -10,11 +10,13 @@
 //     gives; a 404 or 409 is not applied (with StrictRejects, it must also
 //     have been right at some moment of the request); a 503, a timeout, a
 //     cut connection or another 5xx is unknown. Each Register, PUT and PATCH
-//     carries its own number as cpu_usage, so an unknown one is resolved from
-//     etcd's history: applied before the history's watch saw it, or never
-//     (the watch sees every version up to the final read). An unknown delete
-//     stays pending: porcupine may place it anywhere after its call, or
-//     nowhere.
+//     carries its own number as cpu_usage, so an unknown one whose number
+//     etcd's history shows took effect before the history's watch saw it.
+//     Any other unknown write stays pending (porcupine may place it anywhere
+//     after its call, or nowhere): a delete leaves no number, nor does a
+//     registration without containers, and a node commits the changes its
+//     writers queued meanwhile as one record per image, which carries only
+//     the last one's numbers.
 //   - A node's reads may lag, but each must be a version etcd had, never
 //     older than one the same node process showed before: the history's own
 //     watch records every version of each record, and each node's reads
