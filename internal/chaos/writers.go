@@ -34,6 +34,7 @@ func (r *run) record(client int, op Op, res Result, call, ret int64) {
 // writer sends random writes to one node, one at a time, until deadline;
 // id is its row in the visualization.
 func (r *run) writer(id int, n *node, backend int, rng *rand.Rand, deadline time.Time) {
+	backoff := time.Duration(0) // after unknown answers, as an orchestrator backs off
 	for time.Now().Before(deadline) {
 		op := randomOp(rng, r.cfg.Groups)
 		op.Node, op.Mark = n.name, r.lastMark.Add(1)
@@ -44,7 +45,13 @@ func (r *run) writer(id int, n *node, backend int, rng *rand.Rand, deadline time
 		}
 		wait := time.Duration(rng.Int64N(int64(r.cfg.Think) + 1))
 		if res.Code == 0 {
-			wait += 200 * time.Millisecond // etcd or the node is down: fewer unknowns to place
+			// etcd or the node is down: back off, 200 ms doubling to 2 s,
+			// as an orchestrator retries; every unknown write is one more
+			// for porcupine to place anywhere after its call
+			backoff = min(max(2*backoff, 200*time.Millisecond), 2*time.Second)
+			wait += backoff
+		} else {
+			backoff = 0
 		}
 		time.Sleep(wait) // the workload's think time
 	}
