@@ -67,6 +67,13 @@ func (r *run) newNode(i int, backend int) *node {
 	}
 	admin, site := testkit.FreePort(t), testkit.FreePort(t)
 	n.adm = fmt.Sprintf("http://127.0.0.1:%d/imagelb", admin)
+	// the groups' contended external ports are served by a site of mapped
+	// ports, on this node's own loopback address: only such ports (or
+	// port_range's) may be mapped
+	var mapped []string
+	for g := range r.cfg.Groups {
+		mapped = append(mapped, fmt.Sprintf("127.0.0.%d:%d", i+2, GroupPort(g)))
+	}
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	imagelb {
@@ -79,7 +86,13 @@ func (r *run) newNode(i int, backend int) *node {
 :%d {
 	imagelb
 }
-`, admin, n.name, store, site)
+
+%s {
+	imagelb {
+		mapped_ports
+	}
+}
+`, admin, n.name, store, site, strings.Join(mapped, ", "))
 	n.config = filepath.Join(n.dir, "Caddyfile")
 	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
