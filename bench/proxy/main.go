@@ -2,7 +2,7 @@
 // through imagelb against the backend direct, stock Caddy reverse_proxy,
 // nginx, HAProxy and a minimal Go reverse proxy (bench/goproxy), quiet and
 // while the upstream set changes, over HTTP/1.1 and over TLS with HTTP/2
-// (see the README, Performance, and /work/shared/BENCH.md's rules: one run,
+// (see docs/performance.md for the rules it follows: one run,
 // alternating rounds in rotated order, medians of per-round ratios, spreads).
 //
 //	go run ./bench/proxy                                  # everything, about 20 minutes on 2 cores
