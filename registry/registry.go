@@ -212,9 +212,6 @@ func (r *Registry) ByPort(port int) *Service {
 	return s.lookup(id)
 }
 
-// HasPortMappings reports whether any external port is mapped.
-func (r *Registry) HasPortMappings() bool { return len(r.snap.Load().ports) > 0 }
-
 // Services returns every service sorted by image_id.
 func (r *Registry) Services() []*Service {
 	s := r.snap.Load()
