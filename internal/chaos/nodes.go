@@ -117,11 +117,13 @@ func (r *run) startNode(n *node) {
 	go func() { cmd.Wait(); logs.Close(); close(done) }()
 	n.cmd, n.done = cmd, done
 	n.epoch.Add(1)
-	deadline := time.Now().Add(30 * time.Second)
+	// generous: on a loaded 2-core machine a start (a build's worth of
+	// other work beside it) has taken over 30 s
+	deadline := time.Now().Add(startTimeout)
 	for {
 		select {
 		case <-done:
-			r.t.Fatalf("%s exited at start; its log: %s", n.name, filepath.Join(n.dir, "caddy.log"))
+			r.t.Fatalf("%s exited at start; the end of its log:\n%s", n.name, logTail(filepath.Join(n.dir, "caddy.log")))
 		default:
 		}
 		if resp, err := client.Get(n.adm + "/services"); err == nil {
@@ -131,10 +133,32 @@ func (r *run) startNode(n *node) {
 			}
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("%s's API did not answer within 30s", n.name)
+			r.t.Fatalf("%s's API did not answer within %s; the end of its log:\n%s", n.name, startTimeout,
+				logTail(filepath.Join(n.dir, "caddy.log")))
 		}
 		time.Sleep(20 * time.Millisecond) // polling until the node serves
 	}
+}
+
+// startTimeout is how long a node may take to serve its API after it is
+// started.
+const startTimeout = 120 * time.Second
+
+// logTail is the last few lines of a node's log, for a harness failure's
+// message (the history's directory is removed after it).
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	lines = lines[max(0, len(lines)-8):]
+	for i, l := range lines {
+		if len(l) > 400 {
+			lines[i] = l[:400] + "…"
+		}
+	}
+	return "\t" + strings.Join(lines, "\n\t")
 }
 
 // kill9 kills the node with SIGKILL (no shutdown code runs) and waits.
