@@ -47,8 +47,13 @@ const (
 	Containers = 4
 	// firstImage is the image_id of group 0's first image.
 	firstImage = 101
-	// firstPort is the external port group 0's images contend for.
-	firstPort = 41000
+	// firstPort is the external port group 0's images contend for. Every
+	// node listens on it (a site of mapped ports binds all addresses), so it
+	// lies outside the kernel's ephemeral range (32768 up) and testkit's
+	// FreePort range (10000 up): there, a client connection's source port
+	// took it now and then, and a node failed to start with "bind: address
+	// already in use".
+	firstPort = 9400
 )
 
 // ImageID is the image_id of an image of a group.
