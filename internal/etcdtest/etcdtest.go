@@ -540,3 +540,6 @@ func (x *Proxy) Start() error { return x.p.start() }
 
 // Stop closes the listener and every forwarded connection.
 func (x *Proxy) Stop() { x.p.stop() }
+
+// Addr is the address the proxy listens on.
+func (x *Proxy) Addr() string { return x.p.addr }
