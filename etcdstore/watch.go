@@ -46,6 +46,9 @@ type watch struct {
 	// rewound: etcd's revision went back; the next re-list says so, even
 	// if writes since have taken the revision past rev again.
 	rewound bool
+	// cluster is the ID of the etcd cluster the watch last found: a
+	// restored cluster has another (a restore makes new member IDs).
+	cluster uint64
 }
 
 func (w *watch) run(ctx context.Context) {
@@ -105,7 +108,7 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	// The probe runs on its own: Watch itself blocks until etcd has
 	// created the watch.
-	probed := make(chan struct{})
+	probed, lost := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(probed)
 		tick := time.NewTicker(probeInterval)
@@ -115,7 +118,10 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 			case <-wctx.Done():
 				return
 			case <-tick.C:
-				w.probe(wctx, cli)
+				if !w.probe(wctx, cli) {
+					close(lost)
+					return
+				}
 			}
 		}
 	}()
@@ -135,6 +141,12 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 		select {
 		case <-ctx.Done():
 			return healthy, ctx.Err()
+		case <-lost:
+			// The client would resume the watch once etcd answers again,
+			// and say nothing; but etcd may have been restored meanwhile,
+			// and a watch from a revision it has not reached yet gets no
+			// progress notification that would tell: re-list instead.
+			return healthy, errors.New("the connection to etcd was lost")
 		case resp, ok := <-wch:
 			if !ok {
 				if ctx.Err() != nil {
@@ -147,6 +159,13 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 					return healthy, fmt.Errorf("it fell behind etcd's compaction (the history before revision %d is gone, it needed %d)", resp.CompactRevision, w.rev+1)
 				}
 				return healthy, err
+			}
+			if id := resp.Header.GetClusterId(); id != 0 && id != w.cluster {
+				if was := w.cluster; was != 0 {
+					w.cluster, w.rewound = id, true
+					return healthy, fmt.Errorf("etcd is another cluster than before (ID %x, was %x): was it restored from a backup?", id, was)
+				}
+				w.cluster = id
 			}
 			switch {
 			case resp.Created, resp.IsProgressNotify():
@@ -252,14 +271,15 @@ func (w *watch) backwards(ctx context.Context, cli *clientv3.Client, rev int64) 
 // probe notices a lost connection (the client retries a watch forever, and
 // says nothing), and, while the store is degraded, asks for a progress
 // notification: it comes back once etcd answers again.
-// It runs in a goroutine of its own, beside the watch's.
-func (w *watch) probe(wctx context.Context, cli *clientv3.Client) {
+// It runs in a goroutine of its own, beside the watch's; false: the
+// connection is lost, and the watch must end.
+func (w *watch) probe(wctx context.Context, cli *clientv3.Client) bool {
 	if cli.ActiveConnection().GetState() == connectivity.TransientFailure {
 		w.s.setDegraded("no connection to etcd at " + w.s.eps)
-		return
+		return false
 	}
 	if w.s.Status().OK {
-		return
+		return true
 	}
 	// wctx's metadata (the leader requirement) names the watch's stream.
 	pctx, cancel := context.WithTimeout(wctx, probeInterval)
@@ -267,6 +287,7 @@ func (w *watch) probe(wctx context.Context, cli *clientv3.Client) {
 	if err := cli.RequestProgress(pctx); err != nil {
 		w.s.log.Debug("etcd progress request failed", zap.Error(err))
 	}
+	return true
 }
 
 // backoff is an exponential back-off with jitter.

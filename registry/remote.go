@@ -18,7 +18,11 @@ import (
 // the list was read); the watch delivers that change next. When etcd's
 // revision went back (Rewound, or a listing older than what the watch
 // delivered: etcd was restored from a backup), nothing the node recorded
-// counts: it becomes exactly what it listed.
+// counts: it becomes exactly what it listed. A listed record older than
+// the version the node recorded, in a listing newer than both, can only
+// come from another history too (etcd restored with a revision bump, or
+// restored and written past the node's revision before it looked): the
+// listed one replaces it.
 //
 // Health verdicts, counters and rotation are this node's: a container
 // keeps its own verdict while the status the orchestrator pushed is
@@ -56,7 +60,7 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 		}
 	}
 	for _, rec := range records {
-		if rec.Revision <= r.revs[rec.ImageID] {
+		if known := r.revs[rec.ImageID]; rec.Revision <= known && !(ev.Reset && rec.Revision < known && known <= ev.Revision) {
 			continue
 		}
 		change := func(snap *snapshot) (*snapshot, error) {

@@ -6,8 +6,19 @@
 // took, and the anomalies; on an anomaly it writes the history and
 // porcupine's visualization to -out and names the files.
 //
+// The faults (-faults, comma-separated; default all): member-kill,
+// leader-kill, all-members, node-kill, node-pause, partition, compact, and
+// two restores of etcd from a snapshot taken during the workload:
+// restore-bump (etcdutl's --bump-revision 1000000 --mark-compacted) and
+// restore-nobump (etcdctl 3.4's restore: the revision goes back, and one
+// time in two other writes take it past the nodes' before they reconnect).
+// A restore undoes the acknowledged changes made after its snapshot: the
+// history is checked in epochs, each from the state etcd was restored to,
+// and every node must come to that state.
+//
 //	go run ./bench/chaos -duration 10m -seed 1
 //	go run ./bench/chaos -histories 1 -seed 42 -faults node-kill,partition
+//	go run ./bench/chaos -histories 10 -history 15s -faults restore-bump,restore-nobump,member-kill,node-kill
 //	go run ./bench/chaos -local -duration 5m   # store local, killed with SIGKILL
 //
 // Run it in a private network namespace when other programs use loopback

@@ -222,3 +222,64 @@ func TestUnknownWithoutMark(t *testing.T) {
 		t.Fatalf("the history is linearizable (the put and the patch committed together, the empty registration applied), the check says %s: %v", rep.Result, rep.Anomalies)
 	}
 }
+
+// TestRestoreEpochs: a restore of etcd undoes the acknowledged writes made
+// after its snapshot. The check splits the history at it: an acknowledged
+// registration gone after the restore is linearizable within its epoch,
+// the next epoch starts from the state read right after the restore, and a
+// write in flight across it may have taken effect in either epoch or none.
+func TestRestoreEpochs(t *testing.T) {
+	ctr := func(w int, st uint8) Ctr { return Ctr{Present: true, Weight: w, Status: st} }
+	op := func(in Op, out Result, call, ret int64) porcupine.Operation {
+		return porcupine.Operation{Input: in, Output: out, Call: call, Return: ret}
+	}
+	reg := Op{Kind: Register, Node: "lb-1", Ctrs: [Containers]Ctr{ctr(1, healthy)}}
+	registered := State{{Exists: true, Ctrs: reg.Ctrs}}
+	put := Op{Kind: Put, Node: "lb-2", Ctr: 1, Weight: 2, Status: healthy}
+	withPut := registered
+	withPut[0].Ctrs[1] = ctr(2, healthy)
+	restored := restore{stop: 10, up: 20, states: []State{{}}} // etcd restored to a snapshot without the image
+	tests := []struct {
+		name     string
+		history  []porcupine.Operation
+		restores []restore
+		ok       bool
+	}{
+		{"a registration undone by a restore", []porcupine.Operation{
+			op(reg, Result{Code: 200, Image: registered[0]}, 0, 1),
+			op(Op{Kind: Read}, Result{Code: 200, State: registered}, 2, 3),
+			op(Op{Kind: Read}, Result{Code: 200, State: State{}}, 21, 22),
+		}, []restore{restored}, true},
+		{"the same with no restore", []porcupine.Operation{
+			op(reg, Result{Code: 200, Image: registered[0]}, 0, 1),
+			op(Op{Kind: Read}, Result{Code: 200, State: registered}, 2, 3),
+			op(Op{Kind: Read}, Result{Code: 200, State: State{}}, 21, 22),
+		}, nil, false},
+		{"a registration back after the restore, with no write", []porcupine.Operation{
+			op(reg, Result{Code: 200, Image: registered[0]}, 0, 1),
+			op(Op{Kind: Read}, Result{Code: 200, State: State{}}, 21, 22),
+			op(Op{Kind: Read}, Result{Code: 200, State: registered}, 23, 24),
+		}, []restore{restored}, false},
+		{"a write in flight across the restore took effect after it", []porcupine.Operation{
+			op(reg, Result{Code: 200, Image: registered[0]}, 0, 1),
+			op(reg, Result{Code: 200, Image: registered[0]}, 9, 25),
+			op(Op{Kind: Read}, Result{Code: 200, State: registered}, 26, 27),
+		}, []restore{restored}, true},
+		{"a put acknowledged after the restore, on a version the restore undid", []porcupine.Operation{
+			op(reg, Result{Code: 200, Image: registered[0]}, 0, 1),
+			op(put, Result{Code: 200, Ctr: ctr(2, healthy)}, 21, 22),
+			op(Op{Kind: Read}, Result{Code: 200, State: withPut}, 23, 24),
+		}, []restore{restored}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &run{cfg: Config{CheckTimeout: time.Minute, Groups: 1}, marks: map[int64]int64{}, restores: tt.restores}
+			r.ops = tt.history
+			rep := &Report{Codes: map[string]int{}}
+			r.check(rep)
+			if got := rep.Result == porcupine.Ok; got != tt.ok {
+				t.Fatalf("linearizable: %v (%s), want %v: %v", got, rep.Result, tt.ok, rep.Anomalies)
+			}
+		})
+	}
+}

@@ -74,6 +74,7 @@ func (r *run) check(rep *Report) {
 		}
 	}
 	rep.NodeReads = len(r.nodeReads)
+	r.ops = r.epochs(r.ops)
 
 	model := Model
 	if !r.cfg.StrictRejects {
@@ -101,6 +102,60 @@ func (r *run) check(rep *Report) {
 	if !r.cfg.Local {
 		rep.Anomalies = append(rep.Anomalies, r.checkNodeReads()...)
 	}
+}
+
+// epochs splits the history at each restore of etcd, which undoes the
+// acknowledged changes made after its snapshot: each epoch is checked
+// alone, starting from the state etcd was restored to (a Restored
+// operation placed before every other). An operation of the epoch it was
+// called in if it returned before the next restore began; one in flight
+// across a restore (the unknown writes still pending among them) is
+// unknown in that epoch and in the next, where it may take effect after
+// etcd is back; an etcd read in flight across it says nothing and is left
+// out.
+func (r *run) epochs(ops []porcupine.Operation) []porcupine.Operation {
+	if len(r.restores) == 0 {
+		return ops
+	}
+	// an unknown operation returns after everything: it may take effect
+	// at any time after its call, or never
+	var never int64
+	for _, o := range ops {
+		never = max(never, o.Return+1)
+	}
+	out := make([]porcupine.Operation, 0, len(ops)+len(r.restores)*r.cfg.Groups)
+	for k, rs := range r.restores {
+		for g, s := range rs.states {
+			out = append(out, porcupine.Operation{ClientId: 0, Input: Op{Kind: Restored, Group: g, Node: "etcd", Epoch: k + 1},
+				Output: Result{Code: 200, State: s}, Call: rs.stop, Return: rs.stop + 1})
+		}
+	}
+	for _, o := range ops {
+		op := o.Input.(Op)
+		k := 0 // the restores before its call
+		for k < len(r.restores) && r.restores[k].up < o.Call {
+			k++
+		}
+		if k == len(r.restores) || o.Return < r.restores[k].stop {
+			op.Epoch = k
+			o.Input = op
+			out = append(out, o)
+			continue
+		}
+		if op.Kind == Read {
+			continue
+		}
+		res := o.Output.(Result)
+		unknown := Result{Detail: "in flight across a restore of etcd: " + res.String()}
+		end := never
+		op.Epoch = k
+		out = append(out, porcupine.Operation{ClientId: o.ClientId, Input: op, Output: unknown, Call: o.Call, Return: end})
+		if k+1 <= len(r.restores) {
+			op.Epoch = k + 1
+			out = append(out, porcupine.Operation{ClientId: o.ClientId, Input: op, Output: unknown, Call: r.restores[k].up, Return: end})
+		}
+	}
+	return out
 }
 
 // firstStuck names the operations porcupine could not place: for each
@@ -138,7 +193,8 @@ func (r *run) firstStuck(info porcupine.LinearizationInfo) string {
 		}
 		slices.SortFunc(rest, func(a, b porcupine.Operation) int { return int(a.Return - b.Return) })
 		var b strings.Builder
-		fmt.Fprintf(&b, "\n  group %d: %d of %d operations placed; the last placed:", parts[p][0].Input.(Op).Group, len(l), len(parts[p]))
+		fmt.Fprintf(&b, "\n  group %d (epoch %d): %d of %d operations placed; the last placed:", parts[p][0].Input.(Op).Group,
+			parts[p][0].Input.(Op).Epoch, len(l), len(parts[p]))
 		for _, o := range l[max(0, len(l)-4):] {
 			fmt.Fprintf(&b, "\n    %s", describe(o))
 		}

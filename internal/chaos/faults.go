@@ -7,7 +7,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -85,9 +88,109 @@ func (r *run) inject(kind string, d time.Duration, rng *rand.Rand) string {
 	case FaultCompact:
 		rev := r.etcd.Compact(r.watchRev.Load())
 		return fmt.Sprintf("%s: etcd compacted to %d", kind, rev)
+	case FaultRestoreBump, FaultRestoreNoBump:
+		return r.restore(kind, d, rng)
 	}
 	r.t.Fatalf("chaos: unknown fault %q (known: %s)", kind, strings.Join(AllFaults, ", "))
 	return ""
+}
+
+// restore is one restore of etcd from a snapshot, for the check: the
+// history is split into epochs at each.
+type restore struct {
+	stop, up int64   // the nodes were cut off from etcd at stop, reconnected at up
+	states   []State // etcd's state once restored, by group: the next epoch's start
+}
+
+// restore saves a snapshot of etcd, lets the writers go on for d, then
+// restores every member from it and starts the cluster again. The nodes
+// are cut off from etcd first, so that the history's watch sees every
+// change before the restore and the restored state is read before any
+// node writes; they are reconnected once etcd runs again. Without a bump,
+// writes outside the nodes' prefix may first take the revision past the
+// one the nodes had seen, so that the revision they find is not behind
+// theirs.
+func (r *run) restore(kind string, d time.Duration, rng *rand.Rand) string {
+	snap := filepath.Join(r.t.TempDir(), "snapshot.db")
+	snapRev := r.etcd.Snapshot(snap)
+	time.Sleep(d) // the writers go on: the restore undoes what they change now
+	stop := r.now()
+	for _, n := range r.nodes {
+		for _, p := range n.proxies {
+			p.Stop()
+		}
+	}
+	before := r.etcd.Revision()
+	for wait := time.Now(); r.watchRev.Load() < before; {
+		if time.Since(wait) > 30*time.Second {
+			r.t.Fatalf("chaos: the history's watch is at revision %d, etcd at %d, before a restore", r.watchRev.Load(), before)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the watch's progress
+	}
+	r.stopWatch()
+	var bump int64
+	if kind == FaultRestoreBump {
+		bump = RestoreBump
+	}
+	rev := r.etcd.RestoreAll(snap, bump)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	states, err := r.readEtcd(ctx)
+	if err != nil {
+		r.t.Fatalf("chaos: reading etcd after the restore: %v", err)
+	}
+	r.watchMu.Lock()
+	for g, s := range states {
+		for slot, im := range s {
+			id := ImageID(g, slot)
+			r.watched[id] = append(r.watched[id], im)
+			r.watchedAt[id] = append(r.watchedAt[id], rev)
+			r.watchedMarks[id] = append(r.watchedMarks[id], nil)
+		}
+	}
+	r.watchMu.Unlock()
+	overtaken := ""
+	if bump == 0 && rng.IntN(2) == 0 {
+		r.fill(ctx, before+10-rev)
+		overtaken = fmt.Sprintf(", then written past it to %d", r.etcd.Revision())
+	}
+	r.startWatch(r.watchCtx, rev)
+	for _, n := range r.nodes {
+		for _, p := range n.proxies {
+			if err := p.Start(); err != nil {
+				r.t.Fatal(err)
+			}
+		}
+	}
+	r.mu.Lock()
+	r.restores = append(r.restores, restore{stop: stop, up: r.now(), states: states})
+	r.mu.Unlock()
+	return fmt.Sprintf("%s: etcd restored from a snapshot at revision %d taken %s before, when at %d: now at %d%s",
+		kind, snapRev, d.Round(time.Millisecond), before, rev, overtaken)
+}
+
+// fill makes n writes to a key outside the nodes' prefix, 8 at a time.
+func (r *run) fill(ctx context.Context, n int64) {
+	cli := r.etcd.Client()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			for next.Add(1) <= n {
+				if _, err := cli.Put(ctx, "/chaos/filler", "x"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		r.t.Fatalf("chaos: filling etcd after the restore: %v", err)
+	default:
+	}
 }
 
 // converge waits until every node serves etcd's state, and returns it.

@@ -28,11 +28,22 @@ const (
 	FaultNodePause  = "node-pause"  // a node stopped (SIGSTOP) for PauseFor, with a compaction meanwhile
 	FaultPartition  = "partition"   // a node cut off from every member while the others write
 	FaultCompact    = "compact"     // etcd compacted to its current revision while the nodes watch
+	// etcd restored from a snapshot taken FaultFor before, undoing the
+	// changes made since: with a revision bump of RestoreBump and
+	// mark-compacted (etcdutl 3.5+), or without (etcdctl 3.4), where the
+	// revision goes back (and, one time in two, writes outside the nodes'
+	// prefix take it past what the nodes had seen before they reconnect)
+	FaultRestoreBump   = "restore-bump"
+	FaultRestoreNoBump = "restore-nobump"
 )
+
+// RestoreBump is the revision bump of FaultRestoreBump, as an operator
+// passes to `etcdutl snapshot restore --bump-revision`.
+const RestoreBump = 1_000_000
 
 // AllFaults lists every fault kind.
 var AllFaults = []string{FaultMemberKill, FaultLeaderKill, FaultAllMembers, FaultNodeKill, FaultNodePause,
-	FaultPartition, FaultCompact}
+	FaultPartition, FaultCompact, FaultRestoreBump, FaultRestoreNoBump}
 
 // Config is one randomized history.
 type Config struct {
@@ -152,6 +163,12 @@ type run struct {
 	marks        map[int64]int64 // when the watch first saw each write's mark
 	lastMark     atomic.Int64
 
+	// the restores, in order: the history is checked in epochs between them
+	restores    []restore
+	watchCtx    context.Context    // the run's, which the history's watch lives in
+	watchCancel context.CancelFunc // the history's watch in progress
+	watchDone   chan struct{}
+
 	model    porcupine.Model // the one checked
 	lastInfo porcupine.LinearizationInfo
 }
@@ -193,9 +210,8 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if !cfg.Local {
-		watching := make(chan struct{})
-		go r.watch(ctx, watching)
-		<-watching
+		r.watchCtx = ctx
+		r.startWatch(ctx, r.etcd.Revision())
 	}
 
 	r.start = time.Now()
@@ -249,6 +265,9 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		time.Sleep(10 * time.Millisecond) // polling for the watch's progress
 	}
 	cancel()
+	if r.watchDone != nil {
+		<-r.watchDone
+	}
 	r.check(rep)
 	rep.TotalTaken = time.Since(began)
 	if len(rep.Anomalies) > 0 {

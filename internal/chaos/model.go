@@ -162,9 +162,12 @@ const (
 	DelCtr               // DELETE .../containers/{id}
 	DelSvc               // DELETE .../services/{image_id}
 	Read                 // a linearizable read of the group from etcd
+	// Restored is etcd restored from a snapshot: the state becomes the
+	// one read right after the restore (Result.State), whatever it was.
+	Restored
 )
 
-var kindNames = [...]string{"register", "put", "patch", "delete_container", "delete_service", "read"}
+var kindNames = [...]string{"register", "put", "patch", "delete_container", "delete_service", "read", "restored"}
 
 func (k Kind) String() string { return kindNames[k] }
 
@@ -179,6 +182,9 @@ type Op struct {
 	Claim  bool  // Register: with external_port
 	Ctrs   [Containers]Ctr
 	Node   string // the node asked; "etcd" for a Read
+	// Epoch is the number of restores of etcd before the operation: each
+	// epoch is checked alone, from the state etcd was restored to.
+	Epoch int
 	// Mark is the write's own number, sent as each container's cpu_usage
 	// (Register, Put, Patch): a record that carries it shows that the
 	// write took effect.
@@ -209,6 +215,9 @@ func (op Op) String() string {
 		return fmt.Sprintf("%s delete %d/c%d", op.Node, img, op.Ctr)
 	case DelSvc:
 		return fmt.Sprintf("%s delete %d", op.Node, img)
+	}
+	if op.Kind == Restored {
+		return fmt.Sprintf("etcd restored (epoch %d) group %d", op.Epoch, op.Group)
 	}
 	return fmt.Sprintf("etcd read group %d", op.Group)
 }
@@ -292,8 +301,11 @@ func apply(s State, op Op) (next State, code int, ctr Ctr, img Image) {
 
 // step is the model's step: may op, answered r, follow state s?
 func step(s State, op Op, r Result) (bool, State) {
-	if op.Kind == Read {
+	switch op.Kind {
+	case Read:
 		return r.State == s, s
+	case Restored:
+		return true, r.State
 	}
 	next, code, ctr, img := apply(s, op)
 	switch r.Code {
@@ -323,13 +335,16 @@ func step(s State, op Op, r Result) (bool, State) {
 	return false, s
 }
 
-// Model is the registry's model for porcupine, partitioned by group.
+// Model is the registry's model for porcupine, partitioned by group and,
+// when etcd was restored, by epoch.
 var Model = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		by := map[int][]porcupine.Operation{}
-		var groups []int
+		type part struct{ epoch, group int }
+		by := map[part][]porcupine.Operation{}
+		var groups []part
 		for _, o := range history {
-			g := o.Input.(Op).Group
+			op := o.Input.(Op)
+			g := part{op.Epoch, op.Group}
 			if _, ok := by[g]; !ok {
 				groups = append(groups, g)
 			}
@@ -348,7 +363,7 @@ var Model = porcupine.Model{
 	Equal: func(a, b any) bool { return a.(State) == b.(State) },
 	DescribeOperation: func(input, output any) string {
 		op, r := input.(Op), output.(Result)
-		if op.Kind == Read {
+		if op.Kind == Read || op.Kind == Restored {
 			return fmt.Sprintf("%s -> %s", op, r.State)
 		}
 		switch op.Kind {

@@ -190,13 +190,32 @@ func (r *run) localReader(n *node, deadline time.Time) {
 	}
 }
 
+// startWatch starts the history's watch after revision from, and returns
+// once it watches; a restore stops it (stopWatch) and starts it again from
+// the restored revision.
+func (r *run) startWatch(ctx context.Context, from int64) {
+	ctx, cancel := context.WithCancel(ctx)
+	ready, done := make(chan struct{}), make(chan struct{})
+	r.watchCancel, r.watchDone = cancel, done
+	r.watchRev.Store(from)
+	go func() {
+		defer close(done)
+		r.watch(ctx, ready)
+	}()
+	<-ready
+}
+
+// stopWatch stops the history's watch and waits for it.
+func (r *run) stopWatch() {
+	r.watchCancel()
+	<-r.watchDone
+}
+
 // watch records every version of every record, from the start, for the
 // check of the nodes' reads and of unknown writes; ready is closed once it
 // watches. A watch that ends (etcd lost its leader, say) starts again after
 // the last revision it saw.
 func (r *run) watch(ctx context.Context, ready chan struct{}) {
-	rev := r.etcd.Revision()
-	r.watchRev.Store(rev)
 	for ctx.Err() == nil {
 		wc := r.etcd.Client().Watch(ctx, prefix+"services/", clientv3.WithPrefix(),
 			clientv3.WithRev(r.watchRev.Load()+1), clientv3.WithProgressNotify())
@@ -221,7 +240,12 @@ func (r *run) watch(ctx context.Context, ready chan struct{}) {
 			r.watchMu.Unlock()
 			r.watchRev.Store(max(r.watchRev.Load(), resp.Header.Revision))
 		}
-		time.Sleep(50 * time.Millisecond) // before watching again
+		if ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond) // before watching again
+		}
+	}
+	if ready != nil {
+		close(ready)
 	}
 }
 
