@@ -83,6 +83,11 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		sticky_secret   <secret>
 //		handoff         on|off
 //		stream_close_delay <duration>
+//		metrics {
+//			per_image
+//			per_container
+//			top_images <n>
+//		}
 //		service <image_id> <image_name> {
 //			algorithm     <algorithm>
 //			external_port <port>
@@ -373,6 +378,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := a.parseReloadOption(d, opt); err != nil {
 				return err
 			}
+		case "metrics":
+			m, err := parseMetrics(d)
+			if err != nil {
+				return err
+			}
+			a.Metrics = m
 		case "service":
 			svc, at, err := parseService(d, a.Services)
 			if err != nil {
@@ -483,6 +494,48 @@ func parseOnDemand(d *caddyfile.Dispenser) (*OnDemandConfig, error) {
 		return nil, d.Err("on_demand: start_url is required, e.g. start_url http://127.0.0.1:3003/api/images/{image_id}/start")
 	}
 	return od, nil
+}
+
+// parseMetrics parses the app's block of Prometheus options:
+//
+//	metrics {
+//		per_image
+//		per_container
+//		top_images <n>
+//	}
+func parseMetrics(d *caddyfile.Dispenser) (*MetricsConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	m := &MetricsConfig{}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("metrics: %s already specified", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "per_image", "per_container":
+			if d.NextArg() {
+				return nil, d.Errf("metrics %s takes no argument", opt)
+			}
+			if opt == "per_image" {
+				m.PerImage = true
+			} else {
+				m.PerContainer = true
+			}
+		case "top_images":
+			n, err := intArg(d, 0, 1_000_000)
+			if err != nil {
+				return nil, err
+			}
+			m.TopImages = &n
+		default:
+			return nil, d.Errf("metrics: unrecognized option '%s': use per_image, per_container or top_images", opt)
+		}
+	}
+	return m, nil
 }
 
 // Interface guards

@@ -1,7 +1,10 @@
 package imagelb
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -112,10 +115,11 @@ func TestStatsInFlightAndLatency(t *testing.T) {
 }
 
 // TestPrometheusMetrics: the admin /metrics has the imagelb series with the
-// right values after traffic, and drops a removed container's series.
+// right values after traffic (per_container on), and drops a removed
+// container's series.
 func TestPrometheusMetrics(t *testing.T) {
 	port := freePort(t)
-	startCaddy(t, siteConfig(port, "health_interval 1h"))
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmetrics {\n\t\t\tper_container\n\t\t}"))
 	site := fmt.Sprintf("http://127.0.0.1:%d", port)
 	register(t, site+"/api/v1", 123, "", container("m1", newBackend(t, "a")), map[string]any{"container_id": "m2", "port": freePort(t)})
 	for i := 0; i < 4; i++ {
@@ -146,5 +150,215 @@ func TestPrometheusMetrics(t *testing.T) {
 	mustDo(t, "DELETE", site+"/api/v1/services/123", nil, 200, nil)
 	if strings.Contains(scrape(t), `image_id="123"`) {
 		t.Error("/metrics still has series of the removed image 123")
+	}
+}
+
+// imagelbSeries returns the keys (name and labels, no value) of the
+// imagelb series of one scrape of the admin /metrics.
+func imagelbSeries(t *testing.T) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	for _, line := range strings.Split(scrape(t), "\n") {
+		if strings.HasPrefix(line, "imagelb_") {
+			key, _, _ := strings.Cut(line, " ")
+			out[key] = true
+		}
+	}
+	return out
+}
+
+// metricsConfig is siteConfig with a metrics block of the given options.
+func metricsConfig(port int, options ...string) string {
+	return siteConfig(port, "health_interval 1h\n\t\tpersist off\n\t\tmetrics {\n\t\t\t"+
+		strings.Join(options, "\n\t\t\t")+"\n\t\t}")
+}
+
+// TestMetricsOptions: on one registry (two images of two containers, only
+// image 131 served), the default scrape has the registry-wide series and
+// both images' series and no container's; each option adds or takes away
+// exactly its own series.
+func TestMetricsOptions(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, metricsConfig(port))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	b := newBackend(t, "a")
+	register(t, site+"/api/v1", 130, "", container("c1", b), container("c2", b))
+	register(t, site+"/api/v1", 131, "", container("c3", b), container("c4", b))
+	before := metricValue(t, "imagelb_registry_requests_total") // since the process started: earlier tests' too
+	for i := 0; i < 4; i++ {
+		proxyGet(t, site, 131, "/")
+	}
+
+	base := imagelbSeries(t)
+	for _, want := range []string{
+		`imagelb_registry_requests_total`, `imagelb_registry_request_failures_total`, `imagelb_registry_requests_in_flight`,
+		`imagelb_services`, `imagelb_containers{status="healthy"}`, `imagelb_registry_operations_total{operation="register"}`,
+		`imagelb_requests_total{code="2xx",image_id="131"}`, `imagelb_request_duration_seconds_count{image_id="131"}`,
+		`imagelb_request_failures_total{image_id="130"}`, `imagelb_requests_in_flight{image_id="130"}`,
+	} {
+		if !base[want] {
+			t.Errorf("the default scrape lacks %s", want)
+		}
+	}
+	for key := range base {
+		if strings.Contains(key, "container_id=") {
+			t.Errorf("the default scrape has a per-container series: %s", key)
+		}
+	}
+	if base[`imagelb_request_duration_seconds_count{image_id="130"}`] {
+		t.Error("image 130 never finished a request, yet has a duration histogram")
+	}
+	if v := metricValue(t, "imagelb_registry_requests_total"); v != before+4 {
+		t.Errorf("imagelb_registry_requests_total = %v, want %v + 4", v, before)
+	}
+
+	for _, c := range []struct {
+		name    string
+		options []string
+		added   func(key string) bool // nil: adds nothing
+		removed func(key string) bool // nil: takes nothing away
+		has     []string
+	}{
+		{name: "per_container", options: []string{"per_container"},
+			added: func(k string) bool { return strings.Contains(k, "container_id=") },
+			has: []string{`imagelb_container_healthy{container_id="c1",image_id="130"}`,
+				`imagelb_container_requests_total{code="2xx",container_id="c3",image_id="131"}`,
+				`imagelb_health_checks_total{container_id="c4",image_id="131",result="fail"}`,
+				`imagelb_container_ejections_total{container_id="c2",image_id="130"}`}},
+		{name: "top_images 1", options: []string{"top_images 1"},
+			removed: func(k string) bool { return strings.Contains(k, `image_id="130"`) }},
+		{name: "top_images 0", options: []string{"top_images 0"},
+			removed: func(k string) bool { return strings.Contains(k, `image_id=`) }},
+		{name: "per_image with top_images 0", options: []string{"per_image", "top_images 0"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			startCaddyNoReset(t, metricsConfig(port, c.options...))
+			got := imagelbSeries(t)
+			for key := range got {
+				if !base[key] && (c.added == nil || !c.added(key)) {
+					t.Errorf("%s added %s", c.name, key)
+				}
+			}
+			for key := range base {
+				if !got[key] && (c.removed == nil || !c.removed(key)) {
+					t.Errorf("%s took away %s", c.name, key)
+				}
+			}
+			if c.removed != nil {
+				for key := range got {
+					if c.removed(key) {
+						t.Errorf("%s kept %s", c.name, key)
+					}
+				}
+			}
+			for _, want := range c.has {
+				if !got[want] {
+					t.Errorf("%s lacks %s", c.name, want)
+				}
+			}
+		})
+	}
+}
+
+// TestMetricsBoundedByDefault: with the defaults a scrape exports the series
+// of the 100 busiest images, however many are registered: going from 150 to
+// 300 images adds no series, and the served images are among those exported.
+func TestMetricsBoundedByDefault(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tpersist off"))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	b := newBackend(t, "a")
+	registerRange := func(from, to int64) {
+		for id := from; id <= to; id++ {
+			register(t, adminURL+"/imagelb", id, "", container("c", b))
+		}
+	}
+	registerRange(1001, 1150)
+	for _, id := range []int64{1150, 1149} {
+		proxyGet(t, site, id, "/")
+	}
+	images := func(series map[string]bool) map[string]bool {
+		ids := map[string]bool{}
+		for key := range series {
+			if _, rest, ok := strings.Cut(key, `image_id="`); ok {
+				id, _, _ := strings.Cut(rest, `"`)
+				ids[id] = true
+			}
+		}
+		return ids
+	}
+	before := imagelbSeries(t)
+	registerRange(1151, 1300)
+	after := imagelbSeries(t)
+	if len(after) != len(before) {
+		t.Errorf("%d series at 150 images, %d at 300: the default is not bounded", len(before), len(after))
+	}
+	ids := images(after)
+	if len(ids) != DefaultTopImages || !ids["1150"] || !ids["1149"] {
+		t.Errorf("per-image series of %d images (1150 and 1149 among them: %v %v), want the %d busiest",
+			len(ids), ids["1150"], ids["1149"], DefaultTopImages)
+	}
+	for key := range after {
+		if strings.Contains(key, "container_id=") {
+			t.Fatalf("the default scrape has a per-container series: %s", key)
+		}
+	}
+	if v := metricValue(t, "imagelb_services"); v != 300 {
+		t.Errorf("imagelb_services = %v, want 300", v)
+	}
+}
+
+// TestMetricsWarnOnce: a config load whose metrics options would export
+// more than a million series at the registry's size (per_container at
+// 40,000 containers: about 1.04 million) logs one WARN naming per_container;
+// a load without it logs none.
+func TestMetricsWarnOnce(t *testing.T) {
+	logFile := filepath.Join(t.TempDir(), "warn.log")
+	port := freePort(t)
+	config := func(options ...string) string {
+		return strings.Replace(metricsConfig(port, options...), "admin localhost:2999",
+			"admin localhost:2999\n\tlog metrics_warning {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t\tlevel WARN\n\t\tinclude imagelb\n\t}", 1)
+	}
+	startCaddy(t, config())
+	const services, perService = 40, 1000
+	for id := int64(1); id <= services; id++ {
+		ctrs := make([]map[string]any, perService)
+		for i := range ctrs {
+			// draining keeps its status whatever the checks of a dead port say
+			ctrs[i] = map[string]any{"container_id": fmt.Sprintf("c%d", i), "host": "127.0.0.1", "port": 9, "status": "draining"}
+		}
+		register(t, adminURL+"/imagelb", 2000+id, "", ctrs...)
+	}
+	t.Cleanup(func() { resetRegistry(t) })
+	warnings := func() []map[string]any {
+		data, _ := os.ReadFile(logFile)
+		var out []map[string]any
+		for _, line := range strings.Split(string(data), "\n") {
+			var entry map[string]any
+			if json.Unmarshal([]byte(line), &entry) == nil && strings.HasPrefix(fmt.Sprint(entry["msg"]), "metrics options export over a million series") {
+				out = append(out, entry)
+			}
+		}
+		return out
+	}
+
+	startCaddyNoReset(t, config("per_container"))
+	eventually(t, "the warning is logged", func() bool { return len(warnings()) > 0 })
+	w := warnings()
+	if len(w) != 1 || fmt.Sprint(w[0]["turn_off"]) != "[per_container]" || w[0]["level"] != "warn" {
+		t.Fatalf("warnings after one load with per_container: %v, want one naming per_container", w)
+	}
+	if n, _ := w[0]["series"].(float64); n < seriesWarning || w[0]["containers"] != float64(services*perService) {
+		t.Errorf("the warning says %v series and %v containers", w[0]["series"], w[0]["containers"])
+	}
+
+	startCaddyNoReset(t, config())
+	if w := warnings(); len(w) != 1 {
+		t.Fatalf("%d warnings after a load without per_container, want still 1", len(w))
+	}
+	for key := range imagelbSeries(t) {
+		if strings.Contains(key, "container_id=") {
+			t.Fatalf("per_container off, yet %s", key)
+		}
 	}
 }

@@ -201,6 +201,11 @@ type App struct {
 	// the reload, as Caddy's own reverse_proxy does. On the final stop
 	// they are closed at once. Default: 24h.
 	StreamCloseDelay *caddy.Duration `json:"stream_close_delay,omitempty"`
+	// The Prometheus series exported beyond the registry-wide ones:
+	// per_image, per_container and top_images (Observability, Prometheus
+	// metrics, has the cardinality of each). Default: the registry-wide
+	// series and the per-image series of the 100 busiest images.
+	Metrics *MetricsConfig `json:"metrics,omitempty"`
 
 	// Start on demand (scale to zero): the webhooks that start and stop the
 	// images whose service has the on_demand option, and how long requests
@@ -462,6 +467,9 @@ func (a *App) Validate() error {
 	if a.health.MaxFails < 0 {
 		return fmt.Errorf("max_fails must not be negative, got %d", a.health.MaxFails)
 	}
+	if a.Metrics != nil && a.Metrics.TopImages != nil && *a.Metrics.TopImages < 0 {
+		return fmt.Errorf("metrics top_images must not be negative (0 exports no per-image series), got %d", *a.Metrics.TopImages)
+	}
 	return nil
 }
 
@@ -485,6 +493,7 @@ func (a *App) Start() error {
 	if err := a.reg.ApplyStatic(a.static); err != nil {
 		return err
 	}
+	a.warnSeries()
 	dialGuard.Store(opts.Guard)
 	systemAddrs.Store(a.systemServiceAddrs())
 	running.Store(a)

@@ -356,7 +356,7 @@ func newFlakyBackend(t *testing.T, name string, mode int32) *flakyBackend {
 // max_ejected_percent keeps the image from losing every container.
 func TestOutlierEjection(t *testing.T) {
 	port := freePort(t)
-	startCaddy(t, siteConfig(port, "health_interval 1h"))
+	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmetrics {\n\t\t\tper_container\n\t\t}"))
 	site := fmt.Sprintf("http://127.0.0.1:%d", port)
 	const cooldown = time.Second
 	outlier := map[string]any{"error_rate": 0.4, "min_requests": 6, "interval": "10s", "cooldown": "1s", "max_ejected_percent": 50}

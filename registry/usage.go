@@ -138,3 +138,16 @@ func (s *ServiceState) Refuse(status int, failed bool) {
 		s.Usage.finish(failed, 0)
 	}
 }
+
+// CountedTotal returns what every image's counter counted since the process
+// started, removed images included: it never decreases, so it can be a
+// Prometheus counter of the whole registry.
+func (r *Registry) CountedTotal() Usage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var t Usage
+	for _, u := range r.usage {
+		t = t.Add(u.Counted())
+	}
+	return t
+}
