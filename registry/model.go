@@ -23,7 +23,9 @@ package registry
 
 import (
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -41,10 +43,23 @@ const (
 	StatusUnknown Status = "unknown"
 )
 
+// Statuses is the one list of container statuses: parsing, the messages
+// that name them and the counts by status read it.
+var Statuses = []Status{StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining, StatusUnknown}
+
+// StatusNames lists the statuses for messages: "healthy, unhealthy, …
+// or unknown".
+var StatusNames = func() string {
+	names := make([]string, len(Statuses))
+	for i, s := range Statuses {
+		names[i] = string(s)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}()
+
 // ParseStatus validates a status name.
 func ParseStatus(name string) (Status, bool) {
-	switch s := Status(name); s {
-	case StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining, StatusUnknown:
+	if s := Status(name); slices.Contains(Statuses, s) {
 		return s, true
 	}
 	return "", false
