@@ -297,6 +297,9 @@ func (r *Registry) PageIDs(ids []int64, q ListQuery) ([]int64, *Cursor) {
 	return out, next
 }
 
+// PortMappingsCount is the number of mapped external ports.
+func (r *Registry) PortMappingsCount() int { return len(r.snap.Load().ports) }
+
 // Totals are the registry-wide figures of the statistics, kept on every
 // page of a paged /stats.
 type Totals struct {
