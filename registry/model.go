@@ -13,7 +13,8 @@
 // boltstore.go the local database, filestore.go the JSON state file of
 // earlier versions (imported once); usage.go and ledger.go the usage
 // counters and the usage ledger; guard.go allowed upstreams; view.go the JSON views; stats.go
-// counters and histograms; errors.go errors. Balancing: strategy.go the
+// counters and histograms; page.go paged lists (filters, orders, the
+// cursor, registry-wide totals); errors.go errors. Balancing: strategy.go the
 // table of algorithms and the strategy interface, one file per algorithm
 // (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),
 // balance.go a pick and the filter every strategy shares (zones, tried
