@@ -214,21 +214,89 @@ func compare(keyed bool, a, b entry) int {
 	return cmpInt64(a.id, b.id)
 }
 
-// page keeps the entries after the cursor, sorts them and cuts the page:
-// next is the cursor of the page's last entry when more entries follow it.
-func (q ListQuery) page(es []entry) (page []entry, next *Cursor) {
-	keyed := q.byKey()
+// pager selects a page while the entries are offered one at a time: it
+// keeps those after the cursor and, with a limit, only the best Limit+1 of
+// them (a heap whose top is the worst kept), so a page of 100 among
+// 100,000 images keeps 101 entries and sorts nothing else.
+type pager struct {
+	q     ListQuery
+	keyed bool
+	at    entry // the cursor
+	es    []entry
+}
+
+func newPager(q ListQuery, capacity int) *pager {
+	p := &pager{q: q, keyed: q.byKey()}
 	if q.After != nil {
-		at := entry{key: q.After.Key, id: q.After.ImageID}
-		es = slices.DeleteFunc(es, func(e entry) bool { return compare(keyed, e, at) <= 0 })
+		p.at = entry{key: q.After.Key, id: q.After.ImageID}
 	}
-	slices.SortFunc(es, func(a, b entry) int { return compare(keyed, a, b) })
-	if q.Limit <= 0 || len(es) <= q.Limit {
+	if q.Limit > 0 {
+		capacity = min(capacity, q.Limit+1)
+	}
+	p.es = make([]entry, 0, capacity)
+	return p
+}
+
+// offer considers one entry.
+func (p *pager) offer(e entry) {
+	if p.q.After != nil && compare(p.keyed, e, p.at) <= 0 {
+		return
+	}
+	if p.q.Limit <= 0 || len(p.es) <= p.q.Limit {
+		p.es = append(p.es, e)
+		if p.q.Limit > 0 {
+			p.up(len(p.es) - 1)
+		}
+		return
+	}
+	if compare(p.keyed, e, p.es[0]) < 0 { // better than the worst kept
+		p.es[0] = e
+		p.down(0)
+	}
+}
+
+// worse reports whether kept entry i comes after kept entry j.
+func (p *pager) worse(i, j int) bool { return compare(p.keyed, p.es[i], p.es[j]) > 0 }
+
+func (p *pager) up(i int) {
+	for i > 0 {
+		parent := (i - 1) / 2
+		if !p.worse(i, parent) {
+			return
+		}
+		p.es[i], p.es[parent] = p.es[parent], p.es[i]
+		i = parent
+	}
+}
+
+func (p *pager) down(i int) {
+	for {
+		worst, l := i, 2*i+1
+		if l < len(p.es) && p.worse(l, worst) {
+			worst = l
+		}
+		if r := l + 1; r < len(p.es) && p.worse(r, worst) {
+			worst = r
+		}
+		if worst == i {
+			return
+		}
+		p.es[i], p.es[worst] = p.es[worst], p.es[i]
+		i = worst
+	}
+}
+
+// page returns the page in order, and the cursor of its last entry when
+// more entries follow it (nil: it is the last page).
+func (p *pager) page() ([]entry, *Cursor) {
+	es := p.es
+	slices.SortFunc(es, func(a, b entry) int { return compare(p.keyed, a, b) })
+	if p.q.Limit <= 0 || len(es) <= p.q.Limit {
 		return es, nil
 	}
-	es = es[:q.Limit]
+	es = es[:p.q.Limit]
 	last := es[len(es)-1]
-	return es, &Cursor{ImageID: last.id, Key: last.key, keyed: keyed}
+	return es, &Cursor{ImageID: last.id, Key: last.key, keyed: p.keyed}
 }
 
 // Page returns the services the query selects, in its order, and the
@@ -243,15 +311,15 @@ func (r *Registry) Page(q ListQuery) ([]*Service, *Cursor) {
 // pageOf is Page over the services that also pass keep (nil: all).
 func (r *Registry) pageOf(q ListQuery, keep func(*Service) bool) ([]*Service, *Cursor) {
 	s := r.snap.Load()
-	es := make([]entry, 0, min(s.count, 1024))
+	p := newPager(q, s.count)
 	for _, shard := range s.shards {
 		for _, svc := range shard {
 			if (keep == nil || keep(svc)) && q.Match(svc) {
-				es = append(es, entry{key: svc.key(q.Sort), id: svc.ImageID, svc: svc})
+				p.offer(entry{key: svc.key(q.Sort), id: svc.ImageID, svc: svc})
 			}
 		}
 	}
-	page, next := q.page(es)
+	page, next := p.page()
 	out := make([]*Service, len(page))
 	for i, e := range page {
 		out[i] = e.svc
@@ -279,17 +347,17 @@ func (r *Registry) PortMappingsPage(q ListQuery) ([]PortMapping, *Cursor) {
 func (r *Registry) PageIDs(ids []int64, q ListQuery) ([]int64, *Cursor) {
 	s := r.snap.Load()
 	filtered := q.Status != "" || q.Prefix != ""
-	es := make([]entry, 0, len(ids))
+	q.Sort = "" // only /stats sorts
+	p := newPager(q, len(ids))
 	for _, id := range ids {
 		if filtered {
 			if svc := s.lookup(id); svc == nil || !q.Match(svc) {
 				continue
 			}
 		}
-		es = append(es, entry{id: id})
+		p.offer(entry{id: id})
 	}
-	q.Sort = "" // only /stats sorts
-	page, next := q.page(es)
+	page, next := p.page()
 	out := make([]int64, len(page))
 	for i, e := range page {
 		out[i] = e.id

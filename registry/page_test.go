@@ -347,3 +347,27 @@ func TestTotals(t *testing.T) {
 		t.Fatalf("totals %+v; statistics %+v", tot, all)
 	}
 }
+
+// TestPageEveryLimit: in every order and with every page size, following
+// the cursors sees the same images in the same order as one unlimited page.
+func TestPageEveryLimit(t *testing.T) {
+	r := pagingRegistry(t, 17)
+	for _, svc := range r.Services() {
+		svc.State.Requests.Add(svc.ImageID * 7 % 5) // many ties
+		svc.State.Failures.Add(svc.ImageID % 2)
+	}
+	for _, sort := range Sorts {
+		for _, prefix := range []string{"", "api"} {
+			all, next := r.Page(ListQuery{Sort: sort, Prefix: prefix})
+			if next != nil {
+				t.Fatalf("an unlimited page has a next one: %+v", next)
+			}
+			for limit := 1; limit <= 18; limit++ {
+				got := walk(t, r, ListQuery{Sort: sort, Prefix: prefix, Limit: limit}, nil)
+				if !slices.Equal(got, serviceIDs(all)) {
+					t.Fatalf("sort %s, q %q, limit %d: walk saw %v, want %v", sort, prefix, limit, got, serviceIDs(all))
+				}
+			}
+		}
+	}
+}
