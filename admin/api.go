@@ -511,11 +511,9 @@ func (a *API) stats(c *call) (any, error) {
 		st.StatsView, entries = c.reg.StatsParts(svcs)
 		st.totalsOf(svcs, entries)
 	case q.Paged(): // a page: the totals are the registry's
-		var next *registry.Cursor
-		svcs, next = c.reg.Page(q)
+		svcs, next, t := c.reg.PageWithTotals(q)
 		setNext(c, next)
 		st.StatsView, entries = c.reg.StatsParts(svcs)
-		t := c.reg.Totals()
 		st.TotalRequests, st.FailedRequests = t.TotalRequests, t.FailedRequests
 		st.ActiveConnections, st.RequestsPerSecond = t.ActiveConnections, t.RequestsPerSecond
 		st.UserServices.TotalServices, st.UserServices.TotalContainers = t.Services, t.Containers

@@ -381,42 +381,90 @@ type Totals struct {
 }
 
 // Totals adds up the whole registry from one snapshot: per image its
-// counters (a few atomics) and its containers' statuses, nothing of the
-// containers' statistics.
+// counters (a few atomics); the counts of containers are the snapshot's.
 func (r *Registry) Totals() Totals {
 	s := r.snap.Load()
-	t := Totals{Services: s.count, ContainersByStatus: CountByStatus(nil), PortMappings: len(s.ports)}
-	by := make([]int, len(Statuses)+1) // by index in Statuses
+	t := s.totals()
 	for _, shard := range s.shards {
 		for _, svc := range shard {
-			t.Containers += len(svc.Containers)
-			for _, c := range svc.Containers {
-				by[statusIndex(c.Status)]++
-			}
-			st := svc.State
-			base := st.Usage.Base()
-			t.TotalRequests += st.Requests.Load() + base.Requests
-			t.FailedRequests += st.Failures.Load() + base.FailedRequests
-			t.ActiveConnections += st.InFlight.Load()
-			t.RequestsPerSecond += st.Rate()
+			t.add(svc)
 		}
 	}
-	for i, st := range Statuses {
-		t.ContainersByStatus[st] = by[i]
-	}
-	t.HealthyContainers = by[statusIndex(StatusHealthy)]
-	t.RequestsPerSecond = math.Round(t.RequestsPerSecond*1000) / 1000
+	t.round()
 	return t
 }
 
-// statusIndex is the status's index in Statuses (past the end: not one).
-func statusIndex(s Status) int {
-	for i, st := range Statuses {
-		if st == s {
-			return i
+// PageWithTotals is Page and Totals in one pass over one snapshot (a
+// paged /stats).
+func (r *Registry) PageWithTotals(q ListQuery) ([]*Service, *Cursor, Totals) {
+	s := r.snap.Load()
+	t := s.totals()
+	p := newPager(q, s.count)
+	for _, shard := range s.shards {
+		for _, svc := range shard {
+			t.add(svc)
+			if q.Match(svc) {
+				p.offer(entry{key: svc.key(q.Sort), id: svc.ImageID, svc: svc})
+			}
 		}
 	}
-	return len(Statuses)
+	t.round()
+	page, next := p.page()
+	out := make([]*Service, len(page))
+	for i, e := range page {
+		out[i] = e.svc
+	}
+	return out, next, t
+}
+
+// totals are the snapshot's counts, before the counters are added.
+func (s *snapshot) totals() Totals {
+	t := Totals{Services: s.count, Containers: s.total, ContainersByStatus: make(map[Status]int, len(Statuses)),
+		PortMappings: len(s.ports)}
+	for i, st := range Statuses {
+		t.ContainersByStatus[st] = s.byStatus[i]
+	}
+	t.HealthyContainers = s.byStatus[statusIndex(StatusHealthy)]
+	return t
+}
+
+// add adds the counters of one service.
+func (t *Totals) add(svc *Service) {
+	st := svc.State
+	base := st.Usage.Base()
+	t.TotalRequests += st.Requests.Load() + base.Requests
+	t.FailedRequests += st.Failures.Load() + base.FailedRequests
+	t.ActiveConnections += st.InFlight.Load()
+	t.RequestsPerSecond += st.Rate()
+}
+
+// round rounds the rate as the API shows rates.
+func (t *Totals) round() { t.RequestsPerSecond = math.Round(t.RequestsPerSecond*1000) / 1000 }
+
+// numStatuses is len(Statuses), for arrays counted by status.
+const numStatuses = 5
+
+// statusIndex is the status's index in Statuses.
+func statusIndex(s Status) int {
+	switch s {
+	case StatusHealthy:
+		return 0
+	case StatusUnhealthy:
+		return 1
+	case StatusStarting:
+		return 2
+	case StatusDraining:
+		return 3
+	}
+	return 4 // StatusUnknown
+}
+
+// countStatuses adds (sign 1) or takes away (-1) the containers of svc in
+// the snapshot's counts by status.
+func (snap *snapshot) countStatuses(svc *Service, sign int) {
+	for _, c := range svc.Containers {
+		snap.byStatus[statusIndex(c.Status)] += sign
+	}
 }
 
 // CountByStatus counts the containers of the services in each status;

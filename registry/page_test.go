@@ -341,6 +341,9 @@ func TestTotals(t *testing.T) {
 	if !reflect.DeepEqual(CountByStatus(r.Services()), want) {
 		t.Fatalf("CountByStatus %v, want %v", CountByStatus(r.Services()), want)
 	}
+	if _, _, pt := r.PageWithTotals(ListQuery{Limit: 1, Prefix: "x"}); !reflect.DeepEqual(pt, tot) {
+		t.Fatalf("PageWithTotals' totals %+v, Totals %+v", pt, tot)
+	}
 	all, _ := r.StatsParts(r.Services())
 	if tot.Services != 9 || tot.Containers != 21 || tot.HealthyContainers != 8 || tot.PortMappings != 1 ||
 		tot.TotalRequests != all.TotalRequests || tot.FailedRequests != 9 || tot.RequestsPerSecond != all.RequestsPerSecond {
@@ -368,6 +371,18 @@ func TestPageEveryLimit(t *testing.T) {
 					t.Fatalf("sort %s, q %q, limit %d: walk saw %v, want %v", sort, prefix, limit, got, serviceIDs(all))
 				}
 			}
+		}
+	}
+}
+
+// TestStatusIndex: the counts by status are indexed by the one list.
+func TestStatusIndex(t *testing.T) {
+	if len(Statuses) != numStatuses {
+		t.Fatalf("%d statuses, numStatuses %d", len(Statuses), numStatuses)
+	}
+	for i, s := range Statuses {
+		if statusIndex(s) != i {
+			t.Errorf("statusIndex(%s) = %d, want %d", s, statusIndex(s), i)
 		}
 	}
 }
