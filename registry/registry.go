@@ -16,16 +16,17 @@ const numShards = 1024
 // one (copying only the shard they change) and publish it atomically; the
 // request path reads the current one without locking.
 type snapshot struct {
-	shards [numShards]map[int64]*Service
-	ports  map[int]int64 // external port -> image_id
-	count  int           // number of services
-	total  int           // number of containers, of all services
+	shards  [numShards]map[int64]*Service
+	ports   map[int]int64 // external port -> image_id
+	count   int           // number of services
+	total   int           // number of containers, of all services
+	version uint64        // incremented by every change
+	retired uint64        // dial addresses that changes took out of a service, so far
+	touched int64         // the image the last replace changed
+
 	// byStatus counts the containers of all services in each status, by
 	// index in Statuses (page.go): the totals read it, not every container.
 	byStatus [numStatuses]int
-	version  uint64 // incremented by every change
-	retired  uint64 // dial addresses that changes took out of a service, so far
-	touched  int64  // the image the last replace changed
 }
 
 func (s *snapshot) lookup(id int64) *Service {
