@@ -511,7 +511,9 @@ func (a *API) stats(c *call) (any, error) {
 		st.StatsView, entries = c.reg.StatsParts(svcs)
 		st.totalsOf(svcs, entries)
 	case q.Paged(): // a page: the totals are the registry's
-		svcs, next, t := c.reg.PageWithTotals(q)
+		var next *registry.Cursor
+		var t registry.Totals
+		svcs, next, t = c.reg.PageWithTotals(q)
 		setNext(c, next)
 		st.StatsView, entries = c.reg.StatsParts(svcs)
 		st.TotalRequests, st.FailedRequests = t.TotalRequests, t.FailedRequests
