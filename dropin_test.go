@@ -309,6 +309,10 @@ func TestOriginalFieldByField(t *testing.T) {
 		if h := get(site+"/api/v1/services", "http://ui.example"); h.Get("Access-Control-Allow-Origin") != "http://ui.example" || h.Get("Vary") != "Origin" {
 			t.Fatalf("API answer to an allowed origin: %v", h)
 		}
+		// a page's next URL is in its Link header, which a script of another origin may read
+		if h := get(site+"/api/v1/services?limit=1", "http://ui.example"); h.Get("Access-Control-Expose-Headers") != "Link" {
+			t.Fatalf("API answer to an allowed origin does not expose Link: %v", h)
+		}
 		if h := get(site+"/api/v1/services", "http://evil.example"); h.Get("Access-Control-Allow-Origin") != "" {
 			t.Fatalf("API answer to another origin: %v", h)
 		}

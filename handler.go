@@ -342,6 +342,7 @@ func (h *Handler) cors(w http.ResponseWriter, r *http.Request) bool {
 		hdr.Set("Access-Control-Allow-Origin", origin)
 		hdr.Set("Access-Control-Allow-Credentials", "true")
 	}
+	hdr.Set("Access-Control-Expose-Headers", "Link") // a paged list's next page
 	if r.Method != http.MethodOptions || r.Header.Get("Access-Control-Request-Method") == "" {
 		return false
 	}

@@ -23,6 +23,10 @@ type snapshot struct {
 	version uint64        // incremented by every change
 	retired uint64        // dial addresses that changes took out of a service, so far
 	touched int64         // the image the last replace changed
+
+	// byStatus counts the containers of all services in each status, by
+	// index in Statuses (page.go): the totals read it, not every container.
+	byStatus [numStatuses]int
 }
 
 func (s *snapshot) lookup(id int64) *Service {
@@ -401,9 +405,11 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 		}
 		shard[id] = svc
 		next.total += len(svc.Containers)
+		next.countStatuses(svc, 1)
 	}
 	if old != nil {
 		next.total -= len(old.Containers)
+		next.countStatuses(old, -1)
 	}
 	next.shards[i] = shard
 	next.touched = id

@@ -60,10 +60,14 @@ func ids(cs []*Container) []string {
 func checkSnapshot(t testing.TB, s *snapshot) {
 	t.Helper()
 	count, total := 0, 0
+	var byStatus [numStatuses]int
 	for i, shard := range s.shards {
 		for id, svc := range shard {
 			count++
 			total += len(svc.Containers)
+			for _, c := range svc.Containers {
+				byStatus[statusIndex(c.Status)]++
+			}
 			if svc.ImageID != id || uint64(id)%numShards != uint64(i) {
 				t.Errorf("service %d filed under key %d in shard %d", svc.ImageID, id, i)
 			}
@@ -97,6 +101,9 @@ func checkSnapshot(t testing.TB, s *snapshot) {
 	}
 	if total != s.total {
 		t.Errorf("total = %d, %d containers in the shards", s.total, total)
+	}
+	if byStatus != s.byStatus {
+		t.Errorf("by status %v, %v in the shards", s.byStatus, byStatus)
 	}
 	for port, id := range s.ports {
 		if svc := s.lookup(id); svc == nil || svc.ExternalPort != port {
