@@ -156,7 +156,7 @@ http://127.0.0.1:%[2]d {
 		t.Fatalf("the dashboard does not show sick-1 as unhealthy:\n%s", html)
 	}
 	// the port table, and the axis labels of the charts
-	mapping := fmt.Sprintf(`<tr data-port="%d"><td class="port">%d</td><td>130</td><td>img-130</td><td>2</td>`, extPort, extPort)
+	mapping := fmt.Sprintf(`<tr data-port="%d"><td class="port">%d</td><td><a href="#images=130" data-pick="130">130</a></td><td>img-130</td><td>2</td>`, extPort, extPort)
 	for _, want := range []string{mapping, `60 s ago</text>`, `class="tick y-max"`} {
 		if !strings.Contains(html, want) {
 			t.Fatalf("the dashboard does not show %q:\n%s", want, html)
@@ -351,11 +351,13 @@ func TestDashboardShapes(t *testing.T) {
 		"failed_requests": 0, "last_health_check": "2020-01-02T03:04:05Z",
 		"last_health_error": "dial tcp 10.0.0.5:80: connect: connection refused <x>",
 		"cpu_usage": 12.345, "memory_usage": null, "disk_usage": null, "requests_per_second": 0}]}`
-	for _, tc := range []struct{ name, services, ports string }{
+	for _, tc := range []struct{ name, services, ports, portRow string }{
 		{"wrapped", `{"services": [` + service + `], "total": 1}`,
-			`{"port_mappings": [{"external_port": 8007, "image_id": 7, "image_name": "seven"}]}`},
+			`{"port_mappings": [{"external_port": 8007, "image_id": 7, "image_name": "seven"}]}`,
+			`<tr data-port="8007"><td class="port">8007</td><td><a href="#images=7" data-pick="7">7</a></td><td>seven</td><td>–</td><td>–</td></tr>`},
 		{"bare", `[` + service + `]`,
-			`[{"external_port": 8007, "image_id": 7, "image_name": "seven", "container_count": 1, "total_requests": 3}]`},
+			`[{"external_port": 8007, "image_id": 7, "image_name": "seven", "container_count": 1, "total_requests": 3}]`,
+			`<tr data-port="8007"><td class="port">8007</td><td><a href="#images=7" data-pick="7">7</a></td><td>seven</td><td>1</td><td>3</td></tr>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mux := http.NewServeMux()
@@ -374,7 +376,7 @@ func TestDashboardShapes(t *testing.T) {
 				`<span class="status unknown">unknown</span>`,
 				`<small>&lt;img src=x onerror=alert(1)&gt;</small>`,
 				`<span class="health-error-text">dial tcp 10.0.0.5:80: connect: connection refused &lt;x&gt;</span>`,
-				`<tr data-port="8007"><td class="port">8007</td><td>7</td><td>seven</td><td>1</td><td>3</td></tr>`,
+				tc.portRow,
 				`cpu <b>12.3</b>`,
 				// no usage ledger here (an older server): said in the card, not as the page's error
 				`<div class="hour" data-hour="7"><span class="muted">last hour: usage not available (HTTP 404)</span></div>`,
