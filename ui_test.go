@@ -58,7 +58,8 @@ func htmlText(s string) string {
 // traffic; traffic control, a failing health check (its error and time),
 // the port mappings and the last hour of the usage ledger (requests and
 // body bytes both ways, exactly what was sent and received, and its charts)
-// show. A screenshot is kept in the test's temporary directory.
+// show. A screenshot is kept in the test's temporary directory. A registry
+// of at most 10 images, as here, shows every image's card.
 func TestDashboardInBrowser(t *testing.T) {
 	port := freePort(t)
 	extPort := freePort(t) // image 130's external port, on a site of mapped ports
@@ -280,13 +281,7 @@ http://127.0.0.1:%[2]d {
 	if err != nil || info.Size() < 1000 {
 		t.Fatalf("no screenshot: %v", err)
 	}
-	t.Logf("screenshot: %s (%d bytes)", shot, info.Size())
-	if dst := os.Getenv("IMAGELB_SCREENSHOT"); dst != "" { // refreshes the README's picture
-		data, _ := os.ReadFile(shot)
-		if err := os.WriteFile(dst, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	t.Logf("screenshot: %s (%d bytes)", shot, info.Size()) // the guide's picture is TestDashboardAtScale's
 }
 
 // humanBytes is a byte count as the dashboard shows it: SI units, at most
