@@ -541,6 +541,8 @@ function renderSummary(head, total) {
     isSet(u.total_containers) ? el("span", {}, "containers ", el("b", { id: "containers-count" }, u.total_containers),
       " · healthy ", el("b", {}, u.healthy_containers)) : "",
     el("span", {}, "requests ", el("b", { id: "total-requests" }, u.total_requests ?? head.total_requests)),
+    el("span", {}, "failed ", el("b", {}, head.failed_requests)),
+    el("span", {}, "in flight ", el("b", {}, head.active_connections)),
     el("span", {}, "uptime ", el("b", {}, fmt(head.uptime_seconds) + " s"))]);
   const by = head.containers_by_status || {};
   morphChildren(document.getElementById("by-status"), Object.keys(by).length ? [
