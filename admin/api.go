@@ -264,7 +264,18 @@ outer:
 }
 
 func (a *API) listServices(c *call) (any, error) {
-	svcs := c.reg.Services()
+	q, err := registry.ParseListQuery(c.r.URL.Query(), false)
+	if err != nil {
+		return nil, err
+	}
+	var svcs []*registry.Service
+	if q.Paged() {
+		var next *registry.Cursor
+		svcs, next = c.reg.Page(q)
+		setNext(c, next)
+	} else {
+		svcs = c.reg.Services()
+	}
 	return streamed(func(js *jsonStream) {
 		js.list(len(svcs), func(i int) any { return svcs[i].View() }) // a bare array, as the original answered
 	}), nil
@@ -367,7 +378,18 @@ func (a *API) deleteContainer(c *call) (any, error) {
 }
 
 func (a *API) portMappings(c *call) (any, error) {
-	ms := c.reg.PortMappings() // at most one per port
+	q, err := registry.ParseListQuery(c.r.URL.Query(), false)
+	if err != nil {
+		return nil, err
+	}
+	var ms []registry.PortMapping
+	if q.Paged() { // ordered by image_id, the cursor's order
+		var next *registry.Cursor
+		ms, next = c.reg.PortMappingsPage(q)
+		setNext(c, next)
+	} else {
+		ms = c.reg.PortMappings() // at most one per port, sorted by port
+	}
 	return streamed(func(js *jsonStream) {
 		js.list(len(ms), func(i int) any { return ms[i] }) // a bare array, as the original answered
 	}), nil
@@ -421,10 +443,32 @@ func (a *API) usage(c *call) (any, error) {
 		}
 		q.Step = d
 	}
+	list, err := registry.ParseListQuery(query, false)
+	if err != nil {
+		fields = append(fields, err.(*registry.Error).Fields...)
+	}
+	q.List = list
 	if len(fields) > 0 {
 		return nil, &registry.Error{Kind: registry.KindInvalid, Fields: fields}
 	}
-	return a.Usage(c.r.Context(), q)
+	v, err := a.Usage(c.r.Context(), q)
+	if p, ok := v.(interface{ NextPage() *registry.Cursor }); ok && err == nil {
+		setNext(c, p.NextPage())
+	}
+	return v, err
+}
+
+// setNext writes the next page's URL in a Link header (RFC 8288): the
+// request's path and parameters, with after set to the cursor. A last
+// page (next nil) has none.
+func setNext(c *call, next *registry.Cursor) {
+	if next == nil {
+		return
+	}
+	q := c.r.URL.Query()
+	q.Set("after", next.String())
+	u := url.URL{Path: c.r.URL.Path, RawPath: c.r.URL.RawPath, RawQuery: q.Encode()}
+	c.w.Header().Set("Link", "<"+u.String()+`>; rel="next"`)
 }
 
 func (a *API) openAPI(c *call) (any, error) {
@@ -442,27 +486,47 @@ func (a *API) healthCheck(c *call) (any, error) {
 	return a.HealthCheck(c.r.Context(), imageID)
 }
 
+// stats answers the statistics: of every image, of one (image_id), or, with
+// the parameters of a paged list, of a page of images beside the
+// registry-wide totals.
 func (a *API) stats(c *call) (any, error) {
 	imageID, err := optionalImageID(c.r)
 	if err != nil {
 		return nil, err
 	}
-	svcs := c.reg.Services()
-	if imageID != 0 {
+	q, err := registry.ParseListQuery(c.r.URL.Query(), true)
+	if err != nil {
+		return nil, err
+	}
+	var st statsAnswer
+	var svcs []*registry.Service
+	var entries []registry.ServiceStatsView
+	switch {
+	case imageID != 0: // one image: the totals are its own
 		svc, err := c.reg.Get(imageID)
 		if err != nil {
 			return nil, err
 		}
 		svcs = []*registry.Service{svc}
+		st.StatsView, entries = c.reg.StatsParts(svcs)
+		st.totalsOf(svcs, entries)
+	case q.Paged(): // a page: the totals are the registry's
+		var next *registry.Cursor
+		svcs, next = c.reg.Page(q)
+		setNext(c, next)
+		st.StatsView, entries = c.reg.StatsParts(svcs)
+		t := c.reg.Totals()
+		st.TotalRequests, st.FailedRequests = t.TotalRequests, t.FailedRequests
+		st.ActiveConnections, st.RequestsPerSecond = t.ActiveConnections, t.RequestsPerSecond
+		st.UserServices.TotalServices, st.UserServices.TotalContainers = t.Services, t.Containers
+		st.UserServices.HealthyContainers, st.UserServices.TotalRequests = t.HealthyContainers, t.TotalRequests
+		st.ContainersByStatus = t.ContainersByStatus
+	default: // every image, as the original answered
+		svcs = c.reg.Services()
+		st.StatsView, entries = c.reg.StatsParts(svcs)
+		st.totalsOf(svcs, entries)
 	}
-	head, entries := c.reg.StatsParts(svcs)
-	st := statsAnswer{StatsView: head, PortMappingsCount: len(c.reg.PortMappings())}
-	st.UserServices.TotalServices = len(svcs)
-	for i, s := range entries {
-		st.UserServices.TotalContainers += len(svcs[i].Containers)
-		st.UserServices.HealthyContainers += s.HealthyContainers
-		st.UserServices.TotalRequests += s.TotalRequests
-	}
+	st.PortMappingsCount = c.reg.PortMappingsCount()
 	if a.SystemServices != nil {
 		for _, s := range a.SystemServices() {
 			st.SystemServices.TotalServices++
@@ -501,6 +565,20 @@ type statsAnswer struct {
 		TotalRequests   int64 `json:"total_requests"`
 	} `json:"system_services"`
 	PortMappingsCount int `json:"port_mappings_count"`
+	// ContainersByStatus counts the containers in each status, every
+	// status present (the dashboard's summary).
+	ContainersByStatus map[registry.Status]int `json:"containers_by_status"`
+}
+
+// totalsOf sets the original's summary of the services shown.
+func (st *statsAnswer) totalsOf(svcs []*registry.Service, entries []registry.ServiceStatsView) {
+	st.UserServices.TotalServices = len(svcs)
+	for i, s := range entries {
+		st.UserServices.TotalContainers += len(svcs[i].Containers)
+		st.UserServices.HealthyContainers += s.HealthyContainers
+		st.UserServices.TotalRequests += s.TotalRequests
+	}
+	st.ContainersByStatus = registry.CountByStatus(svcs)
 }
 
 // optionalImageID reads the ?image_id= filter; 0 means none.

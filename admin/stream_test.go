@@ -53,6 +53,7 @@ func TestListsSameBytes(t *testing.T) {
 			st.UserServices.HealthyContainers += s.HealthyContainers
 			st.UserServices.TotalRequests += s.TotalRequests
 		}
+		st.ContainersByStatus = registry.CountByStatus(svcs)
 		oneAnswer := func(v any) string {
 			w := httptest.NewRecorder()
 			WriteJSON(w, http.StatusOK, v)

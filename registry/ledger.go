@@ -154,6 +154,8 @@ type UsageQuery struct {
 	ImageID  int64
 	From, To time.Time
 	Step     time.Duration
+	// List pages the images (page.go); zero: every image.
+	List ListQuery
 }
 
 // UsageReport is the answer of GET /api/v1/usage.
@@ -162,7 +164,13 @@ type UsageReport struct {
 	To     time.Time    `json:"to"`
 	Step   string       `json:"step"`
 	Images []ImageUsage `json:"images"`
+
+	next *Cursor // the next page's cursor; nil: none
 }
+
+// NextPage is the cursor of the page after this one; nil when this is the
+// last (or the query was not paged).
+func (r *UsageReport) NextPage() *Cursor { return r.next }
 
 // ImageUsage is one image's usage over the range, and per step.
 type ImageUsage struct {
@@ -256,7 +264,11 @@ func (l *Ledger) Query(ctx context.Context, q UsageQuery) (*UsageReport, error) 
 	}
 
 	rep := &UsageReport{From: from, To: to, Step: q.Step.String(), Images: []ImageUsage{}}
-	for _, id := range slices.Sorted(maps.Keys(sums)) {
+	ids := slices.Sorted(maps.Keys(sums))
+	if q.List.Paged() {
+		ids, rep.next = l.reg.PageIDs(ids, q.List)
+	}
+	for _, id := range ids {
 		iu := ImageUsage{ImageID: id, Buckets: []BucketUsage{}}
 		var total Usage
 		for _, step := range slices.Sorted(maps.Keys(sums[id])) {

@@ -13,7 +13,8 @@
 // boltstore.go the local database, filestore.go the JSON state file of
 // earlier versions (imported once); usage.go and ledger.go the usage
 // counters and the usage ledger; guard.go allowed upstreams; view.go the JSON views; stats.go
-// counters and histograms; errors.go errors. Balancing: strategy.go the
+// counters and histograms; page.go paged lists (filters, orders, the
+// cursor, registry-wide totals); errors.go errors. Balancing: strategy.go the
 // table of algorithms and the strategy interface, one file per algorithm
 // (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),
 // balance.go a pick and the filter every strategy shares (zones, tried
@@ -23,7 +24,9 @@ package registry
 
 import (
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -41,10 +44,23 @@ const (
 	StatusUnknown Status = "unknown"
 )
 
+// Statuses is the one list of container statuses: parsing, the messages
+// that name them and the counts by status read it.
+var Statuses = []Status{StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining, StatusUnknown}
+
+// StatusNames lists the statuses for messages: "healthy, unhealthy, …
+// or unknown".
+var StatusNames = func() string {
+	names := make([]string, len(Statuses))
+	for i, s := range Statuses {
+		names[i] = string(s)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}()
+
 // ParseStatus validates a status name.
 func ParseStatus(name string) (Status, bool) {
-	switch s := Status(name); s {
-	case StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining, StatusUnknown:
+	if s := Status(name); slices.Contains(Statuses, s) {
 		return s, true
 	}
 	return "", false

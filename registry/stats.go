@@ -75,6 +75,16 @@ func (c *Counters) Recent(qs ...float64) (ms []float64, perSecond float64, ok bo
 	return w.summary(now(), qs)
 }
 
+// Rate returns the request rate (per second) of the last minute, as
+// Recent does, rounded as the API shows it, without reading the latencies.
+func (c *Counters) Rate() float64 {
+	w := c.recent.Load()
+	if w == nil {
+		return 0
+	}
+	return math.Round(w.rate(now())*1000) / 1000
+}
+
 // ServiceState is the runtime state of a service shared by all its versions.
 type ServiceState struct {
 	Counters
@@ -318,13 +328,33 @@ func (w *window) summary(at time.Time, qs []float64) (ms []float64, perSecond fl
 		}
 	}
 	ms, ok = quantiles(&counts, qs)
-	// One definition for every counter: requests over the whole window
-	// (its oldest slot's start to now), whenever the counter began; dividing
-	// by the span of a young counter's own data made a new container's rate
-	// look many times its service's.
+	return ms, perMinuteRate(at, epoch, total), ok
+}
+
+// rate is summary's request rate alone: the slots' counts, not their
+// buckets (the order of a page by requests_per_second reads it for every
+// image).
+func (w *window) rate(at time.Time) float64 {
+	epoch := at.Unix() / slotSeconds
+	var total uint64
+	for i := range w.slots {
+		s := &w.slots[i]
+		if e := s.epoch.Load(); e > epoch-windowSlots && e <= epoch {
+			total += uint64(s.count.Load())
+		}
+	}
+	return perMinuteRate(at, epoch, total)
+}
+
+// perMinuteRate is total requests over the window ending at at (epoch is
+// at's slot). One definition for every counter: requests over the whole
+// window (its oldest slot's start to now), whenever the counter began;
+// dividing by the span of a young counter's own data made a new
+// container's rate look many times its service's.
+func perMinuteRate(at time.Time, epoch int64, total uint64) float64 {
 	span := at.Sub(time.Unix((epoch-windowSlots+1)*slotSeconds, 0)).Seconds()
 	if total > 0 && span > 0 {
-		perSecond = float64(total) / span
+		return float64(total) / span
 	}
-	return ms, perSecond, ok
+	return 0
 }

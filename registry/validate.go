@@ -485,7 +485,7 @@ func unknownAlgorithm(name string) string {
 }
 
 func unknownStatus(name string) string {
-	return fmt.Sprintf("unknown status %q: use healthy, unhealthy, starting, draining or unknown", name)
+	return fmt.Sprintf("unknown status %q: use %s", name, StatusNames)
 }
 
 func typeMsg(te *json.UnmarshalTypeError) string {
