@@ -58,7 +58,8 @@ func htmlText(s string) string {
 // traffic; traffic control, a failing health check (its error and time),
 // the port mappings and the last hour of the usage ledger (requests and
 // body bytes both ways, exactly what was sent and received, and its charts)
-// show. A screenshot is kept in the test's temporary directory.
+// show. A screenshot is kept in the test's temporary directory. A registry
+// of at most 10 images, as here, shows every image's card.
 func TestDashboardInBrowser(t *testing.T) {
 	port := freePort(t)
 	extPort := freePort(t) // image 130's external port, on a site of mapped ports
@@ -156,7 +157,7 @@ http://127.0.0.1:%[2]d {
 		t.Fatalf("the dashboard does not show sick-1 as unhealthy:\n%s", html)
 	}
 	// the port table, and the axis labels of the charts
-	mapping := fmt.Sprintf(`<tr data-port="%d"><td class="port">%d</td><td>130</td><td>img-130</td><td>2</td>`, extPort, extPort)
+	mapping := fmt.Sprintf(`<tr data-port="%d"><td class="port">%d</td><td><a href="#images=130" data-pick="130">130</a></td><td>img-130</td><td>2</td>`, extPort, extPort)
 	for _, want := range []string{mapping, `60 s ago</text>`, `class="tick y-max"`} {
 		if !strings.Contains(html, want) {
 			t.Fatalf("the dashboard does not show %q:\n%s", want, html)
@@ -280,13 +281,7 @@ http://127.0.0.1:%[2]d {
 	if err != nil || info.Size() < 1000 {
 		t.Fatalf("no screenshot: %v", err)
 	}
-	t.Logf("screenshot: %s (%d bytes)", shot, info.Size())
-	if dst := os.Getenv("IMAGELB_SCREENSHOT"); dst != "" { // refreshes the README's picture
-		data, _ := os.ReadFile(shot)
-		if err := os.WriteFile(dst, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	t.Logf("screenshot: %s (%d bytes)", shot, info.Size()) // the guide's picture is TestDashboardAtScale's
 }
 
 // humanBytes is a byte count as the dashboard shows it: SI units, at most
@@ -351,11 +346,13 @@ func TestDashboardShapes(t *testing.T) {
 		"failed_requests": 0, "last_health_check": "2020-01-02T03:04:05Z",
 		"last_health_error": "dial tcp 10.0.0.5:80: connect: connection refused <x>",
 		"cpu_usage": 12.345, "memory_usage": null, "disk_usage": null, "requests_per_second": 0}]}`
-	for _, tc := range []struct{ name, services, ports string }{
+	for _, tc := range []struct{ name, services, ports, portRow string }{
 		{"wrapped", `{"services": [` + service + `], "total": 1}`,
-			`{"port_mappings": [{"external_port": 8007, "image_id": 7, "image_name": "seven"}]}`},
+			`{"port_mappings": [{"external_port": 8007, "image_id": 7, "image_name": "seven"}]}`,
+			`<tr data-port="8007"><td class="port">8007</td><td><a href="#images=7" data-pick="7">7</a></td><td>seven</td><td>–</td><td>–</td></tr>`},
 		{"bare", `[` + service + `]`,
-			`[{"external_port": 8007, "image_id": 7, "image_name": "seven", "container_count": 1, "total_requests": 3}]`},
+			`[{"external_port": 8007, "image_id": 7, "image_name": "seven", "container_count": 1, "total_requests": 3}]`,
+			`<tr data-port="8007"><td class="port">8007</td><td><a href="#images=7" data-pick="7">7</a></td><td>seven</td><td>1</td><td>3</td></tr>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mux := http.NewServeMux()
@@ -374,7 +371,7 @@ func TestDashboardShapes(t *testing.T) {
 				`<span class="status unknown">unknown</span>`,
 				`<small>&lt;img src=x onerror=alert(1)&gt;</small>`,
 				`<span class="health-error-text">dial tcp 10.0.0.5:80: connect: connection refused &lt;x&gt;</span>`,
-				`<tr data-port="8007"><td class="port">8007</td><td>7</td><td>seven</td><td>1</td><td>3</td></tr>`,
+				tc.portRow,
 				`cpu <b>12.3</b>`,
 				// no usage ledger here (an older server): said in the card, not as the page's error
 				`<div class="hour" data-hour="7"><span class="muted">last hour: usage not available (HTTP 404)</span></div>`,

@@ -1,27 +1,46 @@
 // imagelb dashboard: polls the management API of the mount it is served from
-// (/imagelb/... on the admin endpoint, /api/v1/... on a site): stats for the
-// counters and latencies, services for the containers' details (address,
-// weight, health checks, resource usage), port-mappings for the external
-// ports, and every 10 s usage for the last hour of the usage ledger (per
-// image and minute: requests, body bytes in and out). It draws services,
-// containers, small charts and the port table.
+// (/imagelb/... on the admin endpoint, /api/v1/... on a site), and never
+// downloads the whole registry, so it works at 100,000 images. Every poll
+// asks only for what is on screen:
+//   - the registry's totals and the top images, from one-page answers of
+//     the stats API (sort=requests, sort=failed_requests, status=unhealthy),
+//     which carry the registry-wide totals on every page;
+//   - the page of the images table on screen (limit, and the next page's URL
+//     from the Link header), filtered by a status, a name prefix (q) or an
+//     image id (the search box);
+//   - the page of the port mappings on screen;
+//   - the cards of the images shown in detail (services/{id} and
+//     stats?image_id=N for the containers, usage?image_id=N every 10 s for
+//     the last hour): the images picked in the tables or found by the search
+//     (kept in the address, #images=1,2), or every image of a registry of at
+//     most ALL_CARDS images.
+// It polls every 2 s while the tab is visible; while it is hidden, or the
+// server fails, it polls less and less often.
 // No external resources, no inline code, text only through text nodes.
 "use strict";
 
-const statsURL = new URL("../stats", location.href).pathname;
-const servicesURL = new URL("../services", location.href).pathname;
-const portsURL = new URL("../port-mappings", location.href).pathname;
-const usageURL = new URL("../usage", location.href).pathname;
+const apiURL = path => new URL("../" + path, location.href).pathname;
+const statsURL = apiURL("stats");
+const servicesURL = apiURL("services");
+const portsURL = apiURL("port-mappings");
+const usageURL = apiURL("usage");
 const POLL_MS = 2000;
+const HIDDEN_MAX_MS = 60000; // a hidden tab polls at most this rarely
+const ERROR_MAX_MS = 30000; // a failing server is asked at most this rarely
 const USAGE_MS = 10000; // the ledger's buckets are per minute: asking more often shows nothing new
 const HOUR_MS = 3600 * 1000;
 const WINDOW_S = 60; // time span of the charts
+const TOP = 5; // images in each top list
+const PAGE = 25; // images per page of the images table
+const PORTS_PAGE = 10; // port mappings per page
+const ALL_CARDS = 10; // a registry of at most this many images shows every image's card
 const history = new Map(); // container key -> {rps: [[t, v]], inflight: [...], p50: [...]}
 let last = null; // previous request totals, to compute request rates
 let clockOffset = 0; // the server's clock minus ours (ms), when they disagree by more than 2 s
 let hour = null; // the last hour's usage (hourOf), null until it is loaded
 let hourError = null; // why the last usage request failed, null when it did not
 let hourAt = -Infinity; // when usage was last asked for (performance.now, ms)
+let hourKey = ""; // the usage queries of the cards it was asked for
 let usageStep = "1m"; // "" once the ledger refused 1m (its buckets are longer): its own step then
 
 document.getElementById("source").textContent = [statsURL, servicesURL, portsURL, usageURL].join(", ");
@@ -74,10 +93,24 @@ const fmt = (n, d = 0) => isSet(n) ? Number(n).toFixed(d) : "–";
 // fmt1 shows a pushed number with at most one decimal, without assuming a unit.
 const fmt1 = n => Number.isFinite(Number(n)) ? Number(n).toLocaleString(undefined, { maximumFractionDigits: 1 }) : String(n);
 
+// fetchJSON gets a JSON answer with its Date header and the URL of the
+// next page, when the answer is one page of a list (RFC 8288 Link).
 async function fetchJSON(url) {
   const resp = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
   if (!resp.ok) throw Object.assign(new Error(`${url}: HTTP ${resp.status}`), { status: resp.status });
-  return { body: await resp.json(), date: resp.headers.get("Date") };
+  return { body: await resp.json(), date: resp.headers.get("Date"), next: nextLink(resp.headers.get("Link"), resp.url) };
+}
+
+// nextLink is the target of rel="next" in a Link header, as a path and
+// query of this origin (null when there is none).
+function nextLink(header, base) {
+  for (const part of String(header || "").split(/,(?=\s*<)/)) {
+    const m = part.match(/^\s*<([^>]*)>(.*)$/);
+    if (!m || !/;\s*rel="?([^";]*\s)?next(\s[^";]*)?"?\s*(;|$)/i.test(m[2])) continue;
+    const u = new URL(m[1], base || location.href);
+    if (u.origin === location.origin) return u.pathname + u.search;
+  }
+  return null;
 }
 
 // syncClock estimates how far the server's clock is from the browser's,
@@ -210,12 +243,13 @@ function hourOf(report) {
   return { start, stepMs, n, minutes: Math.round(n * stepMs / 60e3), images };
 }
 
-// fetchUsage asks the ledger for the last hour by minutes, every image in
-// one answer. A ledger whose buckets are longer than a minute refuses the
-// step (400): then it is asked for its own.
-async function fetchUsage() {
+// fetchUsage asks the ledger for the last hour by minutes, of the images
+// the query names (image_id=N, or limit=N for the first N). A ledger whose
+// buckets are longer than a minute refuses the step (400): then it is
+// asked for its own.
+async function fetchUsage(query) {
   const from = new Date(Date.now() + clockOffset - HOUR_MS).toISOString();
-  const url = step => `${usageURL}?from=${encodeURIComponent(from)}` + (step ? `&step=${step}` : "");
+  const url = step => `${usageURL}?${query}&from=${encodeURIComponent(from)}` + (step ? `&step=${step}` : "");
   try {
     return (await fetchJSON(url(usageStep))).body;
   } catch (err) {
@@ -226,14 +260,18 @@ async function fetchUsage() {
   }
 }
 
-// loadHour refreshes the last hour's usage when it is USAGE_MS old. When
-// it cannot, the last one stays, and hourError says why.
-async function loadHour() {
-  const t = performance.now();
-  if (t - hourAt < USAGE_MS) return;
+// loadHour refreshes the last hour's usage of the images with a card when
+// it is USAGE_MS old or the cards changed. When it cannot, the last one
+// stays, and hourError says why.
+async function loadHour(queries) {
+  const t = performance.now(), key = queries.join(" ");
+  if (t - hourAt < USAGE_MS && key === hourKey) return;
   hourAt = t;
+  hourKey = key;
   try {
-    hour = hourOf(await fetchUsage());
+    const hours = (await Promise.all(queries.map(fetchUsage))).map(hourOf);
+    hour = hours[0] || null;
+    for (const h of hours.slice(1)) for (const [id, u] of h.images) hour.images.set(id, u);
     hourError = null;
   } catch (err) {
     hourError = err.status ? `HTTP ${err.status}` : err.message;
@@ -312,25 +350,6 @@ function pairs(a, b, key) {
   return out;
 }
 
-let busy = false;
-async function refresh() {
-  if (busy) return;
-  busy = true;
-  const errorBox = document.getElementById("error");
-  try {
-    const [stats, services, ports] = await Promise.all([statsURL, servicesURL, portsURL].map(fetchJSON));
-    syncClock(services.date);
-    await loadHour(); // after the clock: its range is the server's last hour
-    render(stats.body, asList(services.body), asList(ports.body));
-    errorBox.hidden = true;
-  } catch (err) {
-    errorBox.textContent = "cannot load the dashboard's data: " + err.message;
-    errorBox.hidden = false;
-  } finally {
-    busy = false;
-  }
-}
-
 const usageFields = [["cpu", "cpu_usage"], ["mem", "memory_usage"], ["disk", "disk_usage"]];
 
 function usage(c) {
@@ -379,35 +398,234 @@ function containerRows(skey, info, st, now, dt, totals, seen) {
   });
 }
 
-function render(stats, list, ports) {
+
+// A pager is a paged list on screen: the URL of the page shown, those of
+// the pages before it (to go back) and the next page's, from the answer's
+// Link header (null on the last page).
+class Pager {
+  constructor(first) { this.reset(first); }
+  reset(first) { this.url = first; this.back = []; this.next = null; }
+  forward() { if (this.next) { this.back.push(this.url); this.url = this.next; this.next = null; } }
+  backward() { if (this.back.length) { this.url = this.back.pop(); this.next = null; } }
+  get number() { return this.back.length + 1; }
+}
+
+const STATUSES = ["healthy", "unhealthy", "starting", "draining", "unknown"];
+const SORTS = [["image_id", "image id"], ["requests", "requests"], ["requests_per_second", "req/s"], ["failed_requests", "failures"]];
+const filter = { status: "", sort: "image_id", q: "", imageID: "" }; // of the images table
+
+// tableURL is the first page of the images table under the filter: one
+// image when the search found its id.
+function tableURL() {
+  const p = new URLSearchParams();
+  if (filter.imageID) {
+    p.set("image_id", filter.imageID);
+    return `${statsURL}?${p}`;
+  }
+  p.set("limit", PAGE);
+  if (filter.sort !== "image_id") p.set("sort", filter.sort);
+  if (filter.status) p.set("status", filter.status);
+  if (filter.q) p.set("q", filter.q);
+  return `${statsURL}?${p}`;
+}
+const images = new Pager(tableURL());
+const ports = new Pager(`${portsURL}?limit=${PORTS_PAGE}`);
+
+function setFilter(change) {
+  Object.assign(filter, change);
+  images.reset(tableURL());
+  refresh();
+}
+
+// selected lists the images shown in detail. They are kept in the address
+// (#images=7,12), so a reload or a link shows them again.
+function selected() {
+  const m = location.hash.match(/^#images=([0-9,]+)$/);
+  return m ? [...new Set(m[1].split(",").filter(Boolean))] : [];
+}
+
+// pick shows image id in detail (first), or hides it again.
+function pick(id, show = true) {
+  const ids = selected().filter(x => x !== String(id));
+  if (show) ids.unshift(String(id));
+  location.hash = ids.length ? "images=" + ids.join(",") : "";
+  bringIntoView = show ? String(id) : null;
+}
+let bringIntoView = null; // the card to bring into view once it is drawn
+
+// orNone is a list's answer, or an empty one when the image asked for is
+// not (or no longer) registered.
+const orNone = p => p.catch(err => {
+  if (err.status === 404) return { body: { services: [] }, next: null, missing: true };
+  throw err;
+});
+
+// loadCards fetches what the cards show: every image of a small registry
+// in two answers, or each picked image's service and statistics.
+async function loadCards(total) {
+  if (total <= ALL_CARDS) {
+    const [stats, services] = await Promise.all([`${statsURL}?limit=${ALL_CARDS}`, `${servicesURL}?limit=${ALL_CARDS}`].map(fetchJSON));
+    await loadHour([`limit=${ALL_CARDS}`]);
+    return pairs(asList(services.body), stats.body.services || [], "image_id").map(([info, s]) => [info, s, false]);
+  }
+  const ids = selected();
+  const cards = await Promise.all(ids.map(async id => {
+    const [svc, st] = await Promise.all([orNone(fetchJSON(`${servicesURL}/${id}`)), orNone(fetchJSON(`${statsURL}?image_id=${id}`))]);
+    if (svc.missing) return [{ image_id: Number(id), missing: true }, {}, true];
+    return [svc.body, (st.body.services || [])[0] || {}, true];
+  }));
+  await loadHour(ids.map(id => `image_id=${id}`));
+  return cards;
+}
+
+let busy = false, again = false, timer = 0, hiddenDelay = POLL_MS, errorDelay = 0;
+
+// refresh polls what is on screen and draws it; a call while one runs
+// makes it run once more afterwards.
+async function refresh() {
+  if (busy) { again = true; return; }
+  busy = true;
+  clearTimeout(timer);
+  const errorBox = document.getElementById("error");
+  let failed = false;
+  try {
+    const [busiest, failing, unhealthy, page, portPage] = await Promise.all([
+      fetchJSON(`${statsURL}?limit=${TOP}&sort=requests`),
+      fetchJSON(`${statsURL}?limit=${TOP}&sort=failed_requests`),
+      fetchJSON(`${statsURL}?limit=${TOP}&status=unhealthy`),
+      orNone(fetchJSON(images.url)),
+      fetchJSON(ports.url)]);
+    syncClock(busiest.date);
+    images.next = page.next;
+    ports.next = portPage.next;
+    const head = busiest.body;
+    const total = head.user_services?.total_services ?? (head.services || []).length;
+    const cards = await loadCards(total);
+    renderSummary(head, total);
+    renderTops(busiest.body.services, failing.body.services, unhealthy.body.services);
+    renderTable(page);
+    renderPorts(asList(portPage.body));
+    renderCards(cards);
+    errorBox.hidden = true;
+  } catch (err) {
+    failed = true;
+    errorBox.textContent = "cannot load the dashboard's data: " + err.message;
+    errorBox.hidden = false;
+  } finally {
+    busy = false;
+    if (again) {
+      again = false;
+      refresh();
+    } else {
+      schedule(failed);
+    }
+  }
+}
+
+// schedule plans the next poll: every POLL_MS while the tab is visible and
+// the server answers; twice as long after each poll while it is hidden (up
+// to HIDDEN_MAX_MS) or failing (up to ERROR_MAX_MS).
+function schedule(failed) {
+  clearTimeout(timer);
+  errorDelay = failed ? Math.min(ERROR_MAX_MS, Math.max(POLL_MS, errorDelay * 2)) : 0;
+  hiddenDelay = document.hidden ? Math.min(HIDDEN_MAX_MS, hiddenDelay * 2) : POLL_MS;
+  timer = setTimeout(refresh, Math.max(errorDelay, hiddenDelay));
+}
+
+const num = n => isSet(n) ? Number(n).toLocaleString("en-US") : "–";
+
+function renderSummary(head, total) {
+  const u = head.user_services || {};
+  morphChildren(document.getElementById("summary"), [
+    el("span", {}, "images ", el("b", { id: "services-count" }, total)),
+    isSet(u.total_containers) ? el("span", {}, "containers ", el("b", { id: "containers-count" }, u.total_containers),
+      " · healthy ", el("b", {}, u.healthy_containers)) : "",
+    el("span", {}, "requests ", el("b", { id: "total-requests" }, u.total_requests ?? head.total_requests)),
+    el("span", {}, "failed ", el("b", {}, head.failed_requests)),
+    el("span", {}, "in flight ", el("b", {}, head.active_connections)),
+    el("span", {}, "uptime ", el("b", {}, fmt(head.uptime_seconds) + " s"))]);
+  const by = head.containers_by_status || {};
+  morphChildren(document.getElementById("by-status"), Object.keys(by).length ? [
+    el("span", { class: "muted" }, "containers by status:"),
+    ...STATUSES.filter(s => by[s]).concat(Object.keys(by).filter(s => !STATUSES.includes(s))).map(s =>
+      el("button", { type: "button", class: "status " + s + (filter.status === s ? " on" : ""), "data-status": s,
+        title: `list the images with a container ${s}` }, `${s} ${num(by[s])}`))] : []);
+}
+
+// imageLink shows an image's id and name; a click shows it in detail.
+const imageLink = s => el("a", { href: `#images=${s.image_id}`, class: "image-link", "data-pick": s.image_id },
+  el("b", {}, s.image_id), " ", s.image_name ?? "");
+
+const healthyOf = s => `${s.healthy_containers ?? "–"}/${(s.containers || []).length}`;
+const hasStatus = (s, status) => (s.containers || []).some(c => c.status === status);
+
+// renderTops draws the three short lists: unhealthy images first, then the
+// busiest and those with the most failures (only images that have some).
+function renderTops(busiest, failing, unhealthy) {
+  const top = (id, list, none, figure) => {
+    morphChildren(document.getElementById(id), list.length ? list.slice(0, TOP).map(s =>
+      el("tr", { "data-image": s.image_id }, el("td", {}, imageLink(s)), el("td", { class: "figure" }, figure(s)))) :
+      [el("tr", { class: "none" }, el("td", { class: "muted" }, none))]);
+  };
+  top("top-unhealthy", (unhealthy || []).filter(s => hasStatus(s, "unhealthy")), "no unhealthy container",
+    s => ["healthy ", el("b", {}, healthyOf(s))]);
+  top("top-requests", (busiest || []).filter(s => s.total_requests > 0), "no traffic yet",
+    s => [el("b", { class: "top-requests" }, num(s.total_requests)), " requests · ", el("b", {}, fmt(s.requests_per_second, 2)), " req/s"]);
+  top("top-failed", (failing || []).filter(s => s.failed_requests > 0), "no failed request",
+    s => [el("b", {}, num(s.failed_requests)), " failed of ", num(s.total_requests)]);
+}
+
+function renderTable(page) {
+  const list = page.body.services || [];
+  const from = (images.number - 1) * PAGE;
+  morphChildren(document.getElementById("image-rows"), list.map(s =>
+    el("tr", { "data-image": s.image_id, class: hasStatus(s, "unhealthy") ? "sick" : null },
+      el("td", {}, imageLink(s)),
+      el("td", {}, s.algorithm),
+      el("td", {}, healthyOf(s)),
+      el("td", {}, num(s.total_requests)),
+      el("td", {}, num(s.failed_requests)),
+      el("td", {}, fmt(s.requests_per_second, 2)),
+      el("td", {}, num(s.active_connections)))));
+  const what = filter.imageID ? `image ${filter.imageID}` :
+    [filter.q ? `names starting with “${filter.q}”` : "", filter.status ? `a container ${filter.status}` : ""].filter(Boolean).join(", ");
+  document.getElementById("image-filter").textContent = what ? "· " + what : "";
+  document.getElementById("clear-filter").hidden = !what;
+  document.getElementById("no-images").hidden = list.length !== 0;
+  document.getElementById("no-images").textContent = page.missing || filter.imageID ? `No image ${filter.imageID} is registered.` : "No image matches.";
+  document.getElementById("page-info").textContent = list.length ? `${from + 1}–${from + list.length}` : "";
+  document.getElementById("prev-page").disabled = images.back.length === 0;
+  document.getElementById("next-page").disabled = !images.next;
+}
+
+function renderPorts(list) {
+  morphChildren(document.getElementById("port-rows"), list.map(p =>
+    el("tr", { "data-port": p.external_port },
+      el("td", { class: "port" }, p.external_port),
+      el("td", {}, el("a", { href: `#images=${p.image_id}`, "data-pick": p.image_id }, p.image_id)),
+      el("td", {}, p.image_name ?? ""),
+      el("td", {}, p.container_count ?? "–"),
+      el("td", {}, p.total_requests ?? "–"))));
+  const none = list.length === 0 && ports.number === 1;
+  document.getElementById("port-mappings").hidden = none;
+  document.getElementById("no-ports").hidden = !none;
+  document.getElementById("ports-pager").hidden = ports.number === 1 && !ports.next;
+  document.getElementById("ports-prev").disabled = ports.back.length === 0;
+  document.getElementById("ports-next").disabled = !ports.next;
+}
+
+function renderCards(cards) {
   const now = performance.now() / 1000;
   const dt = last ? now - last.at : 0;
   const totals = new Map();
   const seen = new Set();
-  const statServices = stats.services || [];
-  const svcByID = new Map(list.map(s => [s.image_id, s]));
-
-  morphChildren(document.getElementById("summary"), [
-    el("span", {}, "services ", el("b", { id: "services-count" }, statServices.length)),
-    el("span", {}, "requests ", el("b", { id: "total-requests" }, stats.total_requests)),
-    el("span", {}, "failed ", el("b", {}, stats.failed_requests)),
-    el("span", {}, "in flight ", el("b", {}, stats.active_connections)),
-    el("span", {}, "uptime ", el("b", {}, fmt(stats.uptime_seconds) + " s"))]);
-
-  morphChildren(document.getElementById("port-rows"), ports.map(p => {
-    const svc = svcByID.get(p.image_id) || {};
-    return el("tr", { "data-port": p.external_port },
-      el("td", { class: "port" }, p.external_port),
-      el("td", {}, p.image_id),
-      el("td", {}, p.image_name ?? svc.image_name ?? ""),
-      el("td", {}, p.container_count ?? (svc.containers ? svc.containers.length : "–")),
-      el("td", {}, p.total_requests ?? svc.total_requests ?? "–"));
-  }));
-  document.getElementById("port-mappings").hidden = ports.length === 0;
-  document.getElementById("no-ports").hidden = ports.length !== 0;
-
-  morphChildren(document.getElementById("services"), pairs(list, statServices, "image_id").map(([info, s]) => {
+  morphChildren(document.getElementById("services"), cards.map(([info, s, closable]) => {
     const id = info.image_id ?? s.image_id;
+    const close = closable ? el("button", { type: "button", class: "close", "data-unpick": id, title: "hide this image", "aria-label": "hide image " + id }, "×") : "";
+    if (info.missing) {
+      return el("section", { class: "card service", "data-image": id },
+        el("h2", {}, `image ${id}`, close), el("p", { class: "muted" }, `Image ${id} is not registered.`));
+    }
     const skey = "s" + id;
     const total = s.total_requests ?? info.total_requests ?? 0;
     totals.set(skey, total);
@@ -415,7 +633,7 @@ function render(stats, list, ports) {
     const count = (info.containers || s.containers || []).length;
     return el("section", { class: "card service", "data-image": id },
       el("h2", {}, info.image_name ?? s.image_name, el("small", {}, `image ${id} · ${info.algorithm ?? s.algorithm}` +
-        (isSet(info.external_port) ? ` · port ${info.external_port}` : "") + (info.static ? " · static" : ""))),
+        (isSet(info.external_port) ? ` · port ${info.external_port}` : "") + (info.static ? " · static" : "")), close),
       el("div", { class: "figures" },
         "requests ", el("b", { class: "service-requests" }, total), " · failed ", el("b", {}, s.failed_requests ?? info.failed_requests),
         " · in flight ", el("b", {}, s.active_connections ?? info.active_connections), " · ", el("b", {}, fmt(srps, 1)), " req/s now · ",
@@ -430,11 +648,80 @@ function render(stats, list, ports) {
         el("thead", {}, el("tr", {}, columns.map(h => el("th", {}, h)))),
         el("tbody", {}, containerRows(skey, info, s, now, dt, totals, seen)))));
   }));
-  for (const key of history.keys()) if (!seen.has(key)) history.delete(key); // removed containers
+  for (const key of history.keys()) if (!seen.has(key)) history.delete(key); // removed containers, hidden cards
   totals.at = now;
   last = totals;
   document.getElementById("updated").textContent = "Last update " + new Date().toLocaleTimeString() + ".";
+  if (bringIntoView) {
+    document.querySelector(`#services [data-image="${bringIntoView}"]`)?.scrollIntoView({ block: "nearest" });
+    bringIntoView = null;
+  }
 }
 
+// search finds an image by its id (exact: the table shows it and its card
+// opens) or by a prefix of its name (the table lists the matches).
+async function search(text) {
+  const v = text.trim();
+  const note = document.getElementById("search-note");
+  note.textContent = "";
+  if (/^[0-9]+$/.test(v)) {
+    try {
+      const svc = (await fetchJSON(`${servicesURL}/${v}`)).body;
+      setFilter({ imageID: String(svc.image_id), q: "", status: "" });
+      pick(svc.image_id);
+      return;
+    } catch (err) {
+      if (err.status !== 404 && err.status !== 422) {
+        note.textContent = "cannot search: " + err.message;
+        return;
+      }
+      note.textContent = `No image ${v}; images whose name starts with “${v}”:`;
+    }
+  }
+  setFilter({ imageID: "", q: v });
+}
+
+function setup() {
+  const statusSelect = document.getElementById("status-filter");
+  statusSelect.append(el("option", { value: "" }, "any status"), ...STATUSES.map(s => el("option", { value: s }, "a container " + s)));
+  statusSelect.addEventListener("change", () => setFilter({ status: statusSelect.value, imageID: "" }));
+  const sortSelect = document.getElementById("sort");
+  sortSelect.append(...SORTS.map(([v, label]) => el("option", { value: v }, "by " + label)));
+  sortSelect.addEventListener("change", () => setFilter({ sort: sortSelect.value }));
+  document.getElementById("search").addEventListener("submit", ev => {
+    ev.preventDefault();
+    search(document.getElementById("search-input").value);
+  });
+  document.getElementById("clear-filter").addEventListener("click", () => {
+    document.getElementById("search-input").value = "";
+    document.getElementById("search-note").textContent = "";
+    statusSelect.value = "";
+    setFilter({ imageID: "", q: "", status: "" });
+  });
+  document.getElementById("prev-page").addEventListener("click", () => { images.backward(); refresh(); });
+  document.getElementById("next-page").addEventListener("click", () => { images.forward(); refresh(); });
+  document.getElementById("ports-prev").addEventListener("click", () => { ports.backward(); refresh(); });
+  document.getElementById("ports-next").addEventListener("click", () => { ports.forward(); refresh(); });
+  document.addEventListener("click", ev => {
+    const link = ev.target.closest("[data-pick], [data-unpick], [data-status]");
+    if (!link) return;
+    ev.preventDefault();
+    if (link.dataset.pick) pick(link.dataset.pick);
+    else if (link.dataset.unpick) pick(link.dataset.unpick, false);
+    else {
+      const s = filter.status === link.dataset.status ? "" : link.dataset.status;
+      statusSelect.value = s;
+      setFilter({ status: s, imageID: "" });
+    }
+  });
+  window.addEventListener("hashchange", refresh);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      hiddenDelay = POLL_MS;
+      refresh();
+    }
+  });
+}
+
+setup();
 refresh();
-setInterval(refresh, POLL_MS);
