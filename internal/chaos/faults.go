@@ -50,12 +50,12 @@ func (r *run) inject(kind string, d time.Duration, rng *rand.Rand) string {
 		r.etcd.Stop(m)
 		time.Sleep(d) // the member is down for d
 		r.etcd.Restart(m)
-		return fmt.Sprintf("%s: member m%d down for %s", kind, m, d.Round(time.Millisecond))
+		return fmt.Sprintf("%s: member m%d %s for %s", kind, m, r.memberDown(), d.Round(time.Millisecond))
 	case FaultAllMembers:
 		r.etcd.StopAll()
 		time.Sleep(d) // every member is down for d
 		r.etcd.RestartAll()
-		return fmt.Sprintf("%s: every member down for %s", kind, d.Round(time.Millisecond))
+		return fmt.Sprintf("%s: every member %s for %s", kind, r.memberDown(), d.Round(time.Millisecond))
 	case FaultNodeKill:
 		n := r.nodes[rng.IntN(len(r.nodes))]
 		n.kill9()
