@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,18 +15,39 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+var (
+	buildOnce sync.Once
+	built     string
+	buildErr  error
+)
+
 // etcdBinary is ETCDPROC_BIN (Debian's /usr/bin/etcd, say), or the etcd
-// Build makes.
+// Build makes, once for the package's tests.
 func etcdBinary(t *testing.T) string {
 	t.Helper()
 	if bin := os.Getenv("ETCDPROC_BIN"); bin != "" {
 		return bin
 	}
-	bin, err := Build("../..", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "etcdproc-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		built, buildErr = Build("../..", dir)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	return bin
+	return built
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built != "" {
+		os.RemoveAll(filepath.Dir(built))
+	}
+	os.Exit(code)
 }
 
 // TestKillAndRestart: a three-member cluster of processes keeps every
