@@ -55,7 +55,7 @@ func TestChaos(t *testing.T) {
 }
 
 // TestChaosProcesses runs one short history against an etcd of three
-// processes (the etcd etcdproc builds; CHAOS_ETCD names another binary,
+// processes (the etcd etcdproc builds; ETCD_BIN names another binary,
 // Debian's /usr/bin/etcd say), whose members the member faults kill with
 // SIGKILL and restart on their data.
 func TestChaosProcesses(t *testing.T) {
@@ -63,7 +63,7 @@ func TestChaosProcesses(t *testing.T) {
 		t.Skip("builds etcd, starts three etcd processes and three Caddy nodes")
 	}
 	seed := uint64(time.Now().UnixNano() % 1_000_000)
-	etcd := os.Getenv("CHAOS_ETCD")
+	etcd := os.Getenv("ETCD_BIN")
 	if etcd == "" {
 		var err error
 		if etcd, err = etcdproc.Build("../..", t.TempDir()); err != nil {

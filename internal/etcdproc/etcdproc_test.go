@@ -21,11 +21,11 @@ var (
 	buildErr  error
 )
 
-// etcdBinary is ETCDPROC_BIN (Debian's /usr/bin/etcd, say), or the etcd
+// etcdBinary is ETCD_BIN (Debian's /usr/bin/etcd, say), or the etcd
 // Build makes, once for the package's tests.
 func etcdBinary(t *testing.T) string {
 	t.Helper()
-	if bin := os.Getenv("ETCDPROC_BIN"); bin != "" {
+	if bin := os.Getenv("ETCD_BIN"); bin != "" {
 		return bin
 	}
 	buildOnce.Do(func() {
