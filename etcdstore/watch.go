@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -106,6 +107,14 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 	// WithRequireLeader: a member cut off from its leader ends the watch
 	// (ErrNoLeader) instead of keeping it open and silent.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// asked: the probe has asked this stream for a progress notification.
+	// etcd before 3.4.24 and 3.5.8 (Debian's etcd-server is 3.4.23)
+	// answers such a request at once with its current revision, ahead of
+	// the events a resumed watch has still to receive (etcd-io/etcd#15220);
+	// the answer cannot be told from a periodic notification, so from then
+	// on no notification on this stream moves the revision: events do, and
+	// a re-list does if the stream breaks behind a compaction.
+	var asked atomic.Bool
 	// The probe runs on its own: Watch itself blocks until etcd has
 	// created the watch.
 	probed, lost := make(chan struct{}), make(chan struct{})
@@ -118,7 +127,7 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 			case <-wctx.Done():
 				return
 			case <-tick.C:
-				if !w.probe(wctx, cli) {
+				if !w.probe(wctx, cli, &asked) {
 					close(lost)
 					return
 				}
@@ -177,10 +186,11 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 				}
 				healthy = true
 				// A created response says nothing of the events that
-				// follow it (the watch may be catching up); a progress
-				// notification comes only once every event up to its
-				// revision has been sent.
-				if resp.Created || rev <= w.rev {
+				// follow it (the watch may be catching up); a periodic
+				// progress notification comes only once every event up
+				// to its revision has been sent, and so does a requested
+				// one from etcd 3.4.24 and 3.5.8 on (see asked).
+				if resp.Created || rev <= w.rev || asked.Load() {
 					w.s.setOK(w.rev)
 					continue
 				}
@@ -273,7 +283,7 @@ func (w *watch) backwards(ctx context.Context, cli *clientv3.Client, rev int64) 
 // notification: it comes back once etcd answers again.
 // It runs in a goroutine of its own, beside the watch's; false: the
 // connection is lost, and the watch must end.
-func (w *watch) probe(wctx context.Context, cli *clientv3.Client) bool {
+func (w *watch) probe(wctx context.Context, cli *clientv3.Client, asked *atomic.Bool) bool {
 	if cli.ActiveConnection().GetState() == connectivity.TransientFailure {
 		w.s.setDegraded("no connection to etcd at " + w.s.eps)
 		return false
@@ -284,6 +294,7 @@ func (w *watch) probe(wctx context.Context, cli *clientv3.Client) bool {
 	// wctx's metadata (the leader requirement) names the watch's stream.
 	pctx, cancel := context.WithTimeout(wctx, probeInterval)
 	defer cancel()
+	asked.Store(true) // before the request: its answer may come at once
 	if err := cli.RequestProgress(pctx); err != nil {
 		w.s.log.Debug("etcd progress request failed", zap.Error(err))
 	}

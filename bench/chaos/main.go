@@ -1,7 +1,7 @@
 // Command chaos runs randomized histories with faults against a cluster of
 // imagelb nodes and checks each one (internal/chaos): three nodes of the
-// binary cmd/caddy builds, a three-member etcd embedded in this process,
-// writers on every node, faults one at a time. For each history it prints
+// binary cmd/caddy builds, a three-member etcd (embedded in this process, or
+// three processes with -etcd), writers on every node, faults one at a time. For each history it prints
 // the seed, the operations by answer, the faults, how long porcupine's check
 // took, and the anomalies; on an anomaly it writes the history and
 // porcupine's visualization to -out and names the files.
@@ -20,6 +20,8 @@
 //	go run ./bench/chaos -histories 1 -seed 42 -faults node-kill,partition
 //	go run ./bench/chaos -histories 10 -history 15s -faults restore-bump,restore-nobump,member-kill,node-kill
 //	go run ./bench/chaos -local -duration 5m   # store local, killed with SIGKILL
+//	go run ./bench/chaos -etcd built -histories 5 -history 12s           # members as processes, kill -9
+//	go run ./bench/chaos -etcd /usr/bin/etcd -histories 5 -history 12s   # Debian's etcd-server 3.4
 //
 // Run it in a private network namespace when other programs use loopback
 // ports (`unshare --net`). Seeds are consecutive from -seed; a seed fixes the
@@ -42,6 +44,7 @@ import (
 	"time"
 
 	"github.com/imagelb/caddy-imagelb/internal/chaos"
+	"github.com/imagelb/caddy-imagelb/internal/etcdproc"
 )
 
 func main() {
@@ -56,10 +59,23 @@ func main() {
 	strict := flag.Bool("strict", false, "check that every 404 and port 409 was right at some moment of its request")
 	local := flag.Bool("local", false, "one node on store local, killed with SIGKILL (only node-kill applies; -faults defaults to it)")
 	out := flag.String("out", "chaos-out", "directory for the files of anomalous histories")
+	etcd := flag.String("etcd", "embedded", "the etcd members: embedded (in this process, closed by the member faults), "+
+		"built (etcd's own main at the module's version, three processes killed with SIGKILL), or the path of an etcd binary run the same way (Debian's /usr/bin/etcd)")
 	flag.Parse()
 
 	if *local && !flagSet("faults") {
 		*faults = chaos.FaultNodeKill
+	}
+	if *etcd != "embedded" && !flagSet("faults") {
+		// a restore rewrites the members' data directories, which only
+		// the embedded members support
+		var kinds []string
+		for _, k := range chaos.AllFaults {
+			if !slices.Contains(chaos.RestoreFaults, k) {
+				kinds = append(kinds, k)
+			}
+		}
+		*faults = strings.Join(kinds, ",")
 	}
 	var kinds []string
 	for _, k := range strings.Split(*faults, ",") {
@@ -88,6 +104,25 @@ func main() {
 		log.Fatal(err)
 	}
 
+	etcdBin := ""
+	switch *etcd {
+	case "embedded":
+	case "built":
+		fmt.Printf("building etcd ...\n")
+		if etcdBin, err = etcdproc.Build(root, tmp); err != nil {
+			log.Fatal(err)
+		}
+	default:
+		etcdBin = *etcd
+	}
+	if etcdBin != "" {
+		v, err := etcdproc.Version(etcdBin)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("etcd %s (%s): three processes, member faults kill with SIGKILL\n", v, etcdBin)
+	}
+
 	// An interrupt stops the nodes and etcd of the history in progress.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -106,7 +141,7 @@ func main() {
 			break
 		}
 		cfg := chaos.Config{Seed: s, Duration: *length, Groups: *groups, Writers: *writers, Faults: kinds,
-			PauseFor: *pause, StrictRejects: *strict, Local: *local, Out: *out}
+			PauseFor: *pause, StrictRejects: *strict, Local: *local, Out: *out, Etcd: etcdBin}
 		rep, err := runOne(tmp, bin, cfg)
 		ran++
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/imagelb/caddy-imagelb/internal/etcdproc"
 )
 
 // TestChaos runs one short randomized history with every fault (the pause
@@ -50,6 +52,41 @@ func TestChaos(t *testing.T) {
 	for _, f := range rep.Files {
 		t.Logf("written: %s", f)
 	}
+}
+
+// TestChaosProcesses runs one short history against an etcd of three
+// processes (the etcd etcdproc builds; ETCD_BIN names another binary,
+// Debian's /usr/bin/etcd say), whose members the member faults kill with
+// SIGKILL and restart on their data.
+func TestChaosProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds etcd, starts three etcd processes and three Caddy nodes")
+	}
+	seed := uint64(time.Now().UnixNano() % 1_000_000)
+	etcd := os.Getenv("ETCD_BIN")
+	if etcd == "" {
+		var err error
+		if etcd, err = etcdproc.Build("../..", t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := caddyBinary(t)
+	rep := Run(t, bin, Config{
+		Seed:     seed,
+		Duration: 8 * time.Second,
+		Etcd:     etcd,
+		Faults:   []string{FaultMemberKill, FaultLeaderKill, FaultAllMembers},
+		FaultGap: time.Second,
+		FaultFor: time.Second,
+		Log:      t.Logf,
+	})
+	t.Logf("seed %d, %s: %d writes %v, %d etcd reads, %d node reads, %d faults; porcupine %s in %s; converged in %s; %s in all",
+		rep.Seed, rep.Etcd, rep.Ops, rep.Codes, rep.EtcdReads, rep.NodeReads, len(rep.Faults), rep.Result,
+		rep.CheckTook.Round(time.Millisecond), rep.Converged.Round(time.Millisecond), rep.TotalTaken.Round(time.Millisecond))
+	if len(rep.Faults) == 0 {
+		t.Fatal("no member was killed")
+	}
+	failOn(t, seed, rep)
 }
 
 // TestChaosLocal runs a short history on one node of store local, killed

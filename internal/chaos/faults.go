@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/imagelb/caddy-imagelb/internal/etcdtest"
 )
 
 // faults injects the configured faults one at a time until deadline; each
@@ -53,12 +55,12 @@ func (r *run) inject(kind string, d time.Duration, rng *rand.Rand) string {
 		r.etcd.Stop(m)
 		time.Sleep(d) // the member is down for d
 		r.etcd.Restart(m)
-		return fmt.Sprintf("%s: member m%d down for %s", kind, m, d.Round(time.Millisecond))
+		return fmt.Sprintf("%s: member m%d %s for %s", kind, m, r.memberDown(), d.Round(time.Millisecond))
 	case FaultAllMembers:
 		r.etcd.StopAll()
 		time.Sleep(d) // every member is down for d
 		r.etcd.RestartAll()
-		return fmt.Sprintf("%s: every member down for %s", kind, d.Round(time.Millisecond))
+		return fmt.Sprintf("%s: every member %s for %s", kind, r.memberDown(), d.Round(time.Millisecond))
 	case FaultNodeKill:
 		n := r.nodes[rng.IntN(len(r.nodes))]
 		n.kill9()
@@ -112,7 +114,8 @@ type restore struct {
 // theirs.
 func (r *run) restore(kind string, d time.Duration, rng *rand.Rand) string {
 	snap := filepath.Join(r.t.TempDir(), "snapshot.db")
-	snapRev := r.etcd.Snapshot(snap)
+	restorable := r.etcd.(*etcdtest.Cluster) // Run refuses a restore fault with other members
+	snapRev := restorable.Snapshot(snap)
 	time.Sleep(d) // the writers go on: the restore undoes what they change now
 	stop := r.now()
 	for _, n := range r.nodes {
@@ -132,7 +135,7 @@ func (r *run) restore(kind string, d time.Duration, rng *rand.Rand) string {
 	if kind == FaultRestoreBump {
 		bump = RestoreBump
 	}
-	rev := r.etcd.RestoreAll(snap, bump)
+	rev := restorable.RestoreAll(snap, bump)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	states, err := r.readEtcd(ctx)

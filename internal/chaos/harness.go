@@ -9,19 +9,26 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"go.etcd.io/etcd/api/v3/version"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/imagelb/caddy-imagelb/internal/etcdproc"
 	"github.com/imagelb/caddy-imagelb/internal/etcdtest"
 )
 
-// Fault kinds, each a switch of Config.Faults.
+// Fault kinds, each a switch of Config.Faults. With Config.Etcd set, the
+// members are processes and member-kill, leader-kill and all-members kill
+// them with SIGKILL; embedded, they are closed in-process (their clients'
+// connections cut first, as a crash would).
 const (
-	FaultMemberKill = "member-kill" // a random etcd member closed hard, then restarted on its data
+	FaultMemberKill = "member-kill" // a random etcd member killed, then restarted on its data
 	FaultLeaderKill = "leader-kill" // the same for the member that leads
 	FaultAllMembers = "all-members" // every member down, then back
 	FaultNodeKill   = "node-kill"   // a Caddy node killed with SIGKILL, then restarted on its data directory
@@ -40,6 +47,10 @@ const (
 // RestoreBump is the revision bump of FaultRestoreBump, as an operator
 // passes to `etcdutl snapshot restore --bump-revision`.
 const RestoreBump = 1_000_000
+
+// RestoreFaults are the faults that restore etcd from a snapshot: only
+// the embedded members (internal/etcdtest) can be restored.
+var RestoreFaults = []string{FaultRestoreBump, FaultRestoreNoBump}
 
 // AllFaults lists every fault kind.
 var AllFaults = []string{FaultMemberKill, FaultLeaderKill, FaultAllMembers, FaultNodeKill, FaultNodePause,
@@ -63,6 +74,11 @@ type Config struct {
 	FaultGap time.Duration
 	FaultFor time.Duration
 	PauseFor time.Duration
+	// Etcd is the etcd server's binary (the one etcdproc.Build makes, or
+	// Debian's /usr/bin/etcd, 3.4): its three members run as processes on
+	// loopback, and the member faults kill them with SIGKILL. Empty: the
+	// members are embedded in this process (etcdtest, the module's etcd).
+	Etcd string
 	// StrictRejects checks that a 404 or a port 409 was right at some
 	// moment of the request (a node answering from a stale view breaks
 	// it); off, a rejected write is only checked to change nothing.
@@ -80,6 +96,7 @@ type Config struct {
 // Report is what a run found.
 type Report struct {
 	Seed       uint64
+	Etcd       string         // which etcd, and how it ran
 	Ops        int            // writes recorded
 	Codes      map[string]int // writes by answer: 200, 404, 409, unknown
 	EtcdReads  int
@@ -140,7 +157,7 @@ type run struct {
 	t     testing.TB
 	cfg   Config
 	bin   string
-	etcd  *etcdtest.Cluster
+	etcd  etcdCluster
 	nodes []*node
 	start time.Time
 	rng   *rand.Rand // the fault schedule's
@@ -173,10 +190,45 @@ type run struct {
 	lastInfo porcupine.LinearizationInfo
 }
 
+// etcdCluster is the three-member etcd of a run: embedded (etcdtest) or
+// processes (etcdproc), which have the same methods.
+type etcdCluster interface {
+	Endpoint(i int) string
+	Client() *clientv3.Client
+	Revision() int64
+	Compact(rev int64) int64
+	Leader() int
+	Stop(i int) // killed: SIGKILL for a process
+	Restart(i int)
+	StopAll()
+	RestartAll()
+}
+
+var (
+	_ etcdCluster = (*etcdtest.Cluster)(nil)
+	_ etcdCluster = (*etcdproc.Cluster)(nil)
+)
+
+// memberDown says how a member fault took a member down.
+func (r *run) memberDown() string {
+	if r.cfg.Etcd != "" {
+		return "killed (SIGKILL), down"
+	}
+	return "closed, down"
+}
+
+// etcdName says which etcd a history ran against.
+func etcdName(c etcdCluster) string {
+	if p, ok := c.(*etcdproc.Cluster); ok {
+		return "etcd " + p.Version() + ", three processes"
+	}
+	return "etcd " + version.Version + ", three members embedded"
+}
+
 var client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
 
-// Run runs one history against a three-member embedded etcd and
-// cfg.Nodes nodes of bin, then checks it. A fault of the harness itself
+// Run runs one history against a three-member etcd (embedded, or the
+// processes of cfg.Etcd) and cfg.Nodes nodes of bin, then checks it. A fault of the harness itself
 // (etcd not starting, say) fails t; what the checker finds is in the
 // report.
 func Run(t testing.TB, bin string, cfg Config) *Report {
@@ -195,6 +247,13 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 				t.Fatalf("chaos: fault %s does not apply to store local (only %s does)", f, FaultNodeKill)
 			}
 		}
+	} else if cfg.Etcd != "" {
+		for _, f := range cfg.Faults {
+			if slices.Contains(RestoreFaults, f) {
+				t.Fatalf("chaos: fault %s needs the embedded etcd (Config.Etcd empty, bench/chaos -etcd embedded): a restore rewrites the members' data directories in process", f)
+			}
+		}
+		r.etcd = etcdproc.Start(t, cfg.Etcd, 3)
 	} else {
 		r.etcd = etcdtest.Start(t, 3)
 	}
@@ -207,6 +266,9 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		r.startNode(n)
 	}
 	rep := &Report{Seed: cfg.Seed, Codes: map[string]int{}}
+	if r.etcd != nil {
+		rep.Etcd = etcdName(r.etcd)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if !cfg.Local {

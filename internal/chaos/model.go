@@ -29,6 +29,13 @@
 // The model is partitioned by group: a group is two images that contend for
 // one external port, so a check stays small (porcupine checks each group
 // alone) while port claims still race.
+//
+// etcd's three members are embedded in the process by default (etcdtest,
+// the module's etcd): the member faults close them, cutting their clients
+// first. With Config.Etcd they are processes of an etcd binary (etcdproc:
+// the module's etcd built from its own main, or Debian's etcd-server 3.4),
+// and the member faults kill them with SIGKILL and restart them on their
+// data directories, as a crashed member comes back.
 package chaos
 
 import (

@@ -5,6 +5,7 @@ package chaos
 
 import (
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"os/exec"
@@ -123,6 +124,7 @@ func (r *run) startNode(n *node) {
 	// generous: on a loaded 2-core machine a start (a build's worth of
 	// other work beside it) has taken over 30 s
 	deadline := time.Now().Add(startTimeout)
+	last := "no answer" // the API's last answer, for the failure's message
 	for {
 		select {
 		case <-done:
@@ -130,14 +132,18 @@ func (r *run) startNode(n *node) {
 		default:
 		}
 		if resp, err := client.Get(n.adm + "/services"); err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return
 			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		} else {
+			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("%s's API did not answer within %s; the end of its log:\n%s", n.name, startTimeout,
-				logTail(filepath.Join(n.dir, "caddy.log")))
+			r.t.Fatalf("%s's API did not answer 200 within %s (its last answer: %s); the end of its log:\n%s", n.name,
+				startTimeout, last, logTail(filepath.Join(n.dir, "caddy.log")))
 		}
 		time.Sleep(20 * time.Millisecond) // polling until the node serves
 	}
