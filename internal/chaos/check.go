@@ -20,37 +20,6 @@ import (
 func (r *run) check(rep *Report) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	// A write whose effect is unknown may take effect at any time after its
-	// call: it returns after everything else (porcupine's way to say
-	// "pending").
-	var end int64
-	for _, o := range r.ops {
-		end = max(end, o.Return)
-	}
-	// A Register, Put or Patch leaves its mark in the record it writes: if
-	// etcd's history has it, the write took effect before the watch saw it.
-	// If not, it may still have taken effect: a node commits the changes
-	// queued meanwhile as one record per image, so a write followed in the
-	// same commit by another write of the same image (or a removal) leaves
-	// no mark of its own, and a registration without containers has none.
-	// Such a write stays pending, as a delete does.
-	r.watchMu.Lock()
-	for _, i := range r.unknown {
-		op, res := r.ops[i].Input.(Op), r.ops[i].Output.(Result)
-		if op.Kind == DelCtr || op.Kind == DelSvc || r.cfg.Local {
-			r.ops[i].Return = end + 1
-			continue
-		}
-		if at, ok := r.marks[op.Mark]; ok {
-			res.Applied = true
-			r.ops[i].Output, r.ops[i].Return = res, max(at, r.ops[i].Call)
-			rep.Codes["unknown, applied"]++
-		} else {
-			r.ops[i].Return = end + 1
-			rep.Codes["unknown, no mark"]++
-		}
-	}
-	r.watchMu.Unlock()
 	for _, o := range r.ops {
 		op, res := o.Input.(Op), o.Output.(Result)
 		if op.Kind == Read {
@@ -60,7 +29,7 @@ func (r *run) check(rep *Report) {
 		rep.Ops++
 		switch res.Code {
 		case 0:
-			if op.Kind == DelCtr || op.Kind == DelSvc || r.cfg.Local {
+			if !r.marked(op) {
 				rep.Codes["unknown"]++
 			}
 		case 409:
@@ -74,7 +43,9 @@ func (r *run) check(rep *Report) {
 		}
 	}
 	rep.NodeReads = len(r.nodeReads)
-	r.ops = r.epochs(r.ops)
+	r.watchMu.Lock()
+	r.ops = r.epochs(r.ops, rep)
+	r.watchMu.Unlock()
 
 	model := Model
 	if !r.cfg.StrictRejects {
@@ -104,21 +75,54 @@ func (r *run) check(rep *Report) {
 	}
 }
 
-// epochs splits the history at each restore of etcd, which undoes the
-// acknowledged changes made after its snapshot: each epoch is checked
-// alone, starting from the state etcd was restored to (a Restored
-// operation placed before every other). An operation of the epoch it was
-// called in if it returned before the next restore began; one in flight
-// across a restore (the unknown writes still pending among them) is
-// unknown in that epoch and in the next, where it may take effect after
-// etcd is back; an etcd read in flight across it says nothing and is left
-// out.
-func (r *run) epochs(ops []porcupine.Operation) []porcupine.Operation {
-	if len(r.restores) == 0 {
-		return ops
-	}
-	// an unknown operation returns after everything: it may take effect
-	// at any time after its call, or never
+// epochMark is a write's mark as the history's watch of one epoch saw it.
+type epochMark struct {
+	epoch int
+	mark  int64
+}
+
+// marked says whether op's mark would be in the record it writes: a
+// Register, Put or Patch leaves its number there (store local has no
+// watch to see it).
+func (r *run) marked(op Op) bool {
+	return !r.cfg.Local && op.Mark != 0 && (op.Kind == Register || op.Kind == Put || op.Kind == Patch)
+}
+
+// epochs places each operation in the epochs it may take effect in, with
+// the times it may take effect between. The history is split at each
+// restore of etcd, which undoes the acknowledged changes made after its
+// snapshot: each epoch is checked alone, starting from the state etcd was
+// restored to (a Restored operation placed before every other).
+//
+// An operation belongs to the epoch it was called in if it returned before
+// the next restore began. One in flight across a restore:
+//   - an etcd read says nothing and is left out;
+//   - a rejected write (404, 409) changed nothing, in either epoch, and is
+//     left out too (the node answered from its own view, which either
+//     epoch may have shown);
+//   - a write the history's watch saw the mark of, in the epoch it was
+//     called in or in the next, took effect there and in no other (a node
+//     sends each change to etcd once): it is placed in those epochs only,
+//     with its answer;
+//   - any other write, unknown or acknowledged, may have taken effect in
+//     either epoch or none: it is pending in both.
+//
+// A write whose effect is unknown (res.Code 0) may take effect at any time
+// after its call: if the watch saw its mark, it took effect before (and in
+// the epoch of) the watch's first sight; if not it stays pending (it
+// returns after everything, porcupine's way to say so). It may still have
+// taken effect: a node commits the changes queued meanwhile as one record
+// per image, so a write followed in the same commit by another write of
+// the same image (or a removal) leaves no mark of its own, a registration
+// without containers has none, nor has a delete.
+//
+// Leaving the writes in flight across a restore pending in both epochs
+// made the check exponential (issue 25): the ~30 called while the nodes
+// were cut off for a restore could each be placed anywhere in the next
+// epoch, and porcupine did not finish within 2 min.
+func (r *run) epochs(ops []porcupine.Operation, rep *Report) []porcupine.Operation {
+	// a pending write returns after everything: it may take effect at any
+	// time after its call, or never
 	var never int64
 	for _, o := range ops {
 		never = max(never, o.Return+1)
@@ -130,29 +134,79 @@ func (r *run) epochs(ops []porcupine.Operation) []porcupine.Operation {
 				Output: Result{Code: 200, State: s}, Call: rs.stop, Return: rs.stop + 1})
 		}
 	}
-	for _, o := range ops {
+	in := func(o porcupine.Operation, epoch int) {
 		op := o.Input.(Op)
+		op.Epoch = epoch
+		o.Input = op
+		out = append(out, o)
+	}
+	for _, o := range ops {
+		op, res := o.Input.(Op), o.Output.(Result)
 		k := 0 // the restores before its call
 		for k < len(r.restores) && r.restores[k].up < o.Call {
 			k++
 		}
-		if k == len(r.restores) || o.Return < r.restores[k].stop {
-			op.Epoch = k
-			o.Input = op
-			out = append(out, o)
+		across := k < len(r.restores) && o.Return >= r.restores[k].stop
+		if op.Kind == Read || res.Code == 404 || res.Code == 409 {
+			if across {
+				if op.Kind != Read {
+					rep.Codes["rejected across a restore"]++
+				}
+				continue
+			}
+			in(o, k)
 			continue
 		}
-		if op.Kind == Read {
-			continue
+		// The epochs the watch saw its mark in: those it may take effect in
+		// if unknown (any after its call), or if acknowledged (the one it
+		// was called in, and the next if in flight across a restore).
+		last := len(r.restores)
+		if res.Code == 200 {
+			last = k
+			if across {
+				last = k + 1
+			}
 		}
-		res := o.Output.(Result)
-		unknown := Result{Detail: "in flight across a restore of etcd: " + res.String()}
-		end := never
-		op.Epoch = k
-		out = append(out, porcupine.Operation{ClientId: o.ClientId, Input: op, Output: unknown, Call: o.Call, Return: end})
-		if k+1 <= len(r.restores) {
-			op.Epoch = k + 1
-			out = append(out, porcupine.Operation{ClientId: o.ClientId, Input: op, Output: unknown, Call: r.restores[k].up, Return: end})
+		seen := false
+		for e := k; e <= last && r.marked(op); e++ {
+			at, ok := r.marks[epochMark{e, op.Mark}]
+			if !ok {
+				continue
+			}
+			seen = true
+			p := o
+			if e > k { // called before etcd was back
+				p.Call = r.restores[e-1].up
+			}
+			if res.Code == 0 {
+				applied := res
+				applied.Applied = true
+				p.Output, p.Return = applied, max(at, p.Call)
+			} else {
+				p.Return = max(p.Return, p.Call)
+			}
+			in(p, e)
+		}
+		if res.Code == 0 && r.marked(op) {
+			if seen {
+				rep.Codes["unknown, applied"]++
+			} else {
+				rep.Codes["unknown, no mark"]++
+			}
+		}
+		switch {
+		case seen:
+		case !across && res.Code == 200:
+			in(o, k)
+		case !across:
+			o.Return = never
+			in(o, k)
+		default:
+			pending := o
+			pending.Output, pending.Return = Result{Detail: "in flight across a restore of etcd: " + res.String()}, never
+			in(pending, k)
+			pending.Call = r.restores[k].up
+			in(pending, k+1)
 		}
 	}
 	return out

@@ -143,6 +143,7 @@ func (r *run) restore(kind string, d time.Duration, rng *rand.Rand) string {
 		r.t.Fatalf("chaos: reading etcd after the restore: %v", err)
 	}
 	r.watchMu.Lock()
+	r.watchEpoch++ // the marks the watch sees from now on are the next epoch's
 	for g, s := range states {
 		for slot, im := range s {
 			id := ImageID(g, slot)

@@ -177,8 +177,11 @@ type run struct {
 	watchedMarks map[int64][][]int64
 	markCall     map[int64]int64 // when each write was sent
 	watchErr     error
-	marks        map[int64]int64 // when the watch first saw each write's mark
-	lastMark     atomic.Int64
+	// when the watch of each epoch (between restores of etcd) first saw
+	// each write's mark
+	marks      map[epochMark]int64
+	watchEpoch int // the restores the watch has been started again after
+	lastMark   atomic.Int64
 
 	// the restores, in order: the history is checked in epochs between them
 	restores    []restore
@@ -238,7 +241,7 @@ func Run(t testing.TB, bin string, cfg Config) *Report {
 		cfg.Out = t.TempDir()
 	}
 	began := time.Now()
-	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, watchedAt: map[int64][]int64{}, watchedMarks: map[int64][][]int64{}, markCall: map[int64]int64{}, marks: map[int64]int64{}}
+	r := &run{t: t, cfg: cfg, bin: bin, rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), watched: map[int64][]Image{}, watchedAt: map[int64][]int64{}, watchedMarks: map[int64][][]int64{}, markCall: map[int64]int64{}, marks: map[epochMark]int64{}}
 	if cfg.Local {
 		cfg.Nodes = 1
 		r.cfg = cfg

@@ -268,8 +268,9 @@ func (r *run) event(ev *clientv3.Event) {
 			for _, c := range s.Containers {
 				if c.Mark != nil {
 					marks = append(marks, int64(*c.Mark))
-					if _, seen := r.marks[int64(*c.Mark)]; !seen {
-						r.marks[int64(*c.Mark)] = r.now()
+					k := epochMark{r.watchEpoch, int64(*c.Mark)}
+					if _, seen := r.marks[k]; !seen {
+						r.marks[k] = r.now()
 					}
 				}
 			}
