@@ -82,6 +82,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		zone_header     <header>
 //		sticky_secret   <secret>
 //		handoff         on|off
+//		allow_other_listeners
 //		stream_close_delay <duration>
 //		service <image_id> <image_name> {
 //			algorithm     <algorithm>
@@ -369,6 +370,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.OnDemand = od
+		case "allow_other_listeners":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.AllowOtherListeners = true
 		case "handoff", "stream_close_delay":
 			if err := a.parseReloadOption(d, opt); err != nil {
 				return err

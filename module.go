@@ -34,7 +34,7 @@ import (
 
 	"github.com/imagelb/caddy-imagelb/admin"
 	_ "github.com/imagelb/caddy-imagelb/demo"
-	_ "github.com/imagelb/caddy-imagelb/handoff"
+	"github.com/imagelb/caddy-imagelb/handoff"
 	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 	"github.com/imagelb/caddy-imagelb/ui"
@@ -195,6 +195,12 @@ type App struct {
 	// it is logged as a warning) or "off" (neither). JSON configs must
 	// list the wrapper themselves (README, Durability). Default: on.
 	Handoff string `json:"handoff,omitempty"`
+	// Whether another process may listen on the addresses of the servers
+	// that serve imagelb (a blue-green handover). Otherwise, on Linux, the
+	// imagelb_handoff wrapper the Caddyfile adds refuses to start a server
+	// on an address another process listens on, naming it. JSON configs
+	// set it on the wrapper (allow_other_listeners). Default: false.
+	AllowOtherListeners bool `json:"allow_other_listeners,omitempty"`
 	// How long a WebSocket or other upgraded connection proxied by imagelb
 	// (containers and system services) stays open after a config reload
 	// unloaded the handler that proxies it; 0 closes such connections at
@@ -468,6 +474,11 @@ func (a *App) Validate() error {
 // Start applies this configuration's options and static services to the
 // shared registry and makes the app the one the admin API serves.
 func (a *App) Start() error {
+	// at Start, not Provision: "caddy validate" provisions a config
+	// beside the running Caddy, whose sockets are not its own
+	if err := handoff.CheckOtherListeners(); err != nil {
+		return err
+	}
 	self, err := a.selfListeners(true)
 	if err != nil {
 		return err

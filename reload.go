@@ -119,15 +119,63 @@ func handoffWrappers(h httpcaddyfile.Helper) []httpcaddyfile.ConfigValue {
 	if handoffOff(h.Option("imagelb")) || !topOfSite(h) {
 		return nil
 	}
-	vals := []httpcaddyfile.ConfigValue{{Class: "listener_wrapper", Value: new(handoff.Handoff)}}
-	if h.State[handoffState] == nil {
-		info, err := caddy.GetModule("caddy.listeners.tls")
-		if lw, ok := info.New().(caddy.ListenerWrapper); err == nil && ok {
-			vals = append(vals, httpcaddyfile.ConfigValue{Class: "listener_wrapper", Value: lw})
-			h.State[handoffState] = true
+	vals := []httpcaddyfile.ConfigValue{{Class: "listener_wrapper", Value: &handoff.Handoff{AllowOtherListeners: allowOtherListeners(h.Option("imagelb"))}}}
+	// tls once per port: sites on different ports are on different
+	// servers, each of which needs it (sites on one port may still be on
+	// several servers, by bind: later ones go without)
+	ports := handoffSitePorts(h)
+	if len(ports) == 0 {
+		ports = []string{""} // not known: once in all
+	}
+	for _, port := range ports {
+		if h.State[handoffState+":"+port] != nil {
+			return vals
+		}
+	}
+	info, err := caddy.GetModule("caddy.listeners.tls")
+	if lw, ok := info.New().(caddy.ListenerWrapper); err == nil && ok {
+		vals = append(vals, httpcaddyfile.ConfigValue{Class: "listener_wrapper", Value: lw})
+		for _, port := range ports {
+			h.State[handoffState+":"+port] = true
 		}
 	}
 	return vals
+}
+
+// handoffSitePorts lists the ports of the site block the directive is in (its
+// addresses, with the http_port and https_port defaults), or nil when they
+// cannot be told. The Helper keeps the site's keys unexported: they are
+// read through reflection, as topOfSite reads its state.
+func handoffSitePorts(h httpcaddyfile.Helper) []string {
+	keys := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Keys")
+	if !keys.IsValid() || keys.Kind() != reflect.Slice {
+		return nil
+	}
+	var ports []string
+	for i := range keys.Len() {
+		text := keys.Index(i).FieldByName("Text")
+		if !text.IsValid() || text.Kind() != reflect.String {
+			return nil
+		}
+		addr, err := httpcaddyfile.ParseAddress(text.String())
+		if err != nil {
+			return nil
+		}
+		port := addr.Port
+		if port == "" {
+			port = "443"
+			if addr.Scheme == "http" {
+				port = "80"
+				if p, ok := h.Option("http_port").(int); ok {
+					port = fmt.Sprint(p)
+				}
+			} else if p, ok := h.Option("https_port").(int); ok {
+				port = fmt.Sprint(p)
+			}
+		}
+		ports = append(ports, port)
+	}
+	return ports
 }
 
 // topOfSite reports whether the directive is at the top of a site block:
@@ -150,4 +198,18 @@ func handoffOff(opt any) bool {
 	}
 	_ = json.Unmarshal(app.Value, &o)
 	return o.Handoff == HandoffOff
+}
+
+// allowOtherListeners reports whether the imagelb global option, as the
+// adapter holds it, sets allow_other_listeners.
+func allowOtherListeners(opt any) bool {
+	app, ok := opt.(httpcaddyfile.App)
+	if !ok {
+		return false
+	}
+	var o struct {
+		Allow bool `json:"allow_other_listeners"`
+	}
+	_ = json.Unmarshal(app.Value, &o)
+	return o.Allow
 }
