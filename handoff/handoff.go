@@ -259,7 +259,7 @@ func (h Handoff) WrapListener(ln net.Listener) net.Listener {
 	}
 	switch {
 	case opened != nil:
-		go opened.acceptLoop(timeout)
+		go opened.acceptLoops(timeout)
 	case l.sock == nil:
 		go l.acceptLoop()
 	}
@@ -286,9 +286,10 @@ func serverName(srv *caddyhttp.Server) string {
 // the group after it, are closed unused, and it closes when the last
 // handoffListener serving from it does.
 type sharedSocket struct {
-	key  string
-	ln   net.Listener // the listener of the config that opened it
-	refs int          // handoffListeners serving from it, under handoffs' lock
+	key   string
+	ln    net.Listener   // the listener of the config that opened it
+	extra []net.Listener // per-CPU sockets of its group, when steered by CPU
+	refs  int            // handoffListeners serving from it, under handoffs' lock
 }
 
 // openShared makes ln the shared socket of its address, or says why it
@@ -315,10 +316,17 @@ func openShared(key string, ln net.Listener) (*sharedSocket, string) {
 		cerr := raw.Control(func(fd uintptr) { err = steer(fd) })
 		err = errors.Join(cerr, err)
 	}
+	s := &sharedSocket{key: key, ln: ln, refs: 1}
 	if err != nil {
-		return nil, fmt.Sprintf("attaching the reuseport BPF program failed: %v", err)
+		// no BPF here: steer by SO_INCOMING_CPU (Linux 6.1 and later)
+		extra, perr := perCPUSockets(addr)
+		if perr != nil {
+			return nil, fmt.Sprintf("neither a reuseport BPF program (%v) nor per-CPU sockets (%v) can steer "+
+				"new connections away from a reload's new socket", err, perr)
+		}
+		s.extra = extra
 	}
-	return &sharedSocket{key: key, ln: ln, refs: 1}, ""
+	return s, ""
 }
 
 // shareEnabled reports whether IMAGELB_HANDOFF_KEEP_SOCKET lets the
@@ -349,12 +357,28 @@ func rawTCP(ln net.Listener) *net.TCPListener {
 	return nil
 }
 
-// acceptLoop accepts the shared socket's connections for the newest
-// handoffListener of its address, until the socket closes.
-func (s *sharedSocket) acceptLoop(timeout time.Duration) {
+// acceptLoops accepts the shared sockets' connections for the newest
+// handoffListener of its address, until they close.
+func (s *sharedSocket) acceptLoops(timeout time.Duration) {
+	for _, ln := range s.extra {
+		go s.acceptLoop(ln, timeout)
+	}
+	s.acceptLoop(s.ln, timeout)
+}
+
+// close closes the sockets; the per-CPU ones first, so that the group's
+// last socket is Caddy's, as without them.
+func (s *sharedSocket) close() {
+	for _, ln := range s.extra {
+		_ = ln.Close()
+	}
+	_ = s.ln.Close()
+}
+
+func (s *sharedSocket) acceptLoop(ln net.Listener, timeout time.Duration) {
 	var backoff time.Duration
 	for {
-		conn, err := s.ln.Accept()
+		conn, err := ln.Accept()
 		if err != nil {
 			if !retryAccept(err) {
 				if newest := newestHandoff(s.key); newest != nil && newest.sock == s {
@@ -539,7 +563,7 @@ func (l *handoffListener) Close() error {
 		handoffs.Unlock()
 		close(l.closed)
 		if last != nil {
-			_ = last.ln.Close()
+			last.close()
 		}
 	})
 	if l.sock != nil {

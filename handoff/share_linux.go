@@ -2,13 +2,17 @@ package handoff
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +31,47 @@ func steer(fd uintptr) error {
 	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
 	return unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF,
 		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+}
+
+// perCPUSockets opens, beside the listening socket at addr, one more
+// socket per CPU in its SO_REUSEPORT group, each with SO_INCOMING_CPU set to
+// its CPU: since Linux 6.1 the group gives a new connection to a socket whose
+// SO_INCOMING_CPU is the CPU handling it, when there is one, so these get
+// every new connection and later sockets without it (the next configs') get
+// none. For where a BPF program cannot be attached (some sandboxes' seccomp
+// refuses SO_ATTACH_REUSEPORT_CBPF).
+func perCPUSockets(addr *net.TCPAddr) ([]net.Listener, error) {
+	n := runtime.NumCPU()
+	if b, err := os.ReadFile("/sys/devices/system/cpu/possible"); err == nil {
+		// "0-7": the highest CPU number that may handle a packet
+		if _, hi, ok := strings.Cut(strings.TrimSpace(string(b)), "-"); ok {
+			if v, err := strconv.Atoi(hi); err == nil && v+1 > n {
+				n = v + 1
+			}
+		}
+	}
+	var lns []net.Listener
+	for cpu := range n {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var err error
+			cerr := c.Control(func(fd uintptr) {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+				if err == nil {
+					err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_INCOMING_CPU, cpu)
+				}
+			})
+			return errors.Join(cerr, err)
+		}}
+		ln, err := lc.Listen(context.Background(), "tcp", addr.String())
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }
 
 // listenEntry is a LISTEN socket of /proc/net/tcp or tcp6.

@@ -15,3 +15,5 @@ func steer(uintptr) error { return errors.New("steering a reuseport group needs 
 func listenersOn(net.IP, int) (int, error) { return 0, errors.New("needs Linux") }
 
 func otherProcess(string, int) (string, error) { return "", nil }
+
+func perCPUSockets(*net.TCPAddr) ([]net.Listener, error) { return nil, errors.New("needs Linux") }

@@ -160,9 +160,11 @@ func reloadRuns(t *testing.T, runs int, global string) []*protoLoad {
 		t.Fatalf("caddy exited: %v\n%s", err, p.logs.String())
 	}
 	adm := fmt.Sprintf("http://localhost:%d/imagelb", adminPort)
-	if st, body := call(t, "POST", adm+"/services/1/register?image_name=web", fmt.Sprintf(`[{"container_id":"a","port":%d}]`, backend)); st != 200 {
-		t.Fatalf("register: %d %v", st, body)
-	}
+	// the http app may answer before the imagelb app has started
+	waitFor(t, 60*time.Second, "the registration", func() bool {
+		st, _ := call(t, "POST", adm+"/services/1/register?image_name=web", fmt.Sprintf(`[{"container_id":"a","port":%d}]`, backend))
+		return st == 200
+	})
 	var rootPEM []byte
 	waitFor(t, 60*time.Second, "the internal CA's root certificate", func() bool {
 		rootPEM, _ = os.ReadFile(filepath.Join(dir, "caddy", "pki", "authorities", "local", "root.crt"))
@@ -213,6 +215,11 @@ func reloadRuns(t *testing.T, runs int, global string) []*protoLoad {
 	waitServed("50 more requests of every protocol after the last reload")
 	close(done)
 	wg.Wait()
+	for _, line := range strings.Split(p.logs.String(), "\n") {
+		if strings.Contains(line, "tcp_migrate_req") || strings.Contains(line, "imagelb_handoff") {
+			t.Log("caddy:", line)
+		}
+	}
 	return loads
 }
 
