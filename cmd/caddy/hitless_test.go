@@ -301,3 +301,40 @@ func TestReloadsResetWithoutHandoff(t *testing.T) {
 		t.Error("no request failed with handoff off: the load does not reach the reload's window")
 	}
 }
+
+// TestSecondProcessRefused: a second Caddy started on the same site and
+// admin ports exits with a message naming the address and the first
+// process; with allow_other_listeners it starts beside it.
+func TestSecondProcessRefused(t *testing.T) {
+	bin, _ := xcaddyBinary(t)
+	dir := t.TempDir()
+	t.Cleanup(endAll)
+	adminPort, httpPort, httpsPort := freePort(t), freePort(t), freePort(t)
+	first := runCaddy(t, bin, hitlessConfig(t, filepath.Join(dir, "Caddyfile"), adminPort, httpPort, httpsPort, ""),
+		dir, fmt.Sprintf("http://127.0.0.1:%d/health", httpPort))
+	if gone, err := first.exited(); gone {
+		t.Fatalf("the first caddy exited: %v\n%s", err, first.logs.String())
+	}
+	// the second one's admin endpoint on another port: Caddy's own admin
+	// listener does not use SO_REUSEPORT and would fail first
+	second := exec.Command(bin, "run", "--config", hitlessConfig(t, filepath.Join(dir, "Caddyfile.2"), freePort(t), httpPort, httpsPort, ""))
+	second.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	out, err := second.CombinedOutput()
+	want := fmt.Sprintf("pid %d", first.cmd.Process.Pid)
+	if err == nil || !strings.Contains(string(out), "is already listened on by") || !strings.Contains(string(out), want) {
+		t.Fatalf("the second caddy: %v, want it refused naming %s:\n%s", err, want, out)
+	}
+	t.Log("refused:", lastLines(string(out), 2))
+
+	shared := runCaddy(t, bin, hitlessConfig(t, filepath.Join(dir, "Caddyfile.3"), freePort(t), httpPort, httpsPort, "allow_other_listeners"),
+		dir, fmt.Sprintf("http://127.0.0.1:%d/health", httpPort))
+	// runCaddy returns once the site answers (either process may): the
+	// admin endpoint says whether this one runs
+	waitFor(t, 60*time.Second, "the second caddy's admin endpoint", func() bool {
+		gone, _ := shared.exited()
+		return gone || strings.Contains(shared.logs.String(), "serving initial configuration")
+	})
+	if gone, err := shared.exited(); gone {
+		t.Fatalf("with allow_other_listeners the second caddy exited: %v\n%s", err, shared.logs.String())
+	}
+}
