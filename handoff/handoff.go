@@ -476,7 +476,7 @@ func awaitFirstBytes(conn net.Conn, key string, timeout time.Duration, from *han
 		conn.Close()
 		return
 	}
-	hc := &handoffConn{Conn: conn, prefix: buf[:n]}
+	hc := &handoffConn{Conn: conn, prefix: buf[:n], tls: isTLS(buf[:n])}
 	if newest := newestHandoff(key); newest != nil {
 		pass(hc, newest)
 	} else {
@@ -590,6 +590,64 @@ type handoffConn struct {
 	l      *handoffListener // set by Accept
 	prefix []byte
 	step   atomic.Int32
+	// TLS (the client's first bytes are a handshake record): the server
+	// above it does a handshake before it reads the first request, and
+	// drops the connection if its shutdown begins before that read. So a
+	// TLS connection stays pending through the handshake, until the server
+	// writes application data (the first response, or HTTP/2's settings)
+	// after the client sent some (TLS 1.3's encrypted Finished, or the
+	// first request): by then the server has read the request, or is
+	// serving HTTP/2, which a shutdown ends with a GOAWAY the client retries on.
+	tls        bool
+	records    tlsRecords  // the client's records, as the server reads them
+	clientData atomic.Bool // the client sent an application data record
+}
+
+// TLS record content types (RFC 8446 section 5.1).
+const (
+	recordHandshake       = 0x16
+	recordApplicationData = 0x17
+)
+
+// isTLS reports whether a client's first bytes begin a TLS handshake.
+func isTLS(first []byte) bool {
+	return len(first) >= 2 && first[0] == recordHandshake && first[1] == 3
+}
+
+// tlsRecords follows the record boundaries of a TLS stream.
+type tlsRecords struct {
+	header [5]byte
+	have   int // bytes of the header read
+	body   int // bytes of the current record's body still to come
+}
+
+// feed reads b and reports whether an application data record began in it.
+func (r *tlsRecords) feed(b []byte) bool {
+	data := false
+	for len(b) > 0 {
+		if r.body > 0 {
+			n := min(r.body, len(b))
+			r.body -= n
+			b = b[n:]
+			continue
+		}
+		n := copy(r.header[r.have:], b)
+		r.have += n
+		b = b[n:]
+		if r.have == len(r.header) {
+			r.have = 0
+			r.body = int(r.header[3])<<8 | int(r.header[4])
+			data = data || r.header[0] == recordApplicationData
+		}
+	}
+	return data
+}
+
+// sawRead records, on a TLS connection still pending, what the server read.
+func (c *handoffConn) sawRead(b []byte) {
+	if c.tls && c.step.Load() == connPending && c.records.feed(b) {
+		c.clientData.Store(true)
+	}
 }
 
 func (c *handoffConn) Read(b []byte) (int, error) {
@@ -597,7 +655,7 @@ func (c *handoffConn) Read(b []byte) (int, error) {
 	case connFresh:
 		return c.firstRead(b)
 	case connPending:
-		if len(c.prefix) == 0 {
+		if len(c.prefix) == 0 && !c.tls {
 			c.moveOn() // the server wants more than the client's first bytes
 		}
 	case connHanded:
@@ -605,10 +663,13 @@ func (c *handoffConn) Read(b []byte) (int, error) {
 	}
 	if len(c.prefix) > 0 {
 		n := copy(b, c.prefix)
+		c.sawRead(c.prefix[:n])
 		c.prefix = c.prefix[n:]
 		return n, nil
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	c.sawRead(b[:n])
+	return n, err
 }
 
 // firstRead gives the server the bytes the client sent first (as much as b
@@ -628,10 +689,11 @@ func (c *handoffConn) firstRead(b []byte) (int, error) {
 	if newer := newestHandoff(c.l.key); newer != nil && newer != c.l {
 		c.step.Store(connHanded)
 		c.l.pending.Add(-1)
-		go pass(&handoffConn{Conn: c.Conn, prefix: c.prefix}, newer)
+		go pass(&handoffConn{Conn: c.Conn, prefix: c.prefix, tls: c.tls}, newer)
 		return 0, io.EOF
 	}
 	n := copy(b, c.prefix)
+	c.sawRead(c.prefix[:n])
 	c.prefix = c.prefix[n:]
 	return n, nil
 }
@@ -649,6 +711,9 @@ func (c *handoffConn) Write(b []byte) (int, error) {
 		case connHanded:
 			return 0, net.ErrClosed
 		case connPending:
+			if c.tls && (!c.clientData.Load() || len(b) == 0 || b[0] != recordApplicationData) {
+				return c.Conn.Write(b) // still in the handshake
+			}
 			c.moveOn()
 		case connFresh:
 			c.step.CompareAndSwap(connFresh, connMoving)
