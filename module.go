@@ -238,6 +238,7 @@ type App struct {
 	stopWatch  chan struct{} // stops the open-file watch
 	system     []*systemService
 	self       []registry.SelfListener // this Caddy's listeners (self.go)
+	served     *servedServers          // the servers that serve imagelb (reload.go)
 }
 
 // StaticService is a service declared in the configuration.
@@ -288,6 +289,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision fills defaults (config, then environment, then built-in),
 // validates the static services and attaches the shared registry.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.served = new(servedServers)
 	a.logger = ctx.Logger()
 	a.ctx = ctx
 	eventsApp, err := ctx.App("events")

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,10 +142,65 @@ func startProtoLoads(httpURL, httpsURL string, roots *x509.CertPool, clients int
 	return loads
 }
 
+// hitlessEntry is an entry of /health's hitless_reloads.
+type hitlessEntry struct {
+	Server  string `json:"server"`
+	Address string `json:"address"`
+	Hitless bool   `json:"hitless"`
+	Reason  string `json:"reason"`
+}
+
+// hitlessHealth reads hitless_reloads from the site's /health.
+func hitlessHealth(t *testing.T, site string) []hitlessEntry {
+	t.Helper()
+	resp, err := http.Get(site + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Reloads []hitlessEntry `json:"hitless_reloads"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatalf("/health: %v", err)
+	}
+	for _, e := range h.Reloads {
+		t.Logf("/health hitless_reloads: %+v", e)
+	}
+	return h.Reloads
+}
+
+// checkHitlessHealth: /health says which addresses a reload leaves alone:
+// the two TCP ones when want, and never HTTP/3's.
+func checkHitlessHealth(t *testing.T, entries []hitlessEntry, httpPort, httpsPort int, want bool, reason string) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, e := range entries {
+		switch {
+		case strings.HasPrefix(e.Address, "udp/"):
+			seen["udp"] = true
+			if e.Hitless || !strings.Contains(e.Reason, "HTTP/3") {
+				t.Errorf("HTTP/3 listed as %+v, want not hitless, saying why", e)
+			}
+		case strings.HasSuffix(e.Address, fmt.Sprintf(":%d", httpPort)), strings.HasSuffix(e.Address, fmt.Sprintf(":%d", httpsPort)):
+			seen[e.Address[strings.LastIndex(e.Address, ":"):]] = true
+			if e.Hitless != want || !strings.Contains(e.Reason, reason) {
+				t.Errorf("%+v, want hitless %v, reason with %q", e, want, reason)
+			}
+		}
+	}
+	for _, k := range []string{"udp", fmt.Sprintf(":%d", httpPort), fmt.Sprintf(":%d", httpsPort)} {
+		if !seen[k] {
+			t.Errorf("/health hitless_reloads has no entry for %s: %+v", k, entries)
+		}
+	}
+}
+
 // reloadRuns runs Caddy with the HTTP and HTTPS imagelb sites, puts every
 // protocol's clients on them, makes runs × 3 "caddy reload --force"s and
-// returns, per protocol, the requests served and the failures.
-func reloadRuns(t *testing.T, runs int, global string) []*protoLoad {
+// returns, per protocol, the requests served and the failures, and what
+// /health said of reloads after the last one.
+func reloadRuns(t *testing.T, runs int, global string) ([]*protoLoad, []hitlessEntry, [2]int) {
 	t.Helper()
 	bin, _ := xcaddyBinary(t)
 	dir := t.TempDir()
@@ -220,7 +277,7 @@ func reloadRuns(t *testing.T, runs int, global string) []*protoLoad {
 			t.Log("caddy:", line)
 		}
 	}
-	return loads
+	return loads, hitlessHealth(t, httpSite), [2]int{httpPort, httpsPort}
 }
 
 // startOKBackend serves "ok" on 127.0.0.1 and returns its port.
@@ -267,7 +324,10 @@ func TestHitlessReloads(t *testing.T) {
 		t.Logf("net.ipv4.tcp_migrate_req is %q here, not 0: run the test inside unshare --net to test a stock kernel", m)
 	}
 	runs := reloadRunCount(t, 2)
-	loads := reloadRuns(t, runs, "")
+	loads, health, ports := reloadRuns(t, runs, "")
+	if runtime.GOOS == "linux" {
+		checkHitlessHealth(t, health, ports[0], ports[1], true, "")
+	}
 	for _, l := range loads {
 		failed := l.failures()
 		t.Logf("%s: %d of %d requests failed across %d runs of 3 reloads (tcp_migrate_req=%s)",
@@ -284,7 +344,8 @@ func TestHitlessReloads(t *testing.T) {
 // fail unless IMAGELB_RELOAD_WANT_RESETS=1.
 func TestReloadsResetWithoutHandoff(t *testing.T) {
 	runs := reloadRunCount(t, 2)
-	loads := reloadRuns(t, runs, "handoff off")
+	loads, health, ports := reloadRuns(t, runs, "handoff off")
+	checkHitlessHealth(t, health, ports[0], ports[1], false, "handoff off")
 	var total int
 	for _, l := range loads {
 		failed := l.failures()
