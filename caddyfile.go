@@ -82,6 +82,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		zone_header     <header>
 //		sticky_secret   <secret>
 //		handoff         on|off
+//		allow_other_listeners
 //		stream_close_delay <duration>
 //		metrics {
 //			per_image
@@ -374,6 +375,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.OnDemand = od
+		case "allow_other_listeners":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.AllowOtherListeners = true
 		case "handoff", "stream_close_delay":
 			if err := a.parseReloadOption(d, opt); err != nil {
 				return err

@@ -408,6 +408,7 @@ func (h *Handler) serveHealth(w http.ResponseWriter, r *http.Request) {
 		"containers":         sum.Containers,
 		"healthy_containers": sum.HealthyContainers,
 		"store":              h.app.holder.storeState().Status,
+		"hitless_reloads":    h.app.hitlessReloads(),
 	})
 }
 

@@ -34,7 +34,7 @@ import (
 
 	"github.com/imagelb/caddy-imagelb/admin"
 	_ "github.com/imagelb/caddy-imagelb/demo"
-	_ "github.com/imagelb/caddy-imagelb/handoff"
+	"github.com/imagelb/caddy-imagelb/handoff"
 	"github.com/imagelb/caddy-imagelb/health"
 	"github.com/imagelb/caddy-imagelb/registry"
 	"github.com/imagelb/caddy-imagelb/ui"
@@ -195,6 +195,12 @@ type App struct {
 	// it is logged as a warning) or "off" (neither). JSON configs must
 	// list the wrapper themselves (README, Durability). Default: on.
 	Handoff string `json:"handoff,omitempty"`
+	// Whether another process may listen on the addresses of the servers
+	// that serve imagelb (a blue-green handover). Otherwise, on Linux, the
+	// imagelb_handoff wrapper the Caddyfile adds refuses to start a server
+	// on an address another process listens on, naming it. JSON configs
+	// set it on the wrapper (allow_other_listeners). Default: false.
+	AllowOtherListeners bool `json:"allow_other_listeners,omitempty"`
 	// How long a WebSocket or other upgraded connection proxied by imagelb
 	// (containers and system services) stays open after a config reload
 	// unloaded the handler that proxies it; 0 closes such connections at
@@ -237,6 +243,7 @@ type App struct {
 	stopWatch  chan struct{} // stops the open-file watch
 	system     []*systemService
 	self       []registry.SelfListener // this Caddy's listeners (self.go)
+	served     *servedServers          // the servers that serve imagelb (reload.go)
 }
 
 // StaticService is a service declared in the configuration.
@@ -287,6 +294,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision fills defaults (config, then environment, then built-in),
 // validates the static services and attaches the shared registry.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.served = new(servedServers)
 	a.logger = ctx.Logger()
 	a.ctx = ctx
 	eventsApp, err := ctx.App("events")
@@ -476,6 +484,11 @@ func (a *App) Validate() error {
 // Start applies this configuration's options and static services to the
 // shared registry and makes the app the one the admin API serves.
 func (a *App) Start() error {
+	// at Start, not Provision: "caddy validate" provisions a config
+	// beside the running Caddy, whose sockets are not its own
+	if err := handoff.CheckOtherListeners(); err != nil {
+		return err
+	}
 	self, err := a.selfListeners(true)
 	if err != nil {
 		return err
