@@ -183,7 +183,7 @@ func (f filter) filtered() bool {
 func (f *filter) eligible(c *Container) bool {
 	return (!f.zoned || (c.Zone == f.req.Zone) != f.away) &&
 		(f.anyTried || !containsStats(f.req.Tried, c.Stats)) &&
-		(f.svc.Options.Outlier == nil || c.Stats.circuit.admits(f.now))
+		(f.svc.Options.Outlier == nil || c.Stats.circuit.Load().admits(f.now))
 }
 
 // eligibleAt reports whether the available container at index i may be
@@ -226,7 +226,7 @@ func (f *filter) nthEligible(n int) int {
 // lets exactly one probe request through.
 func (f filter) claim(c *Container) bool {
 	od := f.svc.Options.Outlier
-	return od == nil || c.Stats.circuit.claim(f.now, time.Duration(od.Cooldown))
+	return od == nil || c.Stats.circuit.Load().claim(f.now, time.Duration(od.Cooldown))
 }
 
 // chooseZone restricts the pick to the client's zone when that zone has
@@ -241,7 +241,7 @@ func (f filter) chooseZone() (zoned, away bool) {
 	for _, c := range f.svc.Containers {
 		if c.Zone == zone {
 			total++
-			if c.Available() && (f.svc.Options.Outlier == nil || c.Stats.circuit.admits(f.now)) {
+			if c.Available() && (f.svc.Options.Outlier == nil || c.Stats.circuit.Load().admits(f.now)) {
 				up++
 			}
 		}

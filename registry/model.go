@@ -196,7 +196,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 			s.available = append(s.available, c)
 		}
 		if spec.Options.Outlier == nil && c.Stats.Ejected() {
-			c.Stats.circuit.state.Store(circuitClosed) // ejection was turned off
+			c.Stats.circuit.Load().state.Store(circuitClosed) // ejection was turned off
 		}
 	}
 	s.strategy = newStrategy(s)

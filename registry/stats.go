@@ -9,6 +9,11 @@ import (
 
 // Counters are the request counters and latencies of a service or a
 // container. Every field is an atomic so the request path never takes a lock.
+//
+// What only a finished request fills (the status classes, the latency
+// histogram, the last minute) is allocated when the first one finishes,
+// so that a registered container that never serves costs little: most
+// containers of a scale-to-zero platform are idle.
 type Counters struct {
 	// Requests counts client requests (service) or attempts (container).
 	Requests atomic.Int64
@@ -16,14 +21,33 @@ type Counters struct {
 	Failures atomic.Int64
 	// InFlight is the number of requests or attempts not finished yet.
 	InFlight atomic.Int64
+
+	traffic atomic.Pointer[Traffic] // allocated when the first request finishes
+	recent  atomic.Pointer[window]  // the last minute; allocated on first use
+}
+
+// Traffic is what finished requests or attempts filled in: their status
+// classes and the distribution of their durations.
+type Traffic struct {
 	// Classes counts finished requests or attempts by the class of their
 	// status: index 1 to 5 for 1xx to 5xx, 0 for no response at all.
 	Classes [6]atomic.Int64
 	// Latency is the distribution of every finished duration since the
 	// start (the Prometheus histogram).
 	Latency Histogram
+}
 
-	recent atomic.Pointer[window] // the last minute; allocated on first use
+// noTraffic is what Traffic returns before anything finished: zeros, never
+// written to.
+var noTraffic Traffic
+
+// Traffic returns the status classes and latencies counted so far, for
+// reading only: before the first request finished, a shared zero value.
+func (c *Counters) Traffic() *Traffic {
+	if t := c.traffic.Load(); t != nil {
+		return t
+	}
+	return &noTraffic
 }
 
 // Begin counts one request or attempt.
@@ -39,7 +63,8 @@ func (c *Counters) Finish(status int, failed bool, d time.Duration) {
 	c.record(status, failed, d)
 }
 
-// record counts the outcome of a finished request or attempt.
+// record counts the outcome of a finished request or attempt. The first
+// one allocates what traffic fills; every later one allocates nothing.
 func (c *Counters) record(status int, failed bool, d time.Duration) {
 	if failed {
 		c.Failures.Add(1)
@@ -48,14 +73,27 @@ func (c *Counters) record(status int, failed bool, d time.Duration) {
 	if class < 0 || class > 5 {
 		class = 0
 	}
-	c.Classes[class].Add(1)
-	c.Latency.Observe(d)
+	t := c.traffic.Load()
+	if t == nil {
+		t = loadOrStore(&c.traffic)
+	}
+	t.Classes[class].Add(1)
+	t.Latency.Observe(d)
 	w := c.recent.Load()
 	if w == nil {
-		c.recent.CompareAndSwap(nil, new(window))
-		w = c.recent.Load()
+		w = loadOrStore(&c.recent)
 	}
 	w.observe(now(), d)
+}
+
+// loadOrStore returns the value p points to, setting it to a new one when
+// it is still nil: of racing first callers, one sets it and all get it.
+func loadOrStore[T any](p *atomic.Pointer[T]) *T {
+	if v := p.Load(); v != nil {
+		return v
+	}
+	p.CompareAndSwap(nil, new(T))
+	return p.Load()
 }
 
 // Refuse counts a request answered at once with status, without reaching
@@ -120,10 +158,10 @@ type ContainerStats struct {
 	// so that its expiry does not undo a later judgement.
 	PassiveEjection atomic.Uint64
 
-	circuit      circuit      // outlier ejection (outlier.go)
-	healthySince atomic.Int64 // unix nanoseconds of the last change to healthy, for slow start
-	wrr          wrrWeight    // weighted_round_robin's current weight (wrr.go)
-	latency      peakEWMA     // least_latency's response-time average (leastlatency.go)
+	circuit      atomic.Pointer[circuit] // outlier ejection (outlier.go); allocated by the first outcome it judges
+	healthySince atomic.Int64            // unix nanoseconds of the last change to healthy, for slow start
+	wrr          wrrWeight               // weighted_round_robin's current weight (wrr.go)
+	latency      peakEWMA                // least_latency's response-time average (leastlatency.go)
 
 	mu              sync.Mutex
 	lastHealthCheck time.Time
@@ -287,11 +325,13 @@ type windowSlot struct {
 
 // observe records d at time at. A slot found holding data of an older
 // epoch is cleared first; an observation racing with the clearing may be
-// lost, which the recent figures (not the counters) can afford.
+// lost, which the recent figures (not the counters) can afford. A slot
+// never used (epoch 0) is zero already: the first requests of a new
+// window, which race to it, are all counted.
 func (w *window) observe(at time.Time, d time.Duration) {
 	epoch := at.Unix() / slotSeconds
 	s := &w.slots[epoch%windowSlots]
-	if old := s.epoch.Load(); old != epoch && s.epoch.CompareAndSwap(old, epoch) {
+	if old := s.epoch.Load(); old != epoch && s.epoch.CompareAndSwap(old, epoch) && old != 0 {
 		s.count.Store(0)
 		for i := range s.buckets {
 			s.buckets[i].Store(0)
