@@ -94,7 +94,7 @@ func (s *Service) Choose(req *PickRequest) int {
 		return -1
 	}
 	f := filter{svc: s, req: req, rule: rule{excluded: -1}}
-	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.observer != nil {
+	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.learns {
 		f.now = now().UnixNano()
 	}
 	if req.Pinned != "" {
@@ -286,8 +286,8 @@ func containsStats(set []*ContainerStats, s *ContainerStats) bool {
 // feeds the strategy when it learns from outcomes (least_latency) and
 // outlier ejection.
 func (s *Service) Observe(c *Container, failed bool, d time.Duration) {
-	if s.observer != nil {
-		s.observer.observe(c, failed, d)
+	if s.learns {
+		s.strategy.(observer).observe(c, failed, d)
 	}
 	if od := s.Options.Outlier; od != nil {
 		s.observeOutlier(c, od, failed, now().UnixNano())

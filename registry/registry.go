@@ -443,16 +443,16 @@ func retiredAddrs(old, svc *Service) uint64 {
 			n++
 			continue
 		}
-		if i < len(svc.Containers) && svc.Containers[i].dial == c.dial {
+		if i < len(svc.Containers) && svc.Containers[i].dialV == c.dialV {
 			continue // the common case: same containers in the same order
 		}
 		if kept == nil {
 			kept = make(map[string]struct{}, len(svc.Containers))
 			for _, k := range svc.Containers {
-				kept[k.dial] = struct{}{}
+				kept[k.DialAddr()] = struct{}{}
 			}
 		}
-		if _, ok := kept[c.dial]; !ok {
+		if _, ok := kept[c.DialAddr()]; !ok {
 			n++
 		}
 	}

@@ -333,7 +333,10 @@ func (s *Service) SplitTurn(skip uint32) int {
 	if len(w) == 0 {
 		return -1
 	}
-	rot := &s.State.split
+	rot := s.State.split.Load()
+	if rot == nil {
+		rot = loadOrStore(&s.State.split)
+	}
 	rot.mu.Lock()
 	defer rot.mu.Unlock()
 	if !slices.Equal(rot.weights, w) {

@@ -136,11 +136,11 @@ type ServiceState struct {
 	// Mirror counts the copies other images' mirrors sent this one.
 	Mirror MirrorCounters
 
-	retryDeficit atomic.Int64           // retry budget: milli-tokens below the cap
-	limits       atomic.Pointer[limits] // rate limiter, made on first use
-	split        splitRotation          // the split's rotation (split.go)
-	mirrorSeq    atomic.Uint64          // requests the mirror's share was taken of
-	reg          *Registry              // the registry the service is in, for the warning about other images (split.go); nil in tests
+	retryDeficit atomic.Int64                  // retry budget: milli-tokens below the cap
+	limits       atomic.Pointer[limits]        // rate limiter, made on first use
+	split        atomic.Pointer[splitRotation] // the split's rotation (split.go), made by its first turn
+	mirrorSeq    atomic.Uint64                 // requests the mirror's share was taken of
+	reg          *Registry                     // the registry the service is in, for the warning about other images (split.go); nil in tests
 }
 
 // ContainerStats is the runtime state of a container shared by all its versions.
@@ -151,7 +151,7 @@ type ContainerStats struct {
 	BytesIn, BytesOut atomic.Int64
 
 	// consecutive results of active health checks
-	passes, fails atomic.Int64
+	passes, fails atomic.Int32
 	// ChecksPassed and ChecksFailed count active health checks by result.
 	ChecksPassed, ChecksFailed atomic.Int64
 	// PassiveEjection identifies the passive ejection in force (0: none),
@@ -164,10 +164,10 @@ type ContainerStats struct {
 	latency      peakEWMA                // least_latency's response-time average (leastlatency.go)
 
 	mu              sync.Mutex
-	lastHealthCheck time.Time
+	lastHealthCheck int64 // unix nanoseconds; 0: none yet
 	lastHealthError string
-	passiveStart    time.Time // start of the current passive failure window
-	passiveFails    int       // failures counted in it
+	passiveStart    int64 // unix nanoseconds: start of the current passive failure window
+	passiveFails    int   // failures counted in it
 }
 
 // RecordCheck counts the result of an active health check and returns the
@@ -176,11 +176,11 @@ func (c *ContainerStats) RecordCheck(pass bool) (passes, fails int64) {
 	if pass {
 		c.ChecksPassed.Add(1)
 		c.fails.Store(0)
-		return c.passes.Add(1), 0
+		return int64(c.passes.Add(1)), 0
 	}
 	c.ChecksFailed.Add(1)
 	c.passes.Store(0)
-	return 0, c.fails.Add(1)
+	return 0, int64(c.fails.Add(1))
 }
 
 // ResetChecks forgets the consecutive check results and any passive
@@ -198,8 +198,8 @@ func (c *ContainerStats) ResetChecks() {
 func (c *ContainerStats) RecordPassiveFailure(at time.Time, window time.Duration) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.passiveFails == 0 || at.Sub(c.passiveStart) > window {
-		c.passiveStart, c.passiveFails = at, 0
+	if c.passiveFails == 0 || at.UnixNano()-c.passiveStart > int64(window) {
+		c.passiveStart, c.passiveFails = at.UnixNano(), 0
 	}
 	c.passiveFails++
 	return c.passiveFails
@@ -208,7 +208,7 @@ func (c *ContainerStats) RecordPassiveFailure(at time.Time, window time.Duration
 // SetHealth records the outcome of a health check.
 func (c *ContainerStats) SetHealth(at time.Time, errText string) {
 	c.mu.Lock()
-	c.lastHealthCheck, c.lastHealthError = at, errText
+	c.lastHealthCheck, c.lastHealthError = at.UnixNano(), errText
 	c.mu.Unlock()
 }
 
@@ -217,7 +217,10 @@ func (c *ContainerStats) SetHealth(at time.Time, errText string) {
 func (c *ContainerStats) Health() (time.Time, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lastHealthCheck, c.lastHealthError
+	if c.lastHealthCheck == 0 {
+		return time.Time{}, c.lastHealthError
+	}
+	return time.Unix(0, c.lastHealthCheck).UTC(), c.lastHealthError
 }
 
 // Histogram is a fixed-bucket latency histogram made of atomics: recording is
