@@ -3,6 +3,7 @@ package registry
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -331,6 +332,9 @@ func (r *Registry) checkSpec(spec *ServiceSpec) error {
 	if spec.ImageName == "" {
 		return invalid("image_name is required")
 	}
+	// The name may be a piece of a larger string (the request line it came
+	// in as a query parameter): kept as is, it would keep all of it.
+	spec.ImageName = strings.Clone(spec.ImageName)
 	if spec.Algorithm == "" {
 		spec.Algorithm = r.opts.DefaultAlgorithm
 	}

@@ -319,6 +319,8 @@ type splitRotation struct {
 	mu      sync.Mutex
 	weights []int64
 	current []int64
+
+	mirrorSeq atomic.Uint64 // requests the mirror's share was taken of
 }
 
 // SplitTurn takes the split's next turn and returns the entry of
@@ -373,7 +375,7 @@ func (s *Service) MirrorTurn() bool {
 	if bp >= splitScale {
 		return true
 	}
-	n := s.State.mirrorSeq.Add(1) - 1
+	n := loadOrStore(&s.State.split).mirrorSeq.Add(1) - 1
 	return (n*bp)%splitScale+bp >= splitScale
 }
 

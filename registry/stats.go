@@ -139,7 +139,7 @@ type ServiceState struct {
 	retryDeficit atomic.Int64                  // retry budget: milli-tokens below the cap
 	limits       atomic.Pointer[limits]        // rate limiter, made on first use
 	split        atomic.Pointer[splitRotation] // the split's rotation (split.go), made by its first turn
-	mirrorSeq    atomic.Uint64                 // requests the mirror's share was taken of
+	rotation     rotation                      // round robin's turn, kept here rather than made per image (rr.go)
 	reg          *Registry                     // the registry the service is in, for the warning about other images (split.go); nil in tests
 }
 
