@@ -177,7 +177,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// classNames labels the status classes of registry.Counters.Classes.
+// classNames labels the status classes of registry.Traffic.Classes.
 var classNames = [6]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 // bucketStep thins the registry's fine buckets (19% apart) to the
@@ -347,14 +347,15 @@ func (b *busiestImages) Pop() any {
 // counters sends the request counters of a service or a container.
 func (c *collector) counters(ch chan<- prometheus.Metric, requests, failures, inFlight, duration *prometheus.Desc,
 	k *registry.Counters, labels ...string) {
-	for class := range k.Classes {
-		if n := k.Classes[class].Load(); n > 0 {
+	t := k.Traffic()
+	for class := range t.Classes {
+		if n := t.Classes[class].Load(); n > 0 {
 			ch <- prometheus.MustNewConstMetric(requests, prometheus.CounterValue, float64(n), append(labels, classNames[class])...)
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(failures, prometheus.CounterValue, float64(k.Failures.Load()), labels...)
 	ch <- prometheus.MustNewConstMetric(inFlight, prometheus.GaugeValue, float64(k.InFlight.Load()), labels...)
-	counts, sum := k.Latency.Snapshot()
+	counts, sum := t.Latency.Snapshot()
 	var finished uint64
 	for _, n := range counts {
 		finished += n

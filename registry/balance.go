@@ -94,7 +94,7 @@ func (s *Service) Choose(req *PickRequest) int {
 		return -1
 	}
 	f := filter{svc: s, req: req, rule: rule{excluded: -1}}
-	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.observer != nil {
+	if s.Options.SlowStart > 0 || s.Options.Outlier != nil || s.learns {
 		f.now = now().UnixNano()
 	}
 	if req.Pinned != "" {
@@ -183,7 +183,7 @@ func (f filter) filtered() bool {
 func (f *filter) eligible(c *Container) bool {
 	return (!f.zoned || (c.Zone == f.req.Zone) != f.away) &&
 		(f.anyTried || !containsStats(f.req.Tried, c.Stats)) &&
-		(f.svc.Options.Outlier == nil || c.Stats.circuit.admits(f.now))
+		(f.svc.Options.Outlier == nil || c.Stats.circuit.Load().admits(f.now))
 }
 
 // eligibleAt reports whether the available container at index i may be
@@ -226,7 +226,7 @@ func (f *filter) nthEligible(n int) int {
 // lets exactly one probe request through.
 func (f filter) claim(c *Container) bool {
 	od := f.svc.Options.Outlier
-	return od == nil || c.Stats.circuit.claim(f.now, time.Duration(od.Cooldown))
+	return od == nil || c.Stats.circuit.Load().claim(f.now, time.Duration(od.Cooldown))
 }
 
 // chooseZone restricts the pick to the client's zone when that zone has
@@ -241,7 +241,7 @@ func (f filter) chooseZone() (zoned, away bool) {
 	for _, c := range f.svc.Containers {
 		if c.Zone == zone {
 			total++
-			if c.Available() && (f.svc.Options.Outlier == nil || c.Stats.circuit.admits(f.now)) {
+			if c.Available() && (f.svc.Options.Outlier == nil || c.Stats.circuit.Load().admits(f.now)) {
 				up++
 			}
 		}
@@ -286,8 +286,8 @@ func containsStats(set []*ContainerStats, s *ContainerStats) bool {
 // feeds the strategy when it learns from outcomes (least_latency) and
 // outlier ejection.
 func (s *Service) Observe(c *Container, failed bool, d time.Duration) {
-	if s.observer != nil {
-		s.observer.observe(c, failed, d)
+	if s.learns {
+		s.strategy.(observer).observe(c, failed, d)
 	}
 	if od := s.Options.Outlier; od != nil {
 		s.observeOutlier(c, od, failed, now().UnixNano())

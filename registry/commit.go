@@ -361,7 +361,7 @@ func (s *Service) record() ServiceRecord {
 		Containers: make([]ContainerRecord, len(s.Containers)), ServiceOptions: s.Options}
 	for i, c := range s.Containers {
 		rec.Containers[i] = ContainerRecord(c.ContainerSpec)
-		rec.Containers[i].Status = c.pushed
+		rec.Containers[i].Status = c.pushed.Status()
 	}
 	return rec
 }

@@ -185,10 +185,10 @@ func TestTryBegin(t *testing.T) {
 	if svc.TryBegin() {
 		t.Fatal("a third request in flight was admitted with max_in_flight 2")
 	}
-	if st.Shed.Load() != 1 || st.Failures.Load() != 1 || st.Classes[5].Load() != 1 ||
+	if st.Shed.Load() != 1 || st.Failures.Load() != 1 || st.Traffic().Classes[5].Load() != 1 ||
 		st.Requests.Load() != 3 || st.InFlight.Load() != 2 {
 		t.Fatalf("shed %d failures %d 5xx %d requests %d in flight %d; want 1 1 1 3 2",
-			st.Shed.Load(), st.Failures.Load(), st.Classes[5].Load(), st.Requests.Load(), st.InFlight.Load())
+			st.Shed.Load(), st.Failures.Load(), st.Traffic().Classes[5].Load(), st.Requests.Load(), st.InFlight.Load())
 	}
 	st.Finish(200, false, time.Millisecond)
 	if !svc.TryBegin() {

@@ -58,6 +58,26 @@ var StatusNames = func() string {
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }()
 
+// statusCode is a Status in a byte, where a container version keeps a
+// second one (the status pushed).
+type statusCode uint8
+
+// statuses are the statuses by code (the zero code is unknown); Statuses
+// above is the order for people.
+var statuses = [...]Status{StatusUnknown, StatusHealthy, StatusUnhealthy, StatusStarting, StatusDraining}
+
+func codeOf(s Status) statusCode {
+	for i, x := range statuses {
+		if x == s {
+			return statusCode(i)
+		}
+	}
+	return 0
+}
+
+// Status returns the status of the code.
+func (c statusCode) Status() Status { return statuses[c] }
+
 // ParseStatus validates a status name.
 func ParseStatus(name string) (Status, bool) {
 	if s := Status(name); slices.Contains(Statuses, s) {
@@ -129,15 +149,14 @@ type Container struct {
 	// verdict when it has one since the orchestrator's last push, else
 	// the pushed status.
 	ContainerSpec
-	pushed Status // the status the orchestrator pushed: what is stored and shared
-	dial   string
-	dialV  any    // dial, boxed once: handed to code that takes an any per request
-	key    uint64 // hash of the container_id, for rendezvous hashing
+	pushed statusCode // the status the orchestrator pushed: what is stored and shared
+	dialV  any        // the "host:port" string, boxed once: handed to code that takes an any per request
+	key    uint64     // hash of the container_id, for rendezvous hashing
 	Stats  *ContainerStats
 }
 
 // DialAddr returns the container's "host:port" network address.
-func (c *Container) DialAddr() string { return c.dial }
+func (c *Container) DialAddr() string { return c.dialV.(string) }
 
 // DialValue is DialAddr as an interface value, made once per version, so
 // that storing it (in Caddy's replacer, per request) allocates nothing.
@@ -156,12 +175,12 @@ type Service struct {
 	Algorithm    Algorithm
 	ExternalPort int
 	Static       bool
+	learns       bool      // the strategy learns from outcomes (an observer)
 	Updated      time.Time // when this version was made: the last change to the service
 	Options      ServiceOptions
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
 	strategy     strategy     // the algorithm, built once per version (strategy.go)
-	observer     observer     // strategy, when it learns from outcomes; else nil
 	splitWeights []int64      // the split's shares in the rotation's units (split.go); nil: none
 	State        *ServiceState
 }
@@ -212,11 +231,11 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 			s.available = append(s.available, c)
 		}
 		if spec.Options.Outlier == nil && c.Stats.Ejected() {
-			c.Stats.circuit.state.Store(circuitClosed) // ejection was turned off
+			c.Stats.circuit.Load().state.Store(circuitClosed) // ejection was turned off
 		}
 	}
 	s.strategy = newStrategy(s)
-	s.observer, _ = s.strategy.(observer)
+	_, s.learns = s.strategy.(observer)
 	s.splitWeights = splitWeights(spec.Options.Split)
 	return s
 }
@@ -235,8 +254,7 @@ func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
 	if stats == nil {
 		stats = new(ContainerStats)
 	}
-	dial := spec.Dial()
-	return &Container{ContainerSpec: spec, pushed: spec.Status, dial: dial, dialV: dial, key: hashString(spec.ContainerID), Stats: stats}
+	return &Container{ContainerSpec: spec, pushed: codeOf(spec.Status), dialV: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
 }
 
 // now is the registry's clock: every reading of the time in the package

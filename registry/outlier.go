@@ -29,17 +29,18 @@ type circuit struct {
 }
 
 // admits reports whether the container may be chosen at time now: its
-// circuit is closed, or its cooldown is over and no probe is in flight
-// (a probe that never reports back frees the slot after another cooldown).
+// circuit is closed (or was never made), or its cooldown is over and no
+// probe is in flight (a probe that never reports back frees the slot after
+// another cooldown).
 func (c *circuit) admits(now int64) bool {
-	return c.state.Load() == circuitClosed || now >= c.until.Load()
+	return c == nil || c.state.Load() == circuitClosed || now >= c.until.Load()
 }
 
 // claim takes the container for a request: always when the circuit is
 // closed; when it is open past its cooldown, only the one request that wins
 // the probe slot, which half-opens it.
 func (c *circuit) claim(now int64, cooldown time.Duration) bool {
-	if c.state.Load() == circuitClosed {
+	if c == nil || c.state.Load() == circuitClosed {
 		return true
 	}
 	until := c.until.Load()
@@ -51,15 +52,26 @@ func (c *circuit) claim(now int64, cooldown time.Duration) bool {
 }
 
 // Ejected reports whether the container is ejected (open or half-open).
-func (c *ContainerStats) Ejected() bool { return c.circuit.state.Load() != circuitClosed }
+func (c *ContainerStats) Ejected() bool {
+	cb := c.circuit.Load()
+	return cb != nil && cb.state.Load() != circuitClosed
+}
 
 // Ejections returns how many times the container was ejected.
-func (c *ContainerStats) Ejections() int64 { return c.circuit.Ejections.Load() }
+func (c *ContainerStats) Ejections() int64 {
+	if cb := c.circuit.Load(); cb != nil {
+		return cb.Ejections.Load()
+	}
+	return 0
+}
 
 // observeOutlier feeds the outcome of an attempt on c at time at into its
 // circuit, and opens the circuit when the outlier settings od say so.
 func (s *Service) observeOutlier(c *Container, od *Outlier, failed bool, at int64) {
-	cb := &c.Stats.circuit
+	cb := c.Stats.circuit.Load()
+	if cb == nil {
+		cb = loadOrStore(&c.Stats.circuit)
+	}
 	state := cb.state.Load()
 	if !failed {
 		cb.consecutive.Store(0)

@@ -3,6 +3,7 @@ package registry
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -335,6 +336,9 @@ func (r *Registry) checkSpec(spec *ServiceSpec) error {
 	if spec.ImageName == "" {
 		return invalid("image_name is required")
 	}
+	// The name may be a piece of a larger string (the request line it came
+	// in as a query parameter): kept as is, it would keep all of it.
+	spec.ImageName = strings.Clone(spec.ImageName)
 	if spec.Algorithm == "" {
 		spec.Algorithm = r.opts.DefaultAlgorithm
 	}
@@ -449,16 +453,16 @@ func retiredAddrs(old, svc *Service) uint64 {
 			n++
 			continue
 		}
-		if i < len(svc.Containers) && svc.Containers[i].dial == c.dial {
+		if i < len(svc.Containers) && svc.Containers[i].dialV == c.dialV {
 			continue // the common case: same containers in the same order
 		}
 		if kept == nil {
 			kept = make(map[string]struct{}, len(svc.Containers))
 			for _, k := range svc.Containers {
-				kept[k.dial] = struct{}{}
+				kept[k.DialAddr()] = struct{}{}
 			}
 		}
-		if _, ok := kept[c.dial]; !ok {
+		if _, ok := kept[c.DialAddr()]; !ok {
 			n++
 		}
 	}

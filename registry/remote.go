@@ -168,7 +168,7 @@ func (r *Registry) fromRecord(old *Service, rec ServiceRecord) (svc *Service, dr
 // the one it judged; a new pushed status (a drain, a restart) wins and the
 // health-check streaks start afresh from it.
 func containerFrom(cs ContainerSpec, prev *Container) *Container {
-	pushed := cs.Status
+	pushed := codeOf(cs.Status)
 	if prev == nil {
 		c := newContainer(cs, nil)
 		markHealthy(c, "", false)

@@ -13,8 +13,11 @@ const RoundRobin Algorithm = "round_robin"
 // algorithms rotate with it too, so a change of algorithm continues it.
 type rotation struct{ turn atomic.Uint64 }
 
-// serviceRotation returns the rotation of s's service.
-func serviceRotation(s *Service) *rotation { return durableState[rotation](s.State, RoundRobin) }
+// serviceRotation returns the rotation of s's service. It is the default
+// algorithm's state, so the ServiceState holds it: made per image, it
+// cost an allocation and an entry of the strategies' list at every
+// registered image.
+func serviceRotation(s *Service) *rotation { return &s.State.rotation }
 
 // roundRobin takes the next eligible container in rotation: with every
 // container eligible, n consecutive picks reach each of n exactly once.

@@ -319,6 +319,8 @@ type splitRotation struct {
 	mu      sync.Mutex
 	weights []int64
 	current []int64
+
+	mirrorSeq atomic.Uint64 // requests the mirror's share was taken of
 }
 
 // SplitTurn takes the split's next turn and returns the entry of
@@ -333,7 +335,10 @@ func (s *Service) SplitTurn(skip uint32) int {
 	if len(w) == 0 {
 		return -1
 	}
-	rot := &s.State.split
+	rot := s.State.split.Load()
+	if rot == nil {
+		rot = loadOrStore(&s.State.split)
+	}
 	rot.mu.Lock()
 	defer rot.mu.Unlock()
 	if !slices.Equal(rot.weights, w) {
@@ -370,7 +375,7 @@ func (s *Service) MirrorTurn() bool {
 	if bp >= splitScale {
 		return true
 	}
-	n := s.State.mirrorSeq.Add(1) - 1
+	n := loadOrStore(&s.State.split).mirrorSeq.Add(1) - 1
 	return (n*bp)%splitScale+bp >= splitScale
 }
 

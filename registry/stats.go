@@ -9,6 +9,11 @@ import (
 
 // Counters are the request counters and latencies of a service or a
 // container. Every field is an atomic so the request path never takes a lock.
+//
+// What only a finished request fills (the status classes, the latency
+// histogram, the last minute) is allocated when the first one finishes,
+// so that a registered container that never serves costs little: most
+// containers of a scale-to-zero platform are idle.
 type Counters struct {
 	// Requests counts client requests (service) or attempts (container).
 	Requests atomic.Int64
@@ -16,14 +21,33 @@ type Counters struct {
 	Failures atomic.Int64
 	// InFlight is the number of requests or attempts not finished yet.
 	InFlight atomic.Int64
+
+	traffic atomic.Pointer[Traffic] // allocated when the first request finishes
+	recent  atomic.Pointer[window]  // the last minute; allocated on first use
+}
+
+// Traffic is what finished requests or attempts filled in: their status
+// classes and the distribution of their durations.
+type Traffic struct {
 	// Classes counts finished requests or attempts by the class of their
 	// status: index 1 to 5 for 1xx to 5xx, 0 for no response at all.
 	Classes [6]atomic.Int64
 	// Latency is the distribution of every finished duration since the
 	// start (the Prometheus histogram).
 	Latency Histogram
+}
 
-	recent atomic.Pointer[window] // the last minute; allocated on first use
+// noTraffic is what Traffic returns before anything finished: zeros, never
+// written to.
+var noTraffic Traffic
+
+// Traffic returns the status classes and latencies counted so far, for
+// reading only: before the first request finished, a shared zero value.
+func (c *Counters) Traffic() *Traffic {
+	if t := c.traffic.Load(); t != nil {
+		return t
+	}
+	return &noTraffic
 }
 
 // Begin counts one request or attempt.
@@ -39,7 +63,8 @@ func (c *Counters) Finish(status int, failed bool, d time.Duration) {
 	c.record(status, failed, d)
 }
 
-// record counts the outcome of a finished request or attempt.
+// record counts the outcome of a finished request or attempt. The first
+// one allocates what traffic fills; every later one allocates nothing.
 func (c *Counters) record(status int, failed bool, d time.Duration) {
 	if failed {
 		c.Failures.Add(1)
@@ -48,14 +73,27 @@ func (c *Counters) record(status int, failed bool, d time.Duration) {
 	if class < 0 || class > 5 {
 		class = 0
 	}
-	c.Classes[class].Add(1)
-	c.Latency.Observe(d)
+	t := c.traffic.Load()
+	if t == nil {
+		t = loadOrStore(&c.traffic)
+	}
+	t.Classes[class].Add(1)
+	t.Latency.Observe(d)
 	w := c.recent.Load()
 	if w == nil {
-		c.recent.CompareAndSwap(nil, new(window))
-		w = c.recent.Load()
+		w = loadOrStore(&c.recent)
 	}
 	w.observe(now(), d)
+}
+
+// loadOrStore returns the value p points to, setting it to a new one when
+// it is still nil: of racing first callers, one sets it and all get it.
+func loadOrStore[T any](p *atomic.Pointer[T]) *T {
+	if v := p.Load(); v != nil {
+		return v
+	}
+	p.CompareAndSwap(nil, new(T))
+	return p.Load()
 }
 
 // Refuse counts a request answered at once with status, without reaching
@@ -108,11 +146,11 @@ type ServiceState struct {
 	// Mirror counts the copies other images' mirrors sent this one.
 	Mirror MirrorCounters
 
-	retryDeficit atomic.Int64           // retry budget: milli-tokens below the cap
-	limits       atomic.Pointer[limits] // rate limiter, made on first use
-	split        splitRotation          // the split's rotation (split.go)
-	mirrorSeq    atomic.Uint64          // requests the mirror's share was taken of
-	reg          *Registry              // the registry the service is in, for the warning about other images (split.go); nil in tests
+	retryDeficit atomic.Int64                  // retry budget: milli-tokens below the cap
+	limits       atomic.Pointer[limits]        // rate limiter, made on first use
+	split        atomic.Pointer[splitRotation] // the split's rotation (split.go), made by its first turn
+	rotation     rotation                      // round robin's turn, kept here rather than made per image (rr.go)
+	reg          *Registry                     // the registry the service is in, for the warning about other images (split.go); nil in tests
 }
 
 // ContainerStats is the runtime state of a container shared by all its versions.
@@ -123,23 +161,23 @@ type ContainerStats struct {
 	BytesIn, BytesOut atomic.Int64
 
 	// consecutive results of active health checks
-	passes, fails atomic.Int64
+	passes, fails atomic.Int32
 	// ChecksPassed and ChecksFailed count active health checks by result.
 	ChecksPassed, ChecksFailed atomic.Int64
 	// PassiveEjection identifies the passive ejection in force (0: none),
 	// so that its expiry does not undo a later judgement.
 	PassiveEjection atomic.Uint64
 
-	circuit      circuit      // outlier ejection (outlier.go)
-	healthySince atomic.Int64 // unix nanoseconds of the last change to healthy, for slow start
-	wrr          wrrWeight    // weighted_round_robin's current weight (wrr.go)
-	latency      peakEWMA     // least_latency's response-time average (leastlatency.go)
+	circuit      atomic.Pointer[circuit] // outlier ejection (outlier.go); allocated by the first outcome it judges
+	healthySince atomic.Int64            // unix nanoseconds of the last change to healthy, for slow start
+	wrr          wrrWeight               // weighted_round_robin's current weight (wrr.go)
+	latency      peakEWMA                // least_latency's response-time average (leastlatency.go)
 
 	mu              sync.Mutex
-	lastHealthCheck time.Time
+	lastHealthCheck int64 // unix nanoseconds; 0: none yet
 	lastHealthError string
-	passiveStart    time.Time // start of the current passive failure window
-	passiveFails    int       // failures counted in it
+	passiveStart    int64 // unix nanoseconds: start of the current passive failure window
+	passiveFails    int   // failures counted in it
 }
 
 // RecordCheck counts the result of an active health check and returns the
@@ -148,11 +186,11 @@ func (c *ContainerStats) RecordCheck(pass bool) (passes, fails int64) {
 	if pass {
 		c.ChecksPassed.Add(1)
 		c.fails.Store(0)
-		return c.passes.Add(1), 0
+		return int64(c.passes.Add(1)), 0
 	}
 	c.ChecksFailed.Add(1)
 	c.passes.Store(0)
-	return 0, c.fails.Add(1)
+	return 0, int64(c.fails.Add(1))
 }
 
 // ResetChecks forgets the consecutive check results and any passive
@@ -170,8 +208,8 @@ func (c *ContainerStats) ResetChecks() {
 func (c *ContainerStats) RecordPassiveFailure(at time.Time, window time.Duration) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.passiveFails == 0 || at.Sub(c.passiveStart) > window {
-		c.passiveStart, c.passiveFails = at, 0
+	if c.passiveFails == 0 || at.UnixNano()-c.passiveStart > int64(window) {
+		c.passiveStart, c.passiveFails = at.UnixNano(), 0
 	}
 	c.passiveFails++
 	return c.passiveFails
@@ -180,7 +218,7 @@ func (c *ContainerStats) RecordPassiveFailure(at time.Time, window time.Duration
 // SetHealth records the outcome of a health check.
 func (c *ContainerStats) SetHealth(at time.Time, errText string) {
 	c.mu.Lock()
-	c.lastHealthCheck, c.lastHealthError = at, errText
+	c.lastHealthCheck, c.lastHealthError = at.UnixNano(), errText
 	c.mu.Unlock()
 }
 
@@ -189,7 +227,10 @@ func (c *ContainerStats) SetHealth(at time.Time, errText string) {
 func (c *ContainerStats) Health() (time.Time, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lastHealthCheck, c.lastHealthError
+	if c.lastHealthCheck == 0 {
+		return time.Time{}, c.lastHealthError
+	}
+	return time.Unix(0, c.lastHealthCheck).UTC(), c.lastHealthError
 }
 
 // Histogram is a fixed-bucket latency histogram made of atomics: recording is
@@ -297,11 +338,13 @@ type windowSlot struct {
 
 // observe records d at time at. A slot found holding data of an older
 // epoch is cleared first; an observation racing with the clearing may be
-// lost, which the recent figures (not the counters) can afford.
+// lost, which the recent figures (not the counters) can afford. A slot
+// never used (epoch 0) is zero already: the first requests of a new
+// window, which race to it, are all counted.
 func (w *window) observe(at time.Time, d time.Duration) {
 	epoch := at.Unix() / slotSeconds
 	s := &w.slots[epoch%windowSlots]
-	if old := s.epoch.Load(); old != epoch && s.epoch.CompareAndSwap(old, epoch) {
+	if old := s.epoch.Load(); old != epoch && s.epoch.CompareAndSwap(old, epoch) && old != 0 {
 		s.count.Store(0)
 		for i := range s.buckets {
 			s.buckets[i].Store(0)

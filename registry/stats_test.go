@@ -1,11 +1,13 @@
 package registry
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // exactQuantile is the nearest-rank quantile of sorted durations, in ms.
@@ -142,7 +144,7 @@ func TestCountersBeginEnd(t *testing.T) {
 		if r, f, n := c.Requests.Load(), c.Failures.Load(), c.InFlight.Load(); r != 3 || f != 1 || n != 1 {
 			t.Fatalf("requests/failures/in flight = %d/%d/%d, want 3/1/1", r, f, n)
 		}
-		if q, ok := c.Latency.Quantiles(1); !ok || q[0] < 3 || q[0] > 3*bucketGrowth {
+		if q, ok := c.Traffic().Latency.Quantiles(1); !ok || q[0] < 3 || q[0] > 3*bucketGrowth {
 			t.Fatalf("latency max = %v", q)
 		}
 		c.Finish(0, false, time.Millisecond)
@@ -300,4 +302,123 @@ func BenchmarkCounters(b *testing.B) {
 			svc.Finish(200, false, 750*time.Microsecond)
 		}
 	})
+}
+
+// An idle container costs little: what only traffic fills is not there
+// until a request finishes, and every reader sees zeros meanwhile.
+func TestIdleStateIsNotAllocated(t *testing.T) {
+	r := newTestRegistry(t, Options{})
+	svc := mustRegister(t, r, svcSpec(1, ctr("a", 1), ctr("b", 2)))
+	for _, k := range []*Counters{&svc.State.Counters, &svc.Containers[0].Stats.Counters} {
+		if k.traffic.Load() != nil || k.recent.Load() != nil {
+			t.Fatal("a registered service or container that served nothing holds its traffic state")
+		}
+		tr := k.Traffic()
+		counts, sum := tr.Latency.Snapshot()
+		if counts != [numBuckets]uint64{} || sum != 0 || tr.Classes[2].Load() != 0 {
+			t.Fatal("Traffic of an idle counter is not zero")
+		}
+		if _, perSecond, ok := k.Recent(0.5); ok || perSecond != 0 {
+			t.Fatal("Recent of an idle counter is not zero")
+		}
+	}
+	st := svc.Containers[0].Stats
+	if st.circuit.Load() != nil || st.Ejected() || st.Ejections() != 0 {
+		t.Fatal("an idle container holds an outlier circuit, or reads as ejected")
+	}
+	// What every registered image and container holds stays in small size
+	// classes of the allocator: ContainerStats and ServiceState were 1,088
+	// and 1,072 bytes with the histogram inline.
+	for _, c := range []struct {
+		name      string
+		size, max uintptr
+	}{
+		{"ContainerStats", unsafe.Sizeof(ContainerStats{}), 176},
+		{"Container", unsafe.Sizeof(Container{}), 160},
+		{"ServiceState", unsafe.Sizeof(ServiceState{}), 208},
+		{"Service", unsafe.Sizeof(Service{}), 288},
+	} {
+		if c.size > c.max {
+			t.Errorf("%s is %d bytes, want at most %d (it is paid for every registered one)", c.name, c.size, c.max)
+		}
+	}
+}
+
+// The first requests of a fresh container, from many goroutines at once,
+// race to allocate its traffic state: one allocation wins, and every
+// request is counted in it.
+func TestFirstRequestsCountedExactly(t *testing.T) {
+	useTrafficClock(t)
+	r := newTestRegistry(t, Options{})
+	opts := ServiceOptions{Outlier: &Outlier{ConsecutiveFailures: 1_000_000, Cooldown: Duration(time.Minute)}}
+	for round := range 200 {
+		spec := svcSpec(int64(round+1), wz(fmt.Sprintf("c%d", round), 1, ""))
+		spec.Options = opts
+		svc := mustRegister(t, r, spec) // a new image: fresh service and container state
+		c := svc.Containers[0]
+		const goroutines = 32
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				<-start
+				c.Stats.Begin()
+				c.Stats.Finish(200+100*(g%4), g%4 == 3, time.Millisecond)
+				svc.State.Refuse(429, false)
+				svc.Observe(c, g%2 == 0, time.Millisecond)
+			})
+		}
+		close(start)
+		wg.Wait()
+		tr := c.Stats.Traffic()
+		for class, want := range map[int]int64{2: 8, 3: 8, 4: 8, 5: 8} {
+			if n := tr.Classes[class].Load(); n != want {
+				t.Fatalf("round %d: class %dxx counted %d, want %d", round, class, n, want)
+			}
+		}
+		if counts, _ := tr.Latency.Snapshot(); sumCounts(counts) != goroutines {
+			t.Fatalf("round %d: the histogram holds %d, want %d", round, sumCounts(counts), goroutines)
+		}
+		if n := svc.State.Traffic().Classes[4].Load(); n != goroutines {
+			t.Fatalf("round %d: the service counted %d refusals, want %d", round, n, goroutines)
+		}
+		at := now()
+		span := at.Sub(time.Unix((at.Unix()/slotSeconds-windowSlots+1)*slotSeconds, 0)).Seconds() // as summary divides
+		if _, perSecond, _ := c.Stats.Recent(0.5); math.Abs(perSecond*span-goroutines) > 1e-9 {
+			t.Fatalf("round %d: the last minute holds %.1f requests, want %d", round, perSecond*span, goroutines)
+		}
+		if c.Stats.circuit.Load() == nil {
+			t.Fatalf("round %d: no circuit after outcomes were judged", round)
+		}
+	}
+}
+
+func sumCounts(counts [numBuckets]uint64) (n uint64) {
+	for _, x := range counts {
+		n += x
+	}
+	return n
+}
+
+// Once a container has served, counting a request allocates nothing.
+func TestCountingAfterFirstRequestAllocatesNothing(t *testing.T) {
+	useTrafficClock(t)
+	r := newTestRegistry(t, Options{})
+	opts := ServiceOptions{Outlier: &Outlier{ConsecutiveFailures: 1_000_000, Cooldown: Duration(time.Minute)}}
+	svc := registerTraffic(t, r, RoundRobin, opts, wz("a", 1, ""))
+	c := svc.Containers[0]
+	serve := func() {
+		svc.State.Begin()
+		c.Stats.Begin()
+		c.Stats.Finish(200, false, time.Millisecond)
+		svc.Observe(c, false, time.Millisecond)
+		svc.State.Finish(200, false, time.Millisecond)
+	}
+	serve()
+	if c.Stats.traffic.Load() == nil || c.Stats.circuit.Load() == nil || svc.State.traffic.Load() == nil {
+		t.Fatal("a request did not make the traffic state")
+	}
+	if n := testing.AllocsPerRun(100, serve); n != 0 {
+		t.Fatalf("a request of a container that has served allocates %.1f times", n)
+	}
 }
