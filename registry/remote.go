@@ -8,8 +8,7 @@ import (
 // ApplyRemote applies what a shared store's watch delivered: records that
 // any node committed, through the same snapshot swap as a local change. A
 // record this node already has at that revision or a newer one (its own
-// commit coming back, an event older than a conflict told it, a conflict's
-// record older than what the watch delivered) is skipped.
+// commit coming back, an event older than a conflict told it) is skipped.
 // It returns the records it could not apply (a record that fails
 // validation is left out, and the rest applies).
 //
@@ -61,17 +60,7 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 		}
 	}
 	for _, rec := range records {
-		known := r.revs[rec.ImageID]
-		if !ev.Reset {
-			// The watch has delivered every change up to r.revision: a
-			// record at or below it (a conflict's, read before a change the
-			// watch delivered since) is what the node has or older, even
-			// where no revision of the image is left to say so (a removal
-			// whose tombstone was pruned): applied, it would bring back a
-			// version, or a removed image, the node showed replaced.
-			known = max(known, r.revision)
-		}
-		if rec.Revision <= known && !(ev.Reset && rec.Revision < known && known <= ev.Revision) {
+		if known := r.revs[rec.ImageID]; rec.Revision <= known && !(ev.Reset && rec.Revision < known && known <= ev.Revision) {
 			continue
 		}
 		change := func(snap *snapshot) (*snapshot, error) {
@@ -113,8 +102,16 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 }
 
 // pruneTombs forgets the removals the watch has delivered: it delivers
-// nothing at or below its revision again.
+// nothing at or below its revision again. While a commit is in flight they
+// are kept: a refused commit's conflict carries the records as etcd read
+// them, maybe before a removal the watch has delivered since, and only the
+// tombstone says that such a record is older than what the node shows
+// (seed 11000: the removed image came back). commitQueued prunes them once
+// the commit has returned.
 func (r *Registry) pruneTombs() {
+	if r.inflight != nil {
+		return
+	}
 	for id := range r.tombs {
 		if r.revs[id] <= r.revision {
 			delete(r.revs, id)

@@ -81,26 +81,3 @@ func TestRemoteLeavesOutSelfAddresses(t *testing.T) {
 		t.Fatalf("errors %v, want the left-out container named with the rule", errs)
 	}
 }
-
-// TestRemoteOlderThanWatched: a record read before a removal the watch
-// has delivered (what a refused commit's conflict carries, answered late)
-// does not bring the image back, though the removal's tombstone is gone:
-// the watch passed its revision.
-func TestRemoteOlderThanWatched(t *testing.T) {
-	r := newTestRegistry(t, Options{})
-	rec := &ServiceRecord{ImageID: 1, ImageName: "web", Algorithm: RoundRobin, Containers: []ContainerRecord{
-		{ContainerID: "a", Host: "127.0.0.1", Port: 8001, Status: StatusHealthy, Weight: 1}}}
-	r.ApplyRemote(RemoteEvent{Revision: 4, Records: []Remote{{ImageID: 1, Revision: 4, Record: rec}}})
-	r.ApplyRemote(RemoteEvent{Revision: 6, Records: []Remote{{ImageID: 1, Revision: 6}}}) // removed
-	if r.Lookup(1) != nil {
-		t.Fatal("the removal was not applied")
-	}
-	r.ApplyRemote(RemoteEvent{Records: []Remote{{ImageID: 1, Revision: 5, Record: rec}}}) // a conflict's, read at 5
-	if r.Lookup(1) != nil {
-		t.Fatal("a record at revision 5 brought back image 1, which the watch delivered removed at revision 6")
-	}
-	r.ApplyRemote(RemoteEvent{Records: []Remote{{ImageID: 1, Revision: 7, Record: rec}}}) // newer: applies
-	if r.Lookup(1) == nil {
-		t.Fatal("a record newer than the watch's revision was not applied")
-	}
-}
