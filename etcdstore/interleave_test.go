@@ -806,3 +806,52 @@ func TestRemovalQueuedOnOvertakenCommit(t *testing.T) {
 	}
 	converged(t, c, 1, nil, a.reg, b.reg)
 }
+
+// TestConflictOlderThanWatchedRemoval: a's removal of container c2 is made
+// on a version b has already changed (b removed c2 first); etcd refuses
+// a's commit and reads the record as it is then, but the answer is held.
+// Meanwhile a's watch delivers b's change and then b's removal of the
+// whole image, and a shows the image gone. The conflict's record, read
+// before the removal, must not bring the image back on a, not even for a
+// moment: the watch has passed its revision, so a has that version or a
+// newer one (seed 11000: lb-1 showed image 103 removed at 11.895 s, then
+// again as of the conflict's revision from 11.92 s).
+func TestConflictOlderThanWatchedRemoval(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+	register(t, a.reg, 1, "c0", "c2")
+	waitHas(t, "b", b.reg, 1, "c2")
+
+	a.pauseWatch() // a's removal is made on the version with c2
+	if _, err := b.reg.RemoveContainer(1, "c2"); err != nil {
+		t.Fatal(err)
+	}
+	a.gate.holdNext("after", false)
+	errA := async(func() error { _, err := a.reg.RemoveContainer(1, "c2"); return err })
+	a.gate.waitHeld(t) // etcd refused it: the conflict carries the record without c2
+	a.resumeWatch()
+	testkit.Eventually(t, "node a's watch to deliver b's removal of c2", func() bool { return !has(a.reg, 1, "c2") })
+	if _, err := b.reg.Remove(1); err != nil {
+		t.Fatal(err)
+	}
+	removed := c.Revision()
+	testkit.Eventually(t, "node a's watch to deliver b's removal of the image", func() bool {
+		return a.reg.Revision() >= removed && a.reg.Lookup(1) == nil
+	})
+	var back atomic.Bool
+	stop := a.reg.OnChange(func(ids []int64) {
+		if slices.Contains(ids, 1) && a.reg.Lookup(1) != nil {
+			back.Store(true)
+		}
+	})
+	a.gate.releaseHeld()
+	err := answer(t, "a's removal of c2", errA)
+	stop()
+	if back.Load() || a.reg.Lookup(1) != nil {
+		t.Fatal("image 1, removed by b and shown removed on node a, came back on a when a's refused commit returned: a read from a went back")
+	}
+	if registry.KindOf(err) != registry.KindNotFound {
+		t.Fatalf("a's removal of c2, which b removed first: %v, want a 404", err)
+	}
+	converged(t, c, 1, nil, a.reg, b.reg)
+}

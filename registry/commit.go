@@ -158,6 +158,7 @@ func (r *Registry) commitQueued() {
 	}
 	r.mu.Lock()
 	r.inflight = nil
+	defer r.pruneTombs() // kept while the store worked (pruneTombs)
 	if err != nil {
 		r.failed(batch, store, err)
 		return

@@ -102,8 +102,16 @@ func (r *Registry) applyRemote(ev RemoteEvent) (errs []error, stale bool) {
 }
 
 // pruneTombs forgets the removals the watch has delivered: it delivers
-// nothing at or below its revision again.
+// nothing at or below its revision again. While a commit is in flight they
+// are kept: a refused commit's conflict carries the records as etcd read
+// them, maybe before a removal the watch has delivered since, and only the
+// tombstone says that such a record is older than what the node shows
+// (seed 11000: the removed image came back). commitQueued prunes them once
+// the commit has returned.
 func (r *Registry) pruneTombs() {
+	if r.inflight != nil {
+		return
+	}
 	for id := range r.tombs {
 		if r.revs[id] <= r.revision {
 			delete(r.revs, id)
