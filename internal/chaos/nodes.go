@@ -73,7 +73,10 @@ func (r *run) newNode(i int, backend int) *node {
 	// port_range's) may be mapped. Plain HTTP: as an HTTPS site it made
 	// every start issue a certificate and install Caddy's root in the
 	// system's trust store, which held the app's start for over 2 min on a
-	// loaded machine (7 histories of 28 failed to start that way)
+	// loaded machine (7 histories of 28 failed to start that way). Bound to
+	// that address: on the wildcard, as a site address alone gives, the
+	// nodes would share the ports, which a node refuses (a second process
+	// on an address splits its connections)
 	var mapped []string
 	for g := range r.cfg.Groups {
 		mapped = append(mapped, fmt.Sprintf("http://127.0.0.%d:%d", i+2, GroupPort(g)))
@@ -92,11 +95,12 @@ func (r *run) newNode(i int, backend int) *node {
 }
 
 %s {
+	bind 127.0.0.%d
 	imagelb {
 		mapped_ports
 	}
 }
-`, admin, n.name, store, site, strings.Join(mapped, ", "))
+`, admin, n.name, store, site, strings.Join(mapped, ", "), i+2)
 	n.config = filepath.Join(n.dir, "Caddyfile")
 	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
