@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -87,8 +88,15 @@ func runCaddy(t *testing.T, bin, config, dataDir, url string, launcher ...string
 		default:
 		}
 		if resp, err := http.Get(url); err == nil {
+			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			return p
+			// Caddy serves its admin API, and possibly the sites, before
+			// the imagelb app's Start has run: that answer is not yet the
+			// process's own
+			if (resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "app is not running")) &&
+				appRunning(config) {
+				return p
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("caddy did not answer %s:\n%s", url, p.logs.String())
@@ -96,6 +104,30 @@ func runCaddy(t *testing.T, bin, config, dataDir, url string, launcher ...string
 		time.Sleep(20 * time.Millisecond) // polling until the server listens
 	}
 }
+
+// appRunning reports whether the imagelb app of the Caddyfile at config
+// has started, asking the admin API its "admin" line names (true when it
+// names none): Caddy serves its admin API and the sites before the apps'
+// Start, and the admin mount answers 503 until the imagelb app's has run.
+func appRunning(config string) bool {
+	text, err := os.ReadFile(config)
+	if err != nil {
+		return true
+	}
+	m := adminLine.FindSubmatch(text)
+	if m == nil || string(m[1]) == "off" || strings.HasPrefix(string(m[1]), "unix/") {
+		return true
+	}
+	resp, err := http.Get("http://" + string(m[1]) + "/imagelb/services")
+	if err != nil {
+		return false
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "app is not running")
+}
+
+var adminLine = regexp.MustCompile(`(?m)^\s*admin\s+([^\s{]+)`)
 
 // exited reports whether the process has ended, and its error.
 func (p *proc) exited() (bool, error) {

@@ -180,12 +180,16 @@ func runExample(t *testing.T, bin, root string) (ports map[string]int, site, adm
 		resp, err := http.Get(site + "/health")
 		if err == nil {
 			resp.Body.Close()
-			break
+			// the sites may serve before the imagelb app's Start has run
+			// (Caddy starts its apps in no set order)
+			if appRunning(cfgPath) {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("caddy did not start: %v", err)
 		}
-		time.Sleep(50 * time.Millisecond) // polling until the server listens
+		time.Sleep(50 * time.Millisecond) // polling until the server listens and the app runs
 	}
 
 	return ports, site, adm
