@@ -22,12 +22,7 @@ type node struct {
 
 func startNode(t *testing.T, endpoints []string) *node {
 	t.Helper()
-	return startNodeOn(t, open(t, endpoints, bolt(t)))
-}
-
-// startNodeOn is startNode on a store the test opened.
-func startNodeOn(t *testing.T, st *Store) *node {
-	t.Helper()
+	st := open(t, endpoints, bolt(t))
 	loaded := load(t, st)
 	reg := registry.New(registry.Options{})
 	if _, err := reg.Restore(loaded); err != nil {
