@@ -178,6 +178,9 @@ func TestPagedLists(t *testing.T) {
 		}
 		mustDo(t, "POST", fmt.Sprintf("%s/api/v1/services/%d/register?image_name=%s-%d%s", site, id, name, id, q), cs, 200, nil)
 	}
+	// the usage ledger outlives removals: earlier tests in this process may
+	// have left usage under these image ids, which the /usage walks list too
+	usedBefore := walkPages(t, site+"/api/v1/usage?limit=1000", 1000, func([]byte) {})
 	// traffic: 3 requests to 104 and 110, 1 to 107
 	for id, n := range map[int64]int{104: 3, 110: 3, 107: 1} {
 		for range n {
@@ -221,13 +224,19 @@ func TestPagedLists(t *testing.T) {
 							t.Fatalf("page totals %+v", st)
 						}
 					})
+					want := tc.want
 					if strings.HasPrefix(tc.path, "/usage") {
-						// the ledger outlives a removal: images of earlier
-						// tests in this process are in it too
 						got = slices.DeleteFunc(got, func(id int64) bool { return id < 101 || id > 125 })
+						want = slices.Clone(want)
+						for _, id := range usedBefore {
+							if id >= 101 && id <= 125 && (!strings.Contains(tc.path, "q=web") || id%2 == 0) && !slices.Contains(want, id) {
+								want = append(want, id)
+							}
+						}
+						slices.Sort(want)
 					}
-					if !slices.Equal(got, tc.want) {
-						t.Fatalf("walk saw %v, want %v", got, tc.want)
+					if !slices.Equal(got, want) {
+						t.Fatalf("walk saw %v, want %v", got, want)
 					}
 				})
 			}

@@ -210,8 +210,8 @@ http://127.0.0.1:%d {
 	if !strings.Contains(busiestRow, fmt.Sprintf("%d checkout", busiest)) || !strings.Contains(busiestRow, "25 requests") {
 		t.Errorf("the first of the busiest images is %q, want image %d checkout with 25 requests", busiestRow, busiest)
 	}
-	if !strings.Contains(summary, "images 100000") || !strings.Contains(summary, "containers 200000") {
-		t.Errorf("the summary %q does not count 100000 images and 200000 containers", summary)
+	if !strings.Contains(summary, fmt.Sprintf("images %d", scaleImages)) || !strings.Contains(summary, fmt.Sprintf("containers %d", 2*scaleImages)) {
+		t.Errorf("the summary %q does not count %d images and %d containers", summary, scaleImages, 2*scaleImages)
 	}
 	// the acceptance figure, with room for a loaded machine: 3 s measured
 	// on a quiet one
@@ -220,7 +220,7 @@ http://127.0.0.1:%d {
 	}
 
 	// the unhealthy images, and the containers by status
-	if err := chromedp.Do(tctx, chromedp.WaitVisible(chromedp.CSS(`#top-unhealthy tr[data-image="4242"]`))); err != nil {
+	if err := chromedp.Do(tctx, chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`#top-unhealthy tr[data-image="%d"]`, scaled(4_242))))); err != nil {
 		t.Fatalf("the unhealthy images do not show: %v", err)
 	}
 	unhealthy, byStatus := text(t, tctx, `#top-unhealthy`), text(t, tctx, `#by-status`)

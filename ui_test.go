@@ -204,14 +204,22 @@ http://127.0.0.1:%[2]d {
 	if iu := u.Images[0]; iu.BytesIn != sent || iu.BytesOut != got {
 		t.Fatalf("the ledger counts %d bytes in, %d out; the test sent %d, got %d", iu.BytesIn, iu.BytesOut, sent, got)
 	}
-	html, _ = dom()
-	card := regexp.MustCompile(fmt.Sprintf(`<section class="card service" data-image="%d">.*?</section>`, usageImage)).FindString(html)
+	cardRE := regexp.MustCompile(fmt.Sprintf(`<section class="card service" data-image="%d">.*?</section>`, usageImage))
 	hourText := fmt.Sprintf(`<div class="hour" data-hour="%d"><div class="hour-figures">last hour: <b class="hour-requests">%d</b> requests · `+
 		`<b class="hour-in" title="%d bytes">%s</b> <span class="key bytes-in">in</span> · `+
 		`<b class="hour-out" title="%d bytes">%s</b> <span class="key bytes-out">out</span></div>`,
 		usageImage, requests, sent, humanBytes(sent), got, humanBytes(got))
-	if !strings.Contains(card, hourText) {
-		t.Fatalf("image %d's card does not show its last hour %q:\n%s", usageImage, hourText, html)
+	// the page shows it at its next poll (every 2 s)
+	var card string
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		html, _ = dom()
+		if card = cardRE.FindString(html); strings.Contains(card, hourText) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("image %d's card does not show its last hour %q:\n%s", usageImage, hourText, html)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the page until its next poll has shown it
 	}
 	if len(base.Images) == 0 && (!strings.Contains(card, `title="12345 bytes">12.3 kB</b>`) ||
 		!strings.Contains(card, `title="25290 bytes">25.3 kB</b>`)) {

@@ -855,3 +855,114 @@ func TestConflictOlderThanWatchedRemoval(t *testing.T) {
 	}
 	converged(t, c, 1, nil, a.reg, b.reg)
 }
+
+// TestRegisterThenDeleteInOneBatch: node a queues a registration of image
+// 2 (claiming an external port) and then a removal of image 2 while another
+// commit is held, so both wait for one batch. Each answer must match what
+// etcd did: the registration's port claim and compare are checked (a 409
+// when another node holds the port, which a has not seen), and a removal
+// answers the version etcd removed (seeds 30003 and 30017: one batch sent
+// one change per image, so the registration never reached etcd; both
+// answered 200, with no transaction at all or with a removal answering a
+// version etcd never had).
+func TestRegisterThenDeleteInOneBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		had     bool // a (and etcd) have image 2, without a port, before
+		port    int  // the port the registration claims; 9400 is b's image 1's
+		want409 bool
+	}{
+		{name: "new image, port taken", port: 9400, want409: true},
+		{name: "new image, port free", port: 9401},
+		{name: "known image, port taken", had: true, port: 9400, want409: true},
+		{name: "known image, port free", had: true, port: 9401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := etcdtest.Start(t, 1)
+			a, b := startGatedNode(t, c.Endpoints()), startNode(t, c.Endpoints())
+			register(t, a.reg, 3, "c0")
+			if tc.had {
+				register(t, a.reg, 2, "old")
+			}
+			a.pauseWatch() // a does not learn that b's image 1 takes port 9400
+			if _, err := b.reg.Register(registry.ServiceSpec{ImageID: 1, ImageName: "one", ExternalPort: 9400,
+				Containers: []registry.ContainerSpec{ctr("b")}}); err != nil {
+				t.Fatal(err)
+			}
+			w := startWatch(t, open(t, c.Endpoints(), nil), c.Revision())
+
+			a.gate.holdNext("before", false)
+			errPut := putAsync(a.reg, 3, "a1")
+			a.gate.waitHeld(t)
+			errReg := async(func() error {
+				_, err := a.reg.Register(registry.ServiceSpec{ImageID: 2, ImageName: "two", ExternalPort: tc.port,
+					Containers: []registry.ContainerSpec{ctr("new")}})
+				return err
+			})
+			testkit.Eventually(t, "the registration to queue", func() bool { return a.reg.Pending() == 2 })
+			var removed *registry.Service
+			errDel := async(func() error { var err error; removed, err = a.reg.Remove(2); return err })
+			testkit.Eventually(t, "the removal to queue", func() bool { return a.reg.Pending() == 3 })
+			a.gate.releaseHeld()
+			if err := answer(t, "put a1", errPut); err != nil {
+				t.Fatalf("put a1: %v", err)
+			}
+			regErr, delErr := answer(t, "register", errReg), answer(t, "remove", errDel)
+
+			// Every version of image 2 etcd committed since, in order.
+			final := c.Revision()
+			testkit.Eventually(t, "the watch to reach etcd's revision", func() bool { return w.revision() >= final })
+			var seen []*registry.ServiceRecord
+			w.mu.Lock()
+			for _, ev := range w.events {
+				for _, r := range ev.Records {
+					if r.ImageID == 2 {
+						seen = append(seen, r.Record)
+					}
+				}
+			}
+			w.mu.Unlock()
+			ports := make([]string, len(seen))
+			for i, r := range seen {
+				ports[i] = "removed"
+				if r != nil {
+					ports[i] = fmt.Sprintf("port %d %v", r.ExternalPort, r.Containers)
+				}
+			}
+
+			if tc.want409 {
+				if registry.KindOf(regErr) != registry.KindConflict || !strings.Contains(regErr.Error(), "9400") {
+					t.Errorf("the registration claiming port 9400, held by b's image 1, answered %v; want a 409 (etcd saw of image 2: %v)", regErr, ports)
+				}
+			} else if regErr != nil {
+				t.Errorf("the registration claiming free port %d: %v", tc.port, regErr)
+			} else if len(seen) == 0 || seen[0] == nil || seen[0].ExternalPort != tc.port {
+				t.Errorf("the registration answered 200, but etcd never held its version of image 2: etcd saw %v", ports)
+			}
+			wantRemoved := "new" // what etcd holds when the removal runs
+			if tc.want409 {
+				wantRemoved = "old"
+			}
+			switch {
+			case tc.want409 && !tc.had:
+				if registry.KindOf(delErr) != registry.KindNotFound {
+					t.Errorf("the removal of image 2, which etcd never held, answered %v; want a 404 (etcd saw %v)", delErr, ports)
+				}
+			case delErr != nil:
+				t.Errorf("the removal of image 2: %v (etcd saw %v)", delErr, ports)
+			case removed == nil || removed.Container(wantRemoved) == nil:
+				t.Errorf("the removal answered %+v; want the version etcd removed, with container %q (etcd saw %v)", removed, wantRemoved, ports)
+			case len(seen) == 0 || seen[len(seen)-1] != nil:
+				t.Errorf("the removal answered 200, but etcd did not remove image 2: etcd saw %v", ports)
+			}
+			if !tc.want409 && removed != nil && removed.ExternalPort != tc.port {
+				t.Errorf("the removal answered port %d; want %d", removed.ExternalPort, tc.port)
+			}
+			if tc.want409 && removed != nil && removed.ExternalPort != 0 {
+				t.Errorf("the removal answered a version with port %d, which etcd never held (etcd saw %v)", removed.ExternalPort, ports)
+			}
+			a.resumeWatch()
+			converged(t, c, 2, nil, a.reg, b.reg)
+		})
+	}
+}

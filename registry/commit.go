@@ -13,8 +13,9 @@ import (
 // A durable change is computed under the writers' lock on the head (the
 // published snapshot plus every change still waiting for the store), queued,
 // and published only once the store has committed it. One writer at a time
-// commits: it takes every change queued so far (group commit: concurrent
-// writers share one sync, one etcd transaction) and, when the store says
+// commits: it takes every change queued so far, up to a second change of
+// one image (group commit: concurrent writers share one sync, one etcd
+// transaction; batchLen) and, when the store says
 // yes, publishes them; when the store fails, their writers get the error and
 // nothing of theirs is visible anywhere, and changes queued behind them
 // (computed on a head that included them) are computed again.
@@ -141,7 +142,7 @@ func (r *Registry) remake(queue []*pending) {
 // called with r.mu held and returns with it held; it releases it while the
 // store works.
 func (r *Registry) commitQueued() {
-	n := min(len(r.queue), maxBatch)
+	n := batchLen(r.queue)
 	batch := r.queue[:n:n]
 	r.queue = r.queue[n:]
 	pub := r.snap.Load()
@@ -228,30 +229,41 @@ func (r *Registry) commitQueued() {
 	r.changed(ids)
 }
 
-// changesOf returns the store changes of a batch: one per image, the last
-// version queued for it, expecting the revision the first change of the
-// image in the batch was made from (the others were made on it), and that
-// revision for each image. Static services come from the configuration and
-// are not stored.
-func (r *Registry) changesOf(pub *snapshot, batch []*pending) ([]Change, map[int64]int64) {
-	first, last := map[int64]*pending{}, map[int64]*pending{}
-	expect := map[int64]int64{}
-	var order []int64
-	for _, p := range batch {
-		if _, ok := last[p.id]; !ok {
-			order = append(order, p.id)
-			expect[p.id] = p.expect()
-			first[p.id] = p
+// batchLen is how many queued changes, from the first, one Commit carries:
+// at most maxBatch, and none after a second change of an image already in
+// the batch. Each change is committed as it was made: its own compare and
+// port claims are checked, and its writer's answer is a version etcd
+// stored. Merged into the last version queued for the image, a change
+// made on another (a registration claiming a port, then a removal) was
+// answered 200 though no transaction ever carried it (seeds 30003, 30017).
+// The change cut off goes in the next batch, made on and expecting the
+// revision this one's commit gives the image.
+func batchLen(queue []*pending) int {
+	seen := map[int64]bool{}
+	for i, p := range queue {
+		if i == maxBatch || seen[p.id] {
+			return i
 		}
-		last[p.id] = p
+		seen[p.id] = true
 	}
+	return len(queue)
+}
+
+// changesOf returns the store changes of a batch: one per image (a batch
+// has one change of each image it touches, batchLen), expecting the
+// revision the change was made from, and that revision for each image.
+// Static services come from the configuration and are not stored.
+func (r *Registry) changesOf(pub *snapshot, batch []*pending) ([]Change, map[int64]int64) {
+	expect := make(map[int64]int64, len(batch))
 	var out []Change
-	for _, id := range order {
-		svc, old := last[id].svc, pub.lookup(id)
-		if old == nil && first[id].after != nil {
+	for _, p := range batch {
+		id := p.id
+		expect[id] = p.expect()
+		svc, old := p.svc, pub.lookup(id)
+		if old == nil && p.after != nil {
 			// Made on a change whose commit the watch overtook (a newer
 			// version, or a removal, is published): the store decides.
-			old = first[id].after.svc
+			old = p.after.svc
 		}
 		ch := Change{ImageID: id, Expect: expect[id]}
 		if old != nil {

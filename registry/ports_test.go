@@ -86,3 +86,22 @@ func TestParsePortRange(t *testing.T) {
 		}
 	}
 }
+
+// TestReplaceKeepsAnotherOwnersPort: a re-list can set image 101 on a port
+// before it removes image 102, which held that port in the node's older
+// view; removing 102 must not free 101's port (the chaos check's seed 60001:
+// the node then took a registration of 102 on that port for free, 200).
+func TestReplaceKeepsAnotherOwnersPort(t *testing.T) {
+	old102 := &Service{ImageID: 102, ExternalPort: 9400}
+	snap := emptySnapshot().replace(nil, old102)
+	snap = snap.replace(nil, &Service{ImageID: 101, ExternalPort: 9400})
+	snap = snap.replace(old102, nil)
+	if got, ok := snap.ports[9400]; !ok || got != 101 {
+		t.Fatalf("port 9400 after 102's removal: owner %d (held: %v), want 101", got, ok)
+	}
+	// and its own port is freed as before
+	snap = snap.replace(&Service{ImageID: 101, ExternalPort: 9400}, nil)
+	if got, ok := snap.ports[9400]; ok {
+		t.Fatalf("port 9400 still owned by %d after its owner's removal", got)
+	}
+}

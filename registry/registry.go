@@ -431,7 +431,11 @@ func (snap *snapshot) replace(old, svc *Service) *snapshot {
 		for k, v := range snap.ports {
 			ports[k] = v
 		}
-		delete(ports, oldPort)
+		// only the port this image holds: a re-list may already have given
+		// it to another image before it removes this one
+		if oldPort != 0 && ports[oldPort] == id {
+			delete(ports, oldPort)
+		}
 		if newPort != 0 {
 			ports[newPort] = id
 		}

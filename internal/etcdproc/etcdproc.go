@@ -23,7 +23,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/imagelb/caddy-imagelb/internal/etcdtest"
 	"github.com/imagelb/caddy-imagelb/internal/testkit"
@@ -355,11 +354,7 @@ func (c *Cluster) Client() *clientv3.Client {
 
 func (c *Cluster) clientLocked() *clientv3.Client {
 	if c.client == nil {
-		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   c.Endpoints(),
-			DialTimeout: 5 * time.Second,
-			Logger:      zap.NewNop(),
-		})
+		cli, err := etcdtest.NewClient(c.Endpoints())
 		if err != nil {
 			c.t.Fatalf("etcdproc: client: %v", err)
 		}
@@ -371,13 +366,11 @@ func (c *Cluster) clientLocked() *clientv3.Client {
 // Revision is the cluster's current revision.
 func (c *Cluster) Revision() int64 {
 	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Client().Get(ctx, "\x00", clientv3.WithCountOnly())
+	rev, err := etcdtest.Revision(c.Client())
 	if err != nil {
 		c.t.Fatalf("etcdproc: revision: %v", err)
 	}
-	return resp.Header.Revision
+	return rev
 }
 
 // Compact compacts the history up to rev (0: the current revision), as
@@ -387,9 +380,7 @@ func (c *Cluster) Compact(rev int64) int64 {
 	if rev == 0 {
 		rev = c.Revision()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := c.Client().Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+	if err := etcdtest.Compact(c.Client(), rev); err != nil {
 		c.t.Fatalf("etcdproc: compact %d: %v", rev, err)
 	}
 	return rev

@@ -270,11 +270,7 @@ func (c *Cluster) Client() *clientv3.Client {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.client == nil {
-		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   c.Endpoints(),
-			DialTimeout: 5 * time.Second,
-			Logger:      zap.NewNop(),
-		})
+		cli, err := NewClient(c.Endpoints())
 		if err != nil {
 			c.t.Fatalf("etcdtest: client: %v", err)
 		}
@@ -283,16 +279,31 @@ func (c *Cluster) Client() *clientv3.Client {
 	return c.client
 }
 
+// NewClient is a quiet client of endpoints, as a test's cluster makes
+// (this package's, and internal/etcdproc's).
+func NewClient(endpoints []string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+}
+
 // Revision is the cluster's current revision.
 func (c *Cluster) Revision() int64 {
 	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Client().Get(ctx, "\x00", clientv3.WithCountOnly())
+	rev, err := Revision(c.Client())
 	if err != nil {
 		c.t.Fatalf("etcdtest: revision: %v", err)
 	}
-	return resp.Header.Revision
+	return rev
+}
+
+// Revision asks cli for its cluster's current revision.
+func Revision(cli *clientv3.Client) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "\x00", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
 }
 
 // Compact compacts the history up to rev (0: the current revision), as
@@ -302,12 +313,19 @@ func (c *Cluster) Compact(rev int64) int64 {
 	if rev == 0 {
 		rev = c.Revision()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := c.Client().Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+	if err := Compact(c.Client(), rev); err != nil {
 		c.t.Fatalf("etcdtest: compact %d: %v", rev, err)
 	}
 	return rev
+}
+
+// Compact compacts cli's cluster up to rev, physically, as etcd's
+// auto-compaction does.
+func Compact(cli *clientv3.Client, rev int64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := cli.Compact(ctx, rev, clientv3.WithCompactPhysical())
+	return err
 }
 
 // Snapshot saves a snapshot of the leader's (or, with none, the first
