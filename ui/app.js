@@ -465,11 +465,11 @@ const orNone = p => p.catch(err => {
 async function loadCards(total) {
   if (total <= ALL_CARDS) {
     const [stats, services] = await Promise.all([`${statsURL}?limit=${ALL_CARDS}`, `${servicesURL}?limit=${ALL_CARDS}`].map(fetchJSON));
-    const list = asList(services.body);
+    const cards = pairs(asList(services.body), stats.body.services || [], "image_id");
     // these images' usage: the ledger keeps removed images too, so its
     // first page need not hold them
-    await loadHour(list.map(s => `image_id=${s.image_id}`));
-    return pairs(list, stats.body.services || [], "image_id").map(([info, s]) => [info, s, false]);
+    await loadHour(cards.map(([info, s]) => `image_id=${info.image_id ?? s.image_id}`));
+    return cards.map(([info, s]) => [info, s, false]);
   }
   const ids = selected();
   const cards = await Promise.all(ids.map(async id => {
