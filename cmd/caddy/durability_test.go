@@ -88,13 +88,10 @@ func runCaddy(t *testing.T, bin, config, dataDir, url string, launcher ...string
 		default:
 		}
 		if resp, err := http.Get(url); err == nil {
-			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			// Caddy serves its admin API, and possibly the sites, before
-			// the imagelb app's Start has run: that answer is not yet the
-			// process's own
-			if (resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "app is not running")) &&
-				appRunning(config) {
+			// the imagelb app's Start has run
+			if appRunning(config) {
 				return p
 			}
 		}
