@@ -90,7 +90,11 @@ func (s *Store) Join(ctx context.Context, node Node, applied func() int64) {
 		s.mu.Lock()
 		delete(s.leases, lease)
 		s.mu.Unlock()
-		s.log.Warn("the node's etcd lease is lost; granting a new one", zap.String("node_id", node.ID), zap.Error(err))
+		// A lease lost while the node held it may be a restored etcd
+		// that never had it (a snapshot from before the grant): its
+		// history is not the one the watch followed.
+		s.log.Warn("the node's etcd lease is lost; granting a new one and re-listing the registry", zap.String("node_id", node.ID), zap.Error(err))
+		s.fence()
 	}
 }
 
@@ -109,6 +113,19 @@ func (s *Store) grant(ctx context.Context, cli *clientv3.Client) (clientv3.Lease
 
 // heartbeat keeps the lease alive and the node's key current until the
 // lease is lost or ctx is done.
+//
+// The key is also a fence on etcd's history. The node is its only writer,
+// so the key's mod revision is the revision of the node's last write
+// (last), and each write is a transaction on it: when the key is not the
+// one the node wrote (older, or gone: etcd was restored from a backup;
+// newer: another node has the same node_id), etcd's history is not the
+// one the node followed. A write whose revision is not past every revision
+// the node had seen before it says so too (restored from a snapshot taken
+// after the node's last heartbeat). Either way the node says so and its
+// watch re-lists, as after a rewind (fence): a restore the watch cannot
+// see (the connection was down for less than the probe's interval, the
+// cluster ID is the same, and nothing is written to the registry after)
+// would otherwise leave the node with what etcd no longer has.
 func (s *Store) heartbeat(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, key string, node Node, applied func() int64) error {
 	kctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -116,6 +133,7 @@ func (s *Store) heartbeat(ctx context.Context, cli *clientv3.Client, lease clien
 	if err != nil {
 		return err
 	}
+	var last int64 // the revision of the node's last write of key; 0: none on this lease
 	put := func() error {
 		value, err := json.Marshal(NodeInfo{
 			NodeID: node.ID, Address: node.Address, Version: node.Version,
@@ -124,10 +142,51 @@ func (s *Store) heartbeat(ctx context.Context, cli *clientv3.Client, lease clien
 		if err != nil {
 			return err
 		}
+		seen := s.Status().Revision // read before the write: every revision seen was earlier than it
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 		defer cancel()
-		_, err = cli.Put(rctx, key, string(value), clientv3.WithLease(lease))
-		return err
+		write := clientv3.OpPut(key, string(value), clientv3.WithLease(lease))
+		if last == 0 {
+			resp, err := cli.Do(rctx, write)
+			if err != nil {
+				return err
+			}
+			last = resp.Put().Header.Revision
+			return nil
+		}
+		resp, err := cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", last)).
+			Then(write).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			return err
+		}
+		if !resp.Succeeded {
+			var found int64 // the key's mod revision; 0: gone
+			if rs := resp.Responses; len(rs) > 0 {
+				if kvs := rs[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+					found = kvs[0].ModRevision
+				}
+			}
+			why := "older than this node's last write, or gone: was etcd restored from a backup?"
+			if found > last {
+				why = "written by another writer: does another node have the same node_id?"
+			}
+			s.log.Warn("this node's heartbeat key in etcd is not the one it last wrote: either etcd was restored from a backup or another node has the same node_id; re-listing the registry",
+				zap.String("key", key), zap.String("node_id", node.ID), zap.Int64("last_write", last),
+				zap.Int64("found_mod_revision", found), zap.String("likely", why))
+			last = 0 // the next write is a plain put
+			s.fence()
+			return nil
+		}
+		last = resp.Header.Revision
+		if last <= seen {
+			s.log.Warn("this node's heartbeat was written at a revision it had seen already: etcd's revision went back (was it restored from a backup?); re-listing the registry",
+				zap.String("key", key), zap.Int64("write_revision", last), zap.Int64("seen_revision", seen))
+			s.fence()
+		}
+		return nil
 	}
 	if err := put(); errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return err

@@ -22,7 +22,12 @@ type node struct {
 
 func startNode(t *testing.T, endpoints []string) *node {
 	t.Helper()
-	st := open(t, endpoints, bolt(t))
+	return startNodeOn(t, open(t, endpoints, bolt(t)))
+}
+
+// startNodeOn is startNode on a store the test opened.
+func startNodeOn(t *testing.T, st *Store) *node {
+	t.Helper()
 	loaded := load(t, st)
 	reg := registry.New(registry.Options{})
 	if _, err := reg.Restore(loaded); err != nil {

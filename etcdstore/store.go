@@ -140,6 +140,7 @@ type Store struct {
 	cli        *clientv3.Client
 	connErr    error // the last failure to create the client (with credentials); mu
 	cancelDial context.CancelFunc
+	probeEvery time.Duration // probeInterval; a test lengthens it
 
 	mu       sync.Mutex
 	closed   bool
@@ -147,6 +148,10 @@ type Store struct {
 	detail   string
 	revision int64
 	leases   map[clientv3.LeaseID]struct{}
+	// fenced is closed, and replaced, when the node's heartbeat finds
+	// that etcd's history is not the one it wrote to (members.go): each
+	// watch ends and re-lists, as after a rewind.
+	fenced chan struct{}
 	// fromCache: the last Load returned the cache's state; the watch
 	// re-lists before it watches.
 	fromCache bool
@@ -223,6 +228,9 @@ func Open(cfg Config, cache Cache, logger *zap.Logger) (*Store, error) {
 		ready:  make(chan struct{}),
 		ok:     true,
 		leases: map[clientv3.LeaseID]struct{}{},
+		fenced: make(chan struct{}),
+
+		probeEvery: probeInterval,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Username == "" {
@@ -354,6 +362,21 @@ func (s *Store) setOK(revision int64) {
 	if !was {
 		s.log.Info("etcd store recovered", zap.String("store", s.Describe()), zap.Int64("revision", revision))
 	}
+}
+
+// fence tells every watch that etcd's history is not the one it followed.
+func (s *Store) fence() {
+	s.mu.Lock()
+	close(s.fenced)
+	s.fenced = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// fences is closed at the next fence.
+func (s *Store) fences() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fenced
 }
 
 // setRevision sets the revision outright (a Reset may go backwards).

@@ -58,6 +58,9 @@ func (w *watch) run(ctx context.Context) {
 	relist := w.s.fromCache
 	w.s.mu.Unlock()
 	for {
+		// Taken before the list: a fence after it means the listing may
+		// be of the history etcd no longer has.
+		fenced := w.s.fences()
 		for relist {
 			loaded, err := w.s.list(ctx)
 			if err == nil {
@@ -72,7 +75,7 @@ func (w *watch) run(ctx context.Context) {
 				return
 			}
 		}
-		healthy, err := w.follow(ctx)
+		healthy, err := w.follow(ctx, fenced)
 		if ctx.Err() != nil {
 			return
 		}
@@ -88,9 +91,10 @@ func (w *watch) run(ctx context.Context) {
 	}
 }
 
-// follow watches from w.rev+1 until the watch fails; healthy says whether
-// it delivered anything (a working watch resets the back-off).
-func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
+// follow watches from w.rev+1 until the watch fails or fenced is closed;
+// healthy says whether it delivered anything (a working watch resets the
+// back-off).
+func (w *watch) follow(ctx context.Context, fenced <-chan struct{}) (healthy bool, err error) {
 	var cli *clientv3.Client
 	for {
 		cctx, cancel := context.WithTimeout(ctx, w.s.cfg.RequestTimeout)
@@ -120,7 +124,7 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 	probed, lost := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(probed)
-		tick := time.NewTicker(probeInterval)
+		tick := time.NewTicker(w.s.probeEvery)
 		defer tick.Stop()
 		for {
 			select {
@@ -156,6 +160,12 @@ func (w *watch) follow(ctx context.Context) (healthy bool, err error) {
 			// and a watch from a revision it has not reached yet gets no
 			// progress notification that would tell: re-list instead.
 			return healthy, errors.New("the connection to etcd was lost")
+		case <-fenced:
+			// The node's heartbeat found etcd's history is not the one
+			// it wrote to (restored, and the watch resumed on it without
+			// a word): nothing the node recorded counts.
+			w.rewound = true
+			return healthy, errors.New("the node's heartbeat key says etcd's history is another (restored from a backup, or a node with the same node_id)")
 		case resp, ok := <-wch:
 			if !ok {
 				if ctx.Err() != nil {

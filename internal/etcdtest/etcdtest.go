@@ -362,7 +362,7 @@ func (c *Cluster) Snapshot(path string) int64 {
 // RestoreAll stops every member, restores each one's data directory from
 // the snapshot at path, and starts the cluster again, as an operator
 // restores a backup: a new cluster (a new token, so new member and cluster
-// IDs) on the same URLs. With bump > 0 the restored revision is raised by
+// IDs) on the same URLs. It is RestoreWith(path, RestoreOptions{Bump: bump}). With bump > 0 the restored revision is raised by
 // bump and marked compacted, as `etcdutl snapshot restore --bump-revision
 // --mark-compacted` does, so that watches from before fail with
 // ErrCompacted; with 0 it is the snapshot's own, as etcd 3.4's `etcdctl
@@ -370,6 +370,23 @@ func (c *Cluster) Snapshot(path string) int64 {
 // restored revision, before any write.
 func (c *Cluster) RestoreAll(path string, bump int64) int64 {
 	c.t.Helper()
+	return c.RestoreWith(path, RestoreOptions{Bump: bump})
+}
+
+// RestoreOptions say how RestoreWith restores.
+type RestoreOptions struct {
+	Bump int64 // RestoreAll's bump
+	// SameToken restores with the token the cluster has: the same member
+	// IDs and cluster ID as before, as an operator who passes the
+	// --initial-cluster-token the cluster was created with gets. Nothing
+	// in a response then says that the cluster is another.
+	SameToken bool
+}
+
+// RestoreWith is RestoreAll with options.
+func (c *Cluster) RestoreWith(path string, opts RestoreOptions) int64 {
+	c.t.Helper()
+	bump := opts.Bump
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stopAll()
@@ -378,7 +395,9 @@ func (c *Cluster) RestoreAll(path string, bump int64) int64 {
 	if err != nil {
 		c.t.Fatalf("etcdtest: snapshot status: %v", err)
 	}
-	c.token = fmt.Sprintf("etcdtest-restored-%d", time.Now().UnixNano())
+	if !opts.SameToken {
+		c.token = fmt.Sprintf("etcdtest-restored-%d", time.Now().UnixNano())
+	}
 	for _, m := range c.members {
 		if err := os.RemoveAll(m.dir); err != nil {
 			c.t.Fatalf("etcdtest: %s: %v", m.name, err)
