@@ -348,8 +348,22 @@ func (c *Cluster) Snapshot(path string) int64 {
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A write's answer comes once the member that took it has applied it;
+	// another member (the leader too) may apply it later. A linearizable
+	// read through the member waits until it has applied everything
+	// committed before it, so the snapshot holds every acknowledged write.
+	cfg := clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		c.t.Fatalf("etcdtest: snapshot: %v", err)
+	}
+	_, err = cli.Get(ctx, "etcdtest-snapshot-barrier")
+	cli.Close()
+	if err != nil {
+		c.t.Fatalf("etcdtest: snapshot: a read through %s: %v", ep, err)
+	}
 	mgr := snapshot.NewV3(zap.NewNop())
-	if _, err := mgr.Save(ctx, clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}, path); err != nil {
+	if _, err := mgr.Save(ctx, cfg, path); err != nil {
 		c.t.Fatalf("etcdtest: snapshot save: %v", err)
 	}
 	st, err := mgr.Status(path)
