@@ -3,6 +3,9 @@ package imagelb
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,9 +117,10 @@ func TestStatsInFlightAndLatency(t *testing.T) {
 	}
 }
 
-// TestPrometheusMetrics: the admin /metrics has the imagelb series with the
-// right values after traffic (per_container on), and drops a removed
-// container's series.
+// TestPrometheusMetrics: with per_container on, the admin /imagelb/metrics
+// has the imagelb series with the right values after traffic, and drops a
+// removed container's series; Caddy's /metrics keeps the bounded set, the
+// image's series and no container's.
 func TestPrometheusMetrics(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmetrics {\n\t\t\tper_container\n\t\t}"))
@@ -128,7 +132,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	mustDo(t, "DELETE", site+"/api/v1/services/123/containers/m2", nil, 200, nil)
 	mustDo(t, "GET", site+"/api/v1/proxy/124/", nil, 404, nil)
 
-	metrics := scrape(t)
+	metrics := scrapeStreamed(t)
 	for _, want := range []string{
 		`imagelb_requests_total{code="2xx",image_id="123"} 4`,
 		`imagelb_request_failures_total{image_id="123"} 0`,
@@ -145,26 +149,53 @@ func TestPrometheusMetrics(t *testing.T) {
 		}
 	}
 	if strings.Contains(metrics, `container_id="m2"`) {
-		t.Error("/metrics still has series of the removed container m2")
+		t.Error("/imagelb/metrics still has series of the removed container m2")
+	}
+	bounded := scrape(t)
+	if !strings.Contains(bounded, `imagelb_requests_total{code="2xx",image_id="123"} 4`) || strings.Contains(bounded, "container_id=") {
+		t.Error("Caddy's /metrics lacks the image's series or has a container's")
 	}
 	mustDo(t, "DELETE", site+"/api/v1/services/123", nil, 200, nil)
-	if strings.Contains(scrape(t), `image_id="123"`) {
-		t.Error("/metrics still has series of the removed image 123")
+	if strings.Contains(scrape(t), `image_id="123"`) || strings.Contains(scrapeStreamed(t), `image_id="123"`) {
+		t.Error("/metrics or /imagelb/metrics still has series of the removed image 123")
 	}
 }
 
-// imagelbSeries returns the keys (name and labels, no value) of the
-// imagelb series of one scrape of the admin /metrics.
-func imagelbSeries(t *testing.T) map[string]bool {
+// scrapeStreamed returns the admin /imagelb/metrics, checked to parse as a
+// text exposition whose families are each one group.
+func scrapeStreamed(t *testing.T) string {
 	t.Helper()
+	resp, err := client.Get(adminURL + metricsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != textFormat {
+		t.Fatalf("%s: %d %q: %s", metricsPath, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	checkExposition(t, string(body))
+	return string(body)
+}
+
+// seriesKeys returns the keys (name and labels, no value) of the imagelb
+// series of an exposition.
+func seriesKeys(body string) map[string]bool {
 	out := map[string]bool{}
-	for _, line := range strings.Split(scrape(t), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, "imagelb_") {
 			key, _, _ := strings.Cut(line, " ")
 			out[key] = true
 		}
 	}
 	return out
+}
+
+// imagelbSeries returns the keys (name and labels, no value) of the
+// imagelb series of one scrape of the admin /metrics.
+func imagelbSeries(t *testing.T) map[string]bool {
+	t.Helper()
+	return seriesKeys(scrape(t))
 }
 
 // metricsConfig is siteConfig with a metrics block of the given options.
@@ -175,8 +206,10 @@ func metricsConfig(port int, options ...string) string {
 
 // TestMetricsOptions: on one registry (two images of two containers, only
 // image 131 served), the default scrape has the registry-wide series and
-// both images' series and no container's; each option adds or takes away
-// exactly its own series.
+// both images' series and no container's, on Caddy's /metrics and on
+// /imagelb/metrics alike; each option adds to or takes away from
+// /imagelb/metrics exactly its own series, and Caddy's /metrics never gets
+// a container's series.
 func TestMetricsOptions(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, metricsConfig(port))
@@ -190,6 +223,9 @@ func TestMetricsOptions(t *testing.T) {
 	}
 
 	base := imagelbSeries(t)
+	if streamedBase := seriesKeys(scrapeStreamed(t)); !maps.Equal(streamedBase, base) {
+		t.Errorf("with the defaults, /imagelb/metrics has %d series and Caddy's /metrics %d: want the same", len(streamedBase), len(base))
+	}
 	for _, want := range []string{
 		`imagelb_registry_requests_total`, `imagelb_registry_request_failures_total`, `imagelb_registry_requests_in_flight`,
 		`imagelb_services`, `imagelb_containers{status="healthy"}`, `imagelb_registry_operations_total{operation="register"}`,
@@ -233,7 +269,12 @@ func TestMetricsOptions(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			startCaddyNoReset(t, metricsConfig(port, c.options...))
-			got := imagelbSeries(t)
+			for key := range imagelbSeries(t) {
+				if strings.Contains(key, "container_id=") || !base[key] {
+					t.Errorf("%s: Caddy's /metrics has %s", c.name, key)
+				}
+			}
+			got := seriesKeys(scrapeStreamed(t))
 			for key := range got {
 				if !base[key] && (c.added == nil || !c.added(key)) {
 					t.Errorf("%s added %s", c.name, key)
