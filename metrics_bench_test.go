@@ -20,7 +20,8 @@ import (
 // the process during the scrape. The handlers: caddy, the one Caddy's admin
 // /metrics serves (promhttp over a registry: the bounded set whatever the
 // options); stream, the admin /imagelb/metrics (everything the options
-// choose, streamed); gather, client_golang gathering what the stream
+// choose, streamed), and stream-gzip, the same compressed, as Prometheus
+// asks for it (its series are not counted: the body is gzip); gather, client_golang gathering what the stream
 // writes (what Caddy's /metrics cost with every option before the stream).
 // Run one size at a time, alone on the machine:
 //
@@ -29,7 +30,7 @@ func BenchmarkScrape(b *testing.B) {
 	for _, n := range []int{1_000, 10_000, 100_000} {
 		for _, traffic := range []string{"idle", "served"} {
 			for _, o := range scrapeOptions {
-				for _, handler := range []string{"caddy", "stream", "gather"} {
+				for _, handler := range []string{"caddy", "stream", "stream-gzip", "gather"} {
 					b.Run(fmt.Sprintf("images=%d/%s/%s/%s", n, traffic, o.name, handler), func(b *testing.B) {
 						benchScrape(b, n, traffic == "served", o.cfg, handler)
 					})
@@ -49,6 +50,11 @@ func benchScrape(b *testing.B, n int, served bool, cfg *MetricsConfig, handler s
 	switch handler {
 	case "stream":
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = serveMetrics(w, r) })
+	case "stream-gzip": // as Prometheus asks: the bytes are the compressed body's
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Header.Set("Accept-Encoding", "gzip")
+			_ = serveMetrics(w, r)
+		})
 	default:
 		var c prometheus.Collector = metrics
 		if handler == "gather" {
