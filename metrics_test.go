@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -402,4 +403,21 @@ func TestMetricsWarnOnce(t *testing.T) {
 			t.Fatalf("per_container off, yet %s", key)
 		}
 	}
+}
+
+// streamedValue returns the value of one series of the admin
+// /imagelb/metrics (where per_image and per_container series are).
+func streamedValue(t *testing.T, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrapeStreamed(t), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", metricsPath, line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s lacks %s", metricsPath, series)
+	return 0
 }
