@@ -30,21 +30,27 @@ const textFormat = "text/plain; version=0.0.4; charset=utf-8"
 // of series. The series, their labels and values are those the collector
 // would send for the same options (the same table, families).
 func serveMetrics(w http.ResponseWriter, r *http.Request) error {
+	writeMetrics(w, r, running.Load())
+	return nil
+}
+
+// writeMetrics answers a scrape with app's exposition (the admin endpoint's
+// and the imagelb_metrics handler's).
+func writeMetrics(w http.ResponseWriter, r *http.Request, app *App) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		admin.WriteError(w, http.StatusMethodNotAllowed, "method not allowed: "+metricsPath+" answers GET")
-		return nil
+		admin.WriteError(w, http.StatusMethodNotAllowed, "method not allowed: the Prometheus exposition answers GET")
+		return
 	}
-	app := running.Load()
 	if app == nil || app.reg == nil {
 		admin.WriteError(w, http.StatusServiceUnavailable, errAppNotRunning)
-		return nil
+		return
 	}
 	e := newExposition(app, app.Metrics.options())
 	w.Header().Set("Content-Type", textFormat)
 	w.Header().Add("Vary", "Accept-Encoding")
 	if r.Method == http.MethodHead {
-		return nil
+		return
 	}
 	var out io.Writer = w
 	if acceptsGzip(r) {
@@ -56,8 +62,7 @@ func serveMetrics(w http.ResponseWriter, r *http.Request) error {
 		defer gz.Close()
 		out = gz
 	}
-	e.write(out)
-	return nil
+	_ = e.write(out) // an error is the client gone
 }
 
 // acceptsGzip reports whether the request's Accept-Encoding offers gzip

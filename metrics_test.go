@@ -421,3 +421,60 @@ func streamedValue(t *testing.T, series string) float64 {
 	t.Fatalf("%s lacks %s", metricsPath, series)
 	return 0
 }
+
+// TestMetricsHandlerOnSite: the imagelb_metrics directive serves on a site
+// what the admin /imagelb/metrics serves (here with per_container, for a
+// config whose admin endpoint a scraper cannot reach), under its matcher
+// only: the imagelb handler still answers the rest of the site, and a
+// matcher under its /api/v1/ goes to imagelb_metrics (ordered before it).
+func TestMetricsHandlerOnSite(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	imagelb {
+		health_interval 1h
+		persist off
+		metrics {
+			per_container
+		}
+	}
+}
+http://127.0.0.1:%d {
+	@scrape path /metrics /api/v1/metrics
+	imagelb_metrics @scrape
+	imagelb
+}
+`, port))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	register(t, site+"/api/v1", 140, "", container("s1", newBackend(t, "a")))
+	proxyGet(t, site, 140, "/")
+	resp, err := client.Get(site + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != textFormat {
+		t.Fatalf("the site's /metrics: %d %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	checkExposition(t, string(body))
+	onSite, onAdmin := seriesKeys(string(body)), seriesKeys(scrapeStreamed(t))
+	for _, want := range []string{`imagelb_container_requests_total{code="2xx",container_id="s1",image_id="140"}`,
+		`imagelb_requests_total{code="2xx",image_id="140"}`} {
+		if !onSite[want] {
+			t.Errorf("the site's /metrics lacks %s", want)
+		}
+	}
+	if !maps.Equal(onSite, onAdmin) {
+		t.Errorf("the site's /metrics has %d series, the admin /imagelb/metrics %d: want the same", len(onSite), len(onAdmin))
+	}
+	mustDo(t, "GET", site+"/api/v1/services/140", nil, 200, nil)
+	resp, err = client.Get(site + "/api/v1/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != textFormat {
+		t.Errorf("the site's /api/v1/metrics: %d %q, want the exposition", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+}
