@@ -15,8 +15,8 @@ func init() {
 }
 
 // AdminAPI mounts the management API on Caddy's admin endpoint under
-// /imagelb/ (e.g. POST /imagelb/services/1/register). Caddy's own admin
-// protections (Host and Origin checks, remote admin with mTLS) apply.
+// /imagelb/ (e.g. POST /imagelb/services/1/register), and the streamed
+// Prometheus exposition at /imagelb/metrics. Caddy's own admin protections (Host and Origin checks, remote admin with mTLS) apply.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -29,7 +29,8 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 
 // Routes returns the admin routes.
 func (AdminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: "/imagelb/", Handler: caddy.AdminHandlerFunc(serveAdmin)}}
+	return []caddy.AdminRoute{{Pattern: "/imagelb/", Handler: caddy.AdminHandlerFunc(serveAdmin)},
+		{Pattern: metricsPath, Handler: caddy.AdminHandlerFunc(serveMetrics)}}
 }
 
 // serveAdmin serves one admin request with the running app's API. The app is

@@ -144,19 +144,21 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 }
 
-// TestAdminProtections: the admin mount keeps Caddy's Host check, and an
-// unknown imagelb admin path is a JSON 404.
+// TestAdminProtections: the admin mount, /imagelb/metrics included, keeps
+// Caddy's Host check, and an unknown imagelb admin path is a JSON 404.
 func TestAdminProtections(t *testing.T) {
 	startCaddy(t, siteConfig(freePort(t), ""))
-	req, _ := http.NewRequest("GET", adminURL+"/imagelb/services", nil)
-	req.Host = "evil.example"
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("foreign Host: %d, want 403", resp.StatusCode)
+	for _, path := range []string{"/imagelb/services", metricsPath} {
+		req, _ := http.NewRequest("GET", adminURL+path, nil)
+		req.Host = "evil.example"
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s from a foreign Host: %d, want 403", path, resp.StatusCode)
+		}
 	}
 	mustDo(t, "GET", adminURL+"/imagelb/nope", nil, 404, nil)
 }

@@ -2,6 +2,7 @@ package imagelb
 
 import (
 	"container/heap"
+	"sort"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,24 +16,29 @@ import (
 // figures are the atomics the registry keeps anyway, read at scrape time
 // from the current snapshot, so a removed container's series vanish with it.
 // It is registered into each config's metrics registry (Caddy makes a new
-// one per load), so the series appear on the admin /metrics and wherever
-// the user's metrics handler is. What it exports beyond the registry-wide
-// series is chosen by the app's metrics options (MetricsConfig).
-var metrics = newCollector()
+// one per load), so the bounded set of series (the registry-wide ones and
+// the busiest images') appears on the admin /metrics and wherever the
+// user's metrics handler is. The admin /imagelb/metrics streams the same
+// series and what the app's metrics options (MetricsConfig) add.
+var metrics collector
 
 // MetricsConfig chooses the Prometheus series imagelb exports beyond the
 // registry-wide ones (totals, containers by status, registry operations,
-// the store), which are always there. The default keeps a scrape small
-// whatever the registry's size: per-image series for the busiest images
-// only, and no per-container series. A config load whose choice would
-// export more than a million series at the registry's current size logs a
-// warning naming the option to turn off.
+// the store), which are always there. Caddy's /metrics has a bounded set
+// whatever the options: the registry-wide series and the per-image series
+// of the top_images busiest images. The admin /imagelb/metrics has the
+// same by default and what per_image and per_container add, written image
+// by image as the scrape reads it, so its memory does not grow with its
+// series. A config load whose choice would export more than a million
+// series at the registry's current size logs a warning naming the option
+// to turn off.
 type MetricsConfig struct {
-	// Export the per-image series of every image, not only the
-	// top_images busiest: about 24 series per image that has served a
+	// Export (on /imagelb/metrics) the per-image series of every image,
+	// not only the top_images busiest: about 24 series per image that has served a
 	// request and 5 per idle one. Default: false.
 	PerImage bool `json:"per_image,omitempty"`
-	// Export the per-container series of every container: about 26 series
+	// Export (on /imagelb/metrics) the per-container series of every
+	// container: about 26 series
 	// per container that has served a request and 7 per idle one.
 	// Default: false.
 	PerContainer bool `json:"per_container,omitempty"`
@@ -113,68 +119,102 @@ func (a *App) warnSeries() {
 	if len(off) == 0 {
 		off = append(off, "top_images")
 	}
-	a.logger.Warn("metrics options export over a million series at this registry's size: a scrape this large strains "+
-		"Prometheus and this process; turn off the options named in turn_off (metrics block of the imagelb app)",
+	a.logger.Warn("metrics options export over a million series at this registry's size: a scrape of /imagelb/metrics "+
+		"this large strains Prometheus; turn off the options named in turn_off (metrics block of the imagelb app)",
 		zap.Int("series", n), zap.Int("services", sum.Services), zap.Int("containers", sum.Containers),
 		zap.Strings("turn_off", off))
 }
 
-type collector struct {
-	requests, failures, inFlight, duration                              *prometheus.Desc
-	ctrRequests, ctrFailures, ctrInFlight, ctrDuration, healthy, checks *prometheus.Desc
-	operations, services, containers, storeUp, storeRevision            *prometheus.Desc
-	turnedAway, retriesDenied, ejected, ejections, waiting              *prometheus.Desc
-	splitRequests, mirrorCopies                                         *prometheus.Desc
-	allRequests, allFailures, allInFlight                               *prometheus.Desc
+// A family is one metric family imagelb exports: its name, help, type and
+// labels, and what sends its series. Both expositions read this one table:
+// the collector in Caddy's metrics registry (the bounded set) and the
+// streamed /imagelb/metrics (everything the options choose), so their
+// series are the same by construction.
+type family struct {
+	name, help string
+	kind       prometheus.ValueType // prometheus.UntypedValue: a histogram
+	scope      scope
+	extra      string // the label beyond image_id and container_id, "" none
+	// order is the labels in the exposition's order (by name): 'i'
+	// image_id, 'c' container_id, 'e' extra.
+	order []byte
+	desc  *prometheus.Desc
+	// Exactly one of these sends the family's series: of the whole
+	// registry, of one image, or of one container of the image id.
+	whole     func(s sink, f *family, w *wide)
+	image     func(s sink, f *family, svc *registry.Service)
+	container func(s sink, f *family, id int64, c *registry.Container)
 }
 
-func newCollector() *collector {
-	img := []string{"image_id"}
-	ctr := []string{"image_id", "container_id"}
-	d := prometheus.NewDesc
-	return &collector{
-		requests:    d("imagelb_requests_total", "Client requests proxied for an image, by status class (none: no response).", append(img, "code"), nil),
-		failures:    d("imagelb_request_failures_total", "Client requests for an image answered with a 5xx or not at all.", img, nil),
-		inFlight:    d("imagelb_requests_in_flight", "Client requests for an image not finished yet.", img, nil),
-		duration:    d("imagelb_request_duration_seconds", "Duration of client requests for an image, retries included.", img, nil),
-		ctrRequests: d("imagelb_container_requests_total", "Attempts sent to a container, by status class (none: no response).", append(ctr, "code"), nil),
-		ctrFailures: d("imagelb_container_failures_total", "Attempts sent to a container that failed (no response, or a 5xx).", ctr, nil),
-		ctrInFlight: d("imagelb_container_requests_in_flight", "Attempts in flight at a container.", ctr, nil),
-		ctrDuration: d("imagelb_container_request_duration_seconds", "Duration of attempts sent to a container.", ctr, nil),
-		healthy:     d("imagelb_container_healthy", "1 if the container's status is healthy, else 0.", ctr, nil),
-		checks:      d("imagelb_health_checks_total", "Active health checks of a container, by result (pass, fail).", append(ctr, "result"), nil),
-		operations:  d("imagelb_registry_operations_total", "Changes applied to the registry, by operation (register, remove, put_container, patch_container, remove_container).", []string{"operation"}, nil),
-		services:    d("imagelb_services", "Services registered.", nil, nil),
-		storeUp: d("imagelb_store_up", "1 if the registry's store answers (status ok), 0 while it is degraded "+
-			"(etcd unreachable: this node serves the last state it saw and refuses writes).", []string{"kind"}, nil),
-		storeRevision: d("imagelb_store_revision", "The shared store's revision this node has applied.", []string{"kind"}, nil),
-		containers:    d("imagelb_containers", "Containers registered, by status.", []string{"status"}, nil),
-		turnedAway: d("imagelb_requests_turned_away_total", "Client requests for an image answered before reaching a container, "+
-			"by reason (rate_limit: 429, max_in_flight: 503).", append(img, "reason"), nil),
-		retriesDenied: d("imagelb_retries_denied_total", "Retries the image's retry budget refused.", img, nil),
-		ejected:       d("imagelb_container_ejected", "1 if outlier ejection keeps the container out of rotation, else 0.", ctr, nil),
-		ejections:     d("imagelb_container_ejections_total", "Times outlier ejection took the container out of rotation.", ctr, nil),
-		waiting:       d("imagelb_requests_waiting", "Client requests held while an on_demand image starts.", img, nil),
-		splitRequests: d("imagelb_split_requests_total", "Requests of an image that its split sent to another image.", img, nil),
-		mirrorCopies: d("imagelb_mirror_copies_total", "Copies other images' mirrors made for this image, by result (sent, failed: "+
-			"no answer or a 5xx, dropped: past max_in_flight or no container, too_large: body above max_body); apart from its real traffic.",
-			append(img, "result"), nil),
-		allRequests: d("imagelb_registry_requests_total", "Client requests finished, of every image (removed ones included), "+
-			"since the process started.", nil, nil),
-		allFailures: d("imagelb_registry_request_failures_total", "Client requests of every image (removed ones included) "+
-			"answered with a 5xx or not at all, since the process started.", nil, nil),
-		allInFlight: d("imagelb_registry_requests_in_flight", "Client requests of every image not finished yet.", nil, nil),
-	}
+type scope uint8
+
+const (
+	registryScope scope = iota
+	imageScope
+	containerScope
+)
+
+const histogramKind = prometheus.UntypedValue
+
+// sink receives a family's series. A series has the family's labels: the
+// image id (image and container scopes), the container id (container
+// scope) and the extra label. The arguments are values, so that the
+// streamed exposition allocates nothing per series.
+type sink interface {
+	sample(f *family, v float64, id int64, ctr, extra string)
+	histogram(f *family, h hist, id int64, ctr string)
 }
 
-// Describe sends the descriptors of every metric.
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
-		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers,
-		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision, c.waiting, c.splitRequests, c.mirrorCopies,
-		c.allRequests, c.allFailures, c.allInFlight} {
-		ch <- d
+// hist is a histogram at the exported bounds (bounds): cumulative counts,
+// then the count and sum of every observation.
+type hist struct {
+	cumulative [len(bounds)]uint64
+	count      uint64
+	sum        float64
+}
+
+// bounds are the exported upper bounds, in seconds, and boundIndex the
+// registry bucket each closes: every bucketStep-th of the registry's fine
+// buckets, the last (unbounded) one left to +Inf.
+var bounds, boundIndex = func() (b [histogramBounds]float64, idx [histogramBounds]int) {
+	n := 0
+	for i := range registry.NumBuckets - 1 {
+		if i%bucketStep == bucketStep-1 {
+			b[n], idx[n] = registry.BucketBound(i).Seconds(), i
+			n++
+		}
 	}
+	return b, idx
+}()
+
+const histogramBounds = (registry.NumBuckets - 1) / bucketStep
+
+// histOf reads a histogram from counters; ok is false before the first
+// finished request (no histogram is exported then, as a client_golang
+// HistogramVec has none before its first observation).
+func histOf(k *registry.Counters) (h hist, ok bool) {
+	counts, sum := k.Traffic().Latency.Snapshot()
+	var cumulative uint64
+	next := 0
+	for i, n := range counts {
+		cumulative += n
+		if next < len(boundIndex) && i == boundIndex[next] {
+			h.cumulative[next] = cumulative
+			next++
+		}
+	}
+	h.count, h.sum = cumulative, sum.Seconds()
+	return h, cumulative > 0
+}
+
+// wide is what the registry-wide families read, gathered in one walk.
+type wide struct {
+	services int
+	byStatus [len(statuses)]int
+	inFlight int64
+	total    registry.Usage
+	ops      map[registry.Op]int64
+	store    *storeState
 }
 
 // classNames labels the status classes of registry.Traffic.Classes.
@@ -185,63 +225,196 @@ var classNames = [6]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 // cumulative at each exported bound.
 const bucketStep = 6
 
-// Collect reads the current registry's snapshot and sends its series one
-// at a time, as it walks the services: nothing is gathered beforehand but
-// the busiest images when only those are exported.
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	app := running.Load()
-	if app == nil || app.reg == nil {
-		return
-	}
-	reg, o := app.reg, app.Metrics.options()
+// families is every family, by name: the order of the streamed exposition
+// (and of client_golang's).
+var families = func() []*family {
 	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
-	var byStatus [len(statuses)]int
-	var services int
-	var inFlight int64
-	busiest := busiestImages{max: o.top}
-	reg.Each(func(s *registry.Service) {
-		services++
-		inFlight += s.State.InFlight.Load()
-		id := ""
-		if o.perImage || o.perContainer {
-			id = strconv.FormatInt(s.ImageID, 10)
+	fs := []*family{
+		{name: "imagelb_requests_total", help: "Client requests proxied for an image, by status class (none: no response).",
+			kind: counter, scope: imageScope, extra: "code",
+			image: func(s sink, f *family, svc *registry.Service) { classes(s, f, &svc.State.Counters, svc.ImageID, "") }},
+		{name: "imagelb_request_failures_total", help: "Client requests for an image answered with a 5xx or not at all.",
+			kind: counter, scope: imageScope,
+			image: func(s sink, f *family, svc *registry.Service) {
+				s.sample(f, float64(svc.State.Failures.Load()), svc.ImageID, "", "")
+			}},
+		{name: "imagelb_requests_in_flight", help: "Client requests for an image not finished yet.",
+			kind: gauge, scope: imageScope,
+			image: func(s sink, f *family, svc *registry.Service) {
+				s.sample(f, float64(svc.State.InFlight.Load()), svc.ImageID, "", "")
+			}},
+		{name: "imagelb_request_duration_seconds", help: "Duration of client requests for an image, retries included.",
+			kind: histogramKind, scope: imageScope,
+			image: func(s sink, f *family, svc *registry.Service) {
+				if h, ok := histOf(&svc.State.Counters); ok {
+					s.histogram(f, h, svc.ImageID, "")
+				}
+			}},
+		{name: "imagelb_requests_turned_away_total", help: "Client requests for an image answered before reaching a container, " +
+			"by reason (rate_limit: 429, max_in_flight: 503).",
+			kind: counter, scope: imageScope, extra: "reason",
+			image: func(s sink, f *family, svc *registry.Service) {
+				s.sample(f, float64(svc.State.RateLimited.Load()), svc.ImageID, "", "rate_limit")
+				s.sample(f, float64(svc.State.Shed.Load()), svc.ImageID, "", "max_in_flight")
+			}},
+		{name: "imagelb_retries_denied_total", help: "Retries the image's retry budget refused.",
+			kind: counter, scope: imageScope,
+			image: func(s sink, f *family, svc *registry.Service) {
+				s.sample(f, float64(svc.State.RetriesDenied.Load()), svc.ImageID, "", "")
+			}},
+		{name: "imagelb_requests_waiting", help: "Client requests held while an on_demand image starts.",
+			kind: gauge, scope: imageScope,
+			image: func(s sink, f *family, svc *registry.Service) {
+				if svc.Options.OnDemand != nil {
+					s.sample(f, float64(svc.State.Waiting.Load()), svc.ImageID, "", "")
+				}
+			}},
+		{name: "imagelb_split_requests_total", help: "Requests of an image that its split sent to another image.",
+			kind: counter, scope: imageScope,
+			image: func(s sink, f *family, svc *registry.Service) {
+				if n := svc.State.SplitRequests.Load(); n > 0 || len(svc.Options.Split) > 0 {
+					s.sample(f, float64(n), svc.ImageID, "", "")
+				}
+			}},
+		{name: "imagelb_mirror_copies_total", help: "Copies other images' mirrors made for this image, by result (sent, failed: " +
+			"no answer or a 5xx, dropped: past max_in_flight or no container, too_large: body above max_body); apart from its real traffic.",
+			kind: counter, scope: imageScope, extra: "result",
+			image: func(s sink, f *family, svc *registry.Service) {
+				m := &svc.State.Mirror
+				if m.Requests.Load()+m.Dropped.Load()+m.TooLarge.Load() == 0 {
+					return
+				}
+				s.sample(f, float64(m.Requests.Load()), svc.ImageID, "", "sent")
+				s.sample(f, float64(m.Failures.Load()), svc.ImageID, "", "failed")
+				s.sample(f, float64(m.Dropped.Load()), svc.ImageID, "", "dropped")
+				s.sample(f, float64(m.TooLarge.Load()), svc.ImageID, "", "too_large")
+			}},
+
+		{name: "imagelb_container_requests_total", help: "Attempts sent to a container, by status class (none: no response).",
+			kind: counter, scope: containerScope, extra: "code",
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				classes(s, f, &c.Stats.Counters, id, c.ContainerID)
+			}},
+		{name: "imagelb_container_failures_total", help: "Attempts sent to a container that failed (no response, or a 5xx).",
+			kind: counter, scope: containerScope,
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				s.sample(f, float64(c.Stats.Failures.Load()), id, c.ContainerID, "")
+			}},
+		{name: "imagelb_container_requests_in_flight", help: "Attempts in flight at a container.",
+			kind: gauge, scope: containerScope,
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				s.sample(f, float64(c.Stats.InFlight.Load()), id, c.ContainerID, "")
+			}},
+		{name: "imagelb_container_request_duration_seconds", help: "Duration of attempts sent to a container.",
+			kind: histogramKind, scope: containerScope,
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				if h, ok := histOf(&c.Stats.Counters); ok {
+					s.histogram(f, h, id, c.ContainerID)
+				}
+			}},
+		{name: "imagelb_container_healthy", help: "1 if the container's status is healthy, else 0.",
+			kind: gauge, scope: containerScope,
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				s.sample(f, boolValue(c.Status == registry.StatusHealthy), id, c.ContainerID, "")
+			}},
+		{name: "imagelb_health_checks_total", help: "Active health checks of a container, by result (pass, fail).",
+			kind: counter, scope: containerScope, extra: "result",
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				s.sample(f, float64(c.Stats.ChecksPassed.Load()), id, c.ContainerID, "pass")
+				s.sample(f, float64(c.Stats.ChecksFailed.Load()), id, c.ContainerID, "fail")
+			}},
+		{name: "imagelb_container_ejected", help: "1 if outlier ejection keeps the container out of rotation, else 0.",
+			kind: gauge, scope: containerScope,
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				s.sample(f, boolValue(c.Stats.Ejected()), id, c.ContainerID, "")
+			}},
+		{name: "imagelb_container_ejections_total", help: "Times outlier ejection took the container out of rotation.",
+			kind: counter, scope: containerScope,
+			container: func(s sink, f *family, id int64, c *registry.Container) {
+				s.sample(f, float64(c.Stats.Ejections()), id, c.ContainerID, "")
+			}},
+
+		{name: "imagelb_registry_operations_total", help: "Changes applied to the registry, by operation (register, remove, " +
+			"put_container, patch_container, remove_container).",
+			kind: counter, extra: "operation",
+			whole: func(s sink, f *family, w *wide) {
+				for op, n := range w.ops {
+					s.sample(f, float64(n), 0, "", op.String())
+				}
+			}},
+		{name: "imagelb_services", help: "Services registered.", kind: gauge,
+			whole: func(s sink, f *family, w *wide) { s.sample(f, float64(w.services), 0, "", "") }},
+		{name: "imagelb_containers", help: "Containers registered, by status.", kind: gauge, extra: "status",
+			whole: func(s sink, f *family, w *wide) {
+				for i, st := range statuses {
+					s.sample(f, float64(w.byStatus[i]), 0, "", string(st))
+				}
+			}},
+		{name: "imagelb_store_up", help: "1 if the registry's store answers (status ok), 0 while it is degraded " +
+			"(etcd unreachable: this node serves the last state it saw and refuses writes).", kind: gauge, extra: "kind",
+			whole: func(s sink, f *family, w *wide) {
+				if w.store != nil {
+					s.sample(f, boolValue(w.store.Status == "ok"), 0, "", w.store.Kind)
+				}
+			}},
+		{name: "imagelb_store_revision", help: "The shared store's revision this node has applied.", kind: gauge, extra: "kind",
+			whole: func(s sink, f *family, w *wide) {
+				if w.store != nil {
+					s.sample(f, float64(w.store.Revision), 0, "", w.store.Kind)
+				}
+			}},
+		{name: "imagelb_registry_requests_total", help: "Client requests finished, of every image (removed ones included), " +
+			"since the process started.", kind: counter,
+			whole: func(s sink, f *family, w *wide) { s.sample(f, float64(w.total.Requests), 0, "", "") }},
+		{name: "imagelb_registry_request_failures_total", help: "Client requests of every image (removed ones included) " +
+			"answered with a 5xx or not at all, since the process started.", kind: counter,
+			whole: func(s sink, f *family, w *wide) { s.sample(f, float64(w.total.FailedRequests), 0, "", "") }},
+		{name: "imagelb_registry_requests_in_flight", help: "Client requests of every image not finished yet.", kind: gauge,
+			whole: func(s sink, f *family, w *wide) { s.sample(f, float64(w.inFlight), 0, "", "") }},
+	}
+	for _, f := range fs {
+		var names []string
+		switch f.scope {
+		case imageScope:
+			names = []string{"image_id"}
+		case containerScope:
+			names = []string{"container_id", "image_id"}
 		}
-		if o.perImage {
-			c.image(ch, s, id)
-		} else {
-			busiest.offer(s)
+		if f.extra != "" {
+			names = append(names, f.extra)
 		}
-		for _, ctr := range s.Containers {
-			if i := statusIndex(ctr.Status); i >= 0 {
-				byStatus[i]++
+		sort.Strings(names)
+		for _, n := range names {
+			switch n {
+			case "image_id":
+				f.order = append(f.order, 'i')
+			case "container_id":
+				f.order = append(f.order, 'c')
+			default:
+				f.order = append(f.order, 'e')
 			}
-			if o.perContainer {
-				c.container(ch, ctr, id)
-			}
 		}
-	})
-	for _, r := range busiest.top {
-		c.image(ch, r.svc, strconv.FormatInt(r.svc.ImageID, 10))
+		f.desc = prometheus.NewDesc(f.name, f.help, names, nil)
 	}
-	total := reg.CountedTotal()
-	ch <- prometheus.MustNewConstMetric(c.allRequests, counter, float64(total.Requests))
-	ch <- prometheus.MustNewConstMetric(c.allFailures, counter, float64(total.FailedRequests))
-	ch <- prometheus.MustNewConstMetric(c.allInFlight, gauge, float64(inFlight))
-	for op, n := range reg.Operations() {
-		ch <- prometheus.MustNewConstMetric(c.operations, counter, float64(n), op.String())
+	sort.Slice(fs, func(i, j int) bool { return fs[i].name < fs[j].name })
+	return fs
+}()
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
 	}
-	ch <- prometheus.MustNewConstMetric(c.services, gauge, float64(services))
-	for i, st := range statuses {
-		ch <- prometheus.MustNewConstMetric(c.containers, gauge, float64(byStatus[i]), string(st))
-	}
-	if app.holder != nil {
-		st := app.holder.storeState()
-		up := 0.0
-		if st.Status == "ok" {
-			up = 1
+	return 0
+}
+
+// classes sends the requests by status class of a service or a container:
+// the classes that counted any.
+func classes(s sink, f *family, k *registry.Counters, id int64, ctr string) {
+	t := k.Traffic()
+	for class := range t.Classes {
+		if n := t.Classes[class].Load(); n > 0 {
+			s.sample(f, float64(n), id, ctr, classNames[class])
 		}
-		ch <- prometheus.MustNewConstMetric(c.storeUp, gauge, up, st.Kind)
-		ch <- prometheus.MustNewConstMetric(c.storeRevision, gauge, float64(st.Revision), st.Kind)
 	}
 }
 
@@ -258,47 +431,123 @@ func statusIndex(st registry.Status) int {
 	return -1
 }
 
-// image sends the series of one image.
-func (c *collector) image(ch chan<- prometheus.Metric, s *registry.Service, id string) {
-	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
-	c.counters(ch, c.requests, c.failures, c.inFlight, c.duration, &s.State.Counters, id)
-	ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.RateLimited.Load()), id, "rate_limit")
-	ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.Shed.Load()), id, "max_in_flight")
-	ch <- prometheus.MustNewConstMetric(c.retriesDenied, counter, float64(s.State.RetriesDenied.Load()), id)
-	if s.Options.OnDemand != nil {
-		ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.State.Waiting.Load()), id)
+// exposition is one scrape's view: the registry's snapshot, the
+// registry-wide figures and, unless every image is exported, the busiest.
+type exposition struct {
+	walk                   func(func(*registry.Service))
+	wide                   wide
+	perImage, perContainer bool
+	busiest                busiestImages
+}
+
+// newExposition reads app's registry for one scrape with the options o.
+func newExposition(app *App, o metricsOptions) *exposition {
+	reg := app.reg
+	e := &exposition{walk: reg.Walker(), perImage: o.perImage, perContainer: o.perContainer, busiest: busiestImages{max: o.top}}
+	e.walk(func(s *registry.Service) {
+		e.wide.services++
+		e.wide.inFlight += s.State.InFlight.Load()
+		for _, ctr := range s.Containers {
+			if i := statusIndex(ctr.Status); i >= 0 {
+				e.wide.byStatus[i]++
+			}
+		}
+		if !o.perImage {
+			e.busiest.offer(s)
+		}
+	})
+	e.wide.total = reg.CountedTotal()
+	e.wide.ops = reg.Operations()
+	if app.holder != nil {
+		st := app.holder.storeState()
+		e.wide.store = &st
 	}
-	if n := s.State.SplitRequests.Load(); n > 0 || len(s.Options.Split) > 0 {
-		ch <- prometheus.MustNewConstMetric(c.splitRequests, counter, float64(n), id)
-	}
-	if m := &s.State.Mirror; m.Requests.Load()+m.Dropped.Load()+m.TooLarge.Load() > 0 {
-		for _, r := range []struct {
-			name string
-			n    int64
-		}{{"sent", m.Requests.Load()}, {"failed", m.Failures.Load()}, {"dropped", m.Dropped.Load()}, {"too_large", m.TooLarge.Load()}} {
-			ch <- prometheus.MustNewConstMetric(c.mirrorCopies, counter, float64(r.n), id, r.name)
+	return e
+}
+
+// send sends family f's series: the whole family, so that a streamed
+// family's lines are one group.
+func (e *exposition) send(s sink, f *family) {
+	switch f.scope {
+	case registryScope:
+		f.whole(s, f, &e.wide)
+	case imageScope:
+		if e.perImage {
+			e.walk(func(svc *registry.Service) { f.image(s, f, svc) })
+			return
+		}
+		for _, r := range e.busiest.top {
+			f.image(s, f, r.svc)
+		}
+	case containerScope:
+		if e.perContainer {
+			e.walk(func(svc *registry.Service) {
+				for _, c := range svc.Containers {
+					f.container(s, f, svc.ImageID, c)
+				}
+			})
 		}
 	}
 }
 
-// container sends the series of one container of the image id.
-func (c *collector) container(ch chan<- prometheus.Metric, ctr *registry.Container, id string) {
-	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
-	st := ctr.Stats
-	c.counters(ch, c.ctrRequests, c.ctrFailures, c.ctrInFlight, c.ctrDuration, &st.Counters, id, ctr.ContainerID)
-	healthy := 0.0
-	if ctr.Status == registry.StatusHealthy {
-		healthy = 1
+// collector puts the bounded set of series into Caddy's metrics registry
+// (its admin /metrics and any metrics handler): the registry-wide series
+// and those of the top_images busiest images, whatever per_image and
+// per_container say. client_golang gathers a scrape's every series in
+// memory before it writes the first: the streamed /imagelb/metrics serves
+// what the options add.
+type collector struct{}
+
+// Describe sends the descriptors of every metric.
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, f := range families {
+		ch <- f.desc
 	}
-	ch <- prometheus.MustNewConstMetric(c.healthy, gauge, healthy, id, ctr.ContainerID)
-	ch <- prometheus.MustNewConstMetric(c.checks, counter, float64(st.ChecksPassed.Load()), id, ctr.ContainerID, "pass")
-	ch <- prometheus.MustNewConstMetric(c.checks, counter, float64(st.ChecksFailed.Load()), id, ctr.ContainerID, "fail")
-	ejected := 0.0
-	if st.Ejected() {
-		ejected = 1
+}
+
+// Collect reads the current registry's snapshot and sends the bounded set.
+func (collector) Collect(ch chan<- prometheus.Metric) {
+	app := running.Load()
+	if app == nil || app.reg == nil {
+		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.ejected, gauge, ejected, id, ctr.ContainerID)
-	ch <- prometheus.MustNewConstMetric(c.ejections, counter, float64(st.Ejections()), id, ctr.ContainerID)
+	o := app.Metrics.options()
+	o.perImage, o.perContainer = false, false
+	e := newExposition(app, o)
+	s := chanSink{ch}
+	for _, f := range families {
+		e.send(s, f)
+	}
+}
+
+// chanSink sends series to a Prometheus collector's channel.
+type chanSink struct{ ch chan<- prometheus.Metric }
+
+func (c chanSink) values(f *family, id int64, ctr, extra string) []string {
+	out := make([]string, len(f.order))
+	for i, o := range f.order {
+		switch o {
+		case 'i':
+			out[i] = strconv.FormatInt(id, 10)
+		case 'c':
+			out[i] = ctr
+		default:
+			out[i] = extra
+		}
+	}
+	return out
+}
+
+func (c chanSink) sample(f *family, v float64, id int64, ctr, extra string) {
+	c.ch <- prometheus.MustNewConstMetric(f.desc, f.kind, v, c.values(f, id, ctr, extra)...)
+}
+
+func (c chanSink) histogram(f *family, h hist, id int64, ctr string) {
+	buckets := make(map[float64]uint64, len(bounds))
+	for i, b := range bounds {
+		buckets[b] = h.cumulative[i]
+	}
+	c.ch <- prometheus.MustNewConstHistogram(f.desc, h.count, h.sum, buckets, c.values(f, id, ctr, "")...)
 }
 
 // busiestImages keeps the max services with the most client requests
@@ -344,37 +593,6 @@ func (b *busiestImages) Pop() any {
 	return r
 }
 
-// counters sends the request counters of a service or a container.
-func (c *collector) counters(ch chan<- prometheus.Metric, requests, failures, inFlight, duration *prometheus.Desc,
-	k *registry.Counters, labels ...string) {
-	t := k.Traffic()
-	for class := range t.Classes {
-		if n := t.Classes[class].Load(); n > 0 {
-			ch <- prometheus.MustNewConstMetric(requests, prometheus.CounterValue, float64(n), append(labels, classNames[class])...)
-		}
-	}
-	ch <- prometheus.MustNewConstMetric(failures, prometheus.CounterValue, float64(k.Failures.Load()), labels...)
-	ch <- prometheus.MustNewConstMetric(inFlight, prometheus.GaugeValue, float64(k.InFlight.Load()), labels...)
-	counts, sum := t.Latency.Snapshot()
-	var finished uint64
-	for _, n := range counts {
-		finished += n
-	}
-	if finished == 0 {
-		return // a histogram appears with the first finished request, as a client_golang HistogramVec's does
-	}
-	buckets := make(map[float64]uint64, registry.NumBuckets/bucketStep+1)
-	var cumulative, total uint64
-	for i, n := range counts {
-		cumulative += n
-		if i%bucketStep == bucketStep-1 && i < registry.NumBuckets-1 {
-			buckets[registry.BucketBound(i).Seconds()] = cumulative
-		}
-	}
-	total = cumulative
-	ch <- prometheus.MustNewConstHistogram(duration, total, sum.Seconds(), buckets, labels...)
-}
-
 // registerMetrics adds the collector to a config's metrics registry.
 func registerMetrics(r *prometheus.Registry) error {
 	if r == nil {
@@ -388,4 +606,4 @@ func registerMetrics(r *prometheus.Registry) error {
 }
 
 // Interface guards
-var _ prometheus.Collector = (*collector)(nil)
+var _ prometheus.Collector = collector{}

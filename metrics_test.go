@@ -3,8 +3,12 @@ package imagelb
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -114,9 +118,10 @@ func TestStatsInFlightAndLatency(t *testing.T) {
 	}
 }
 
-// TestPrometheusMetrics: the admin /metrics has the imagelb series with the
-// right values after traffic (per_container on), and drops a removed
-// container's series.
+// TestPrometheusMetrics: with per_container on, the admin /imagelb/metrics
+// has the imagelb series with the right values after traffic, and drops a
+// removed container's series; Caddy's /metrics keeps the bounded set, the
+// image's series and no container's.
 func TestPrometheusMetrics(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, siteConfig(port, "health_interval 1h\n\t\tmetrics {\n\t\t\tper_container\n\t\t}"))
@@ -128,7 +133,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	mustDo(t, "DELETE", site+"/api/v1/services/123/containers/m2", nil, 200, nil)
 	mustDo(t, "GET", site+"/api/v1/proxy/124/", nil, 404, nil)
 
-	metrics := scrape(t)
+	metrics := scrapeStreamed(t)
 	for _, want := range []string{
 		`imagelb_requests_total{code="2xx",image_id="123"} 4`,
 		`imagelb_request_failures_total{image_id="123"} 0`,
@@ -145,26 +150,53 @@ func TestPrometheusMetrics(t *testing.T) {
 		}
 	}
 	if strings.Contains(metrics, `container_id="m2"`) {
-		t.Error("/metrics still has series of the removed container m2")
+		t.Error("/imagelb/metrics still has series of the removed container m2")
+	}
+	bounded := scrape(t)
+	if !strings.Contains(bounded, `imagelb_requests_total{code="2xx",image_id="123"} 4`) || strings.Contains(bounded, "container_id=") {
+		t.Error("Caddy's /metrics lacks the image's series or has a container's")
 	}
 	mustDo(t, "DELETE", site+"/api/v1/services/123", nil, 200, nil)
-	if strings.Contains(scrape(t), `image_id="123"`) {
-		t.Error("/metrics still has series of the removed image 123")
+	if strings.Contains(scrape(t), `image_id="123"`) || strings.Contains(scrapeStreamed(t), `image_id="123"`) {
+		t.Error("/metrics or /imagelb/metrics still has series of the removed image 123")
 	}
 }
 
-// imagelbSeries returns the keys (name and labels, no value) of the
-// imagelb series of one scrape of the admin /metrics.
-func imagelbSeries(t *testing.T) map[string]bool {
+// scrapeStreamed returns the admin /imagelb/metrics, checked to parse as a
+// text exposition whose families are each one group.
+func scrapeStreamed(t *testing.T) string {
 	t.Helper()
+	resp, err := client.Get(adminURL + metricsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != textFormat {
+		t.Fatalf("%s: %d %q: %s", metricsPath, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	checkExposition(t, string(body))
+	return string(body)
+}
+
+// seriesKeys returns the keys (name and labels, no value) of the imagelb
+// series of an exposition.
+func seriesKeys(body string) map[string]bool {
 	out := map[string]bool{}
-	for _, line := range strings.Split(scrape(t), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, "imagelb_") {
 			key, _, _ := strings.Cut(line, " ")
 			out[key] = true
 		}
 	}
 	return out
+}
+
+// imagelbSeries returns the keys (name and labels, no value) of the
+// imagelb series of one scrape of the admin /metrics.
+func imagelbSeries(t *testing.T) map[string]bool {
+	t.Helper()
+	return seriesKeys(scrape(t))
 }
 
 // metricsConfig is siteConfig with a metrics block of the given options.
@@ -175,8 +207,10 @@ func metricsConfig(port int, options ...string) string {
 
 // TestMetricsOptions: on one registry (two images of two containers, only
 // image 131 served), the default scrape has the registry-wide series and
-// both images' series and no container's; each option adds or takes away
-// exactly its own series.
+// both images' series and no container's, on Caddy's /metrics and on
+// /imagelb/metrics alike; each option adds to or takes away from
+// /imagelb/metrics exactly its own series, and Caddy's /metrics never gets
+// a container's series.
 func TestMetricsOptions(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, metricsConfig(port))
@@ -190,6 +224,9 @@ func TestMetricsOptions(t *testing.T) {
 	}
 
 	base := imagelbSeries(t)
+	if streamedBase := seriesKeys(scrapeStreamed(t)); !maps.Equal(streamedBase, base) {
+		t.Errorf("with the defaults, /imagelb/metrics has %d series and Caddy's /metrics %d: want the same", len(streamedBase), len(base))
+	}
 	for _, want := range []string{
 		`imagelb_registry_requests_total`, `imagelb_registry_request_failures_total`, `imagelb_registry_requests_in_flight`,
 		`imagelb_services`, `imagelb_containers{status="healthy"}`, `imagelb_registry_operations_total{operation="register"}`,
@@ -233,7 +270,12 @@ func TestMetricsOptions(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			startCaddyNoReset(t, metricsConfig(port, c.options...))
-			got := imagelbSeries(t)
+			for key := range imagelbSeries(t) {
+				if strings.Contains(key, "container_id=") || !base[key] {
+					t.Errorf("%s: Caddy's /metrics has %s", c.name, key)
+				}
+			}
+			got := seriesKeys(scrapeStreamed(t))
 			for key := range got {
 				if !base[key] && (c.added == nil || !c.added(key)) {
 					t.Errorf("%s added %s", c.name, key)
@@ -360,5 +402,79 @@ func TestMetricsWarnOnce(t *testing.T) {
 		if strings.Contains(key, "container_id=") {
 			t.Fatalf("per_container off, yet %s", key)
 		}
+	}
+}
+
+// streamedValue returns the value of one series of the admin
+// /imagelb/metrics (where per_image and per_container series are).
+func streamedValue(t *testing.T, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrapeStreamed(t), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", metricsPath, line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s lacks %s", metricsPath, series)
+	return 0
+}
+
+// TestMetricsHandlerOnSite: the imagelb_metrics directive serves on a site
+// what the admin /imagelb/metrics serves (here with per_container, for a
+// config whose admin endpoint a scraper cannot reach), under its matcher
+// only: the imagelb handler still answers the rest of the site, and a
+// matcher under its /api/v1/ goes to imagelb_metrics (ordered before it).
+func TestMetricsHandlerOnSite(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, fmt.Sprintf(`{
+	admin localhost:2999
+	imagelb {
+		health_interval 1h
+		persist off
+		metrics {
+			per_container
+		}
+	}
+}
+http://127.0.0.1:%d {
+	@scrape path /metrics /api/v1/metrics
+	imagelb_metrics @scrape
+	imagelb
+}
+`, port))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	register(t, site+"/api/v1", 140, "", container("s1", newBackend(t, "a")))
+	proxyGet(t, site, 140, "/")
+	resp, err := client.Get(site + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != textFormat {
+		t.Fatalf("the site's /metrics: %d %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	checkExposition(t, string(body))
+	onSite, onAdmin := seriesKeys(string(body)), seriesKeys(scrapeStreamed(t))
+	for _, want := range []string{`imagelb_container_requests_total{code="2xx",container_id="s1",image_id="140"}`,
+		`imagelb_requests_total{code="2xx",image_id="140"}`} {
+		if !onSite[want] {
+			t.Errorf("the site's /metrics lacks %s", want)
+		}
+	}
+	if !maps.Equal(onSite, onAdmin) {
+		t.Errorf("the site's /metrics has %d series, the admin /imagelb/metrics %d: want the same", len(onSite), len(onAdmin))
+	}
+	mustDo(t, "GET", site+"/api/v1/services/140", nil, 200, nil)
+	resp, err = client.Get(site + "/api/v1/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != textFormat {
+		t.Errorf("the site's /api/v1/metrics: %d %q, want the exposition", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 }

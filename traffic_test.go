@@ -433,10 +433,10 @@ func TestOutlierEjection(t *testing.T) {
 		if seen["good"] != 3 || seen["bad"] != 3 {
 			t.Fatalf("after the probe passed, 6 requests went %v, want round robin over both", seen)
 		}
-		if v := metricValue(t, `imagelb_container_ejected{container_id="bad",image_id="208"}`); v != 0 {
+		if v := streamedValue(t, `imagelb_container_ejected{container_id="bad",image_id="208"}`); v != 0 {
 			t.Fatalf("imagelb_container_ejected of bad = %v after it came back", v)
 		}
-		if v := metricValue(t, `imagelb_container_ejections_total{container_id="bad",image_id="208"}`); v < 1 {
+		if v := streamedValue(t, `imagelb_container_ejections_total{container_id="bad",image_id="208"}`); v < 1 {
 			t.Fatalf("imagelb_container_ejections_total of bad = %v", v)
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,8 +37,18 @@ const (
 // scaleImages is how many images TestDashboardAtScale registers: 100,000,
 // the figure; 10,000 under the race detector, whose registrations
 // of 100,000 images took over 8 minutes in the package's run (.ci/run runs
-// the test again without it, at 100,000).
-var scaleImages = map[bool]int{false: 100_000, true: 10_000}[raceDetector]
+// the test again without it, at 100,000). IMAGELB_SCALE_IMAGES sets another
+// size (a multiple of 10 from 1,000) for the benchmark table's rows.
+var scaleImages = func() int {
+	if v := os.Getenv("IMAGELB_SCALE_IMAGES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1000 || n%10 != 0 {
+			panic("IMAGELB_SCALE_IMAGES=" + v + ": want a multiple of 10 from 1000")
+		}
+		return n
+	}
+	return map[bool]int{false: 100_000, true: 10_000}[raceDetector]
+}()
 
 // openBrowser starts headless Chromium under chromedp (Debian's package, as the
 // other dashboard tests; skipped when it is not installed) and returns a

@@ -308,3 +308,18 @@ func (r *Registry) Each(fn func(*Service)) {
 		}
 	}
 }
+
+// Walker returns a function that calls fn with every service of the
+// snapshot current now, the same snapshot at every call, in no particular
+// order: a reader that walks the registry several times (the metrics
+// exposition, one metric family after another) sees one state of it.
+func (r *Registry) Walker() func(fn func(*Service)) {
+	s := r.snap.Load()
+	return func(fn func(*Service)) {
+		for _, shard := range s.shards {
+			for _, svc := range shard {
+				fn(svc)
+			}
+		}
+	}
+}

@@ -11,7 +11,8 @@
 //   - a /api/v1/stats?limit=100 page ("n/a" where the server answers 422 or
 //     ignores limit) and the full /api/v1/stats: bytes, seconds, and the RSS
 //     growth of the full read;
-//   - whatever the probes of surfaces.go add (the dashboard's figures).
+//   - the admin /imagelb/metrics, streamed (streamed.go), and whatever
+//     other probes add.
 //
 // It prints markdown tables and writes them, with the command and the
 // machine, to bench/results/scale.md:

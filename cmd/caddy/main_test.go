@@ -29,7 +29,7 @@ func TestXcaddyBinaryRunsExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"imagelb", "http.handlers.imagelb", "admin.api.imagelb",
+	for _, id := range []string{"imagelb", "http.handlers.imagelb", "http.handlers.imagelb_metrics", "admin.api.imagelb",
 		"http.reverse_proxy.upstreams.imagelb", "http.reverse_proxy.selection_policies.imagelb"} {
 		if !strings.Contains(string(out), id+"\n") {
 			t.Fatalf("module %s missing from list-modules:\n%s", id, out)
