@@ -331,6 +331,16 @@ func TestRolloutPauseResumePromoteAbort(t *testing.T) {
 		t.Fatalf("paused: %+v", d)
 	}
 	wantError(t, "POST", ro+"/pause", "", 409, "only a progressing rollout")
+	var svc struct {
+		Rollout struct {
+			State   string  `json:"state"`
+			Percent float64 `json:"percent"`
+		} `json:"rollout"`
+	}
+	mustDo(t, "GET", api+"/services/1", nil, 200, &svc) // the dashboard's card shows it
+	if svc.Rollout.State != "paused" || svc.Rollout.Percent != 25 {
+		t.Fatalf("the Service shows the rollout as %+v", svc.Rollout)
+	}
 	mustDo(t, "POST", ro+"/resume", nil, 200, &d)
 	if d.State != "progressing" {
 		t.Fatalf("resumed: %+v", d)
