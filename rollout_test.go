@@ -408,6 +408,8 @@ func TestRolloutBadInput(t *testing.T) {
 		{"max_error_rate out of range", "1", `{"canary_image_id": 2, ` + ok + `, "max_error_rate": 2}`, 422, `["body","max_error_rate"]`},
 		{"max_p99_ratio out of range", "1", `{"canary_image_id": 2, ` + ok + `, "max_p99_ratio": 0.5}`, 422, `["body","max_p99_ratio"]`},
 		{"promote_url not a URL", "1", `{"canary_image_id": 2, ` + ok + `, "promote_url": "mailto:x"}`, 422, `["body","promote_url"]`},
+		{"promote_url at Caddy's admin endpoint", "1", `{"canary_image_id": 2, ` + ok + `, "promote_url": "http://localhost:2999/load"}`, 422, `["body","promote_url"]`},
+		{"promote_url at the cloud metadata address", "1", `{"canary_image_id": 2, ` + ok + `, "promote_url": "http://169.254.169.254/latest"}`, 422, `["body","promote_url"]`},
 		{"a split set by hand", "4", `{"canary_image_id": 2, ` + ok + `}`, 422, `["path","image_id"]`},
 		{"unknown image", "9", `{"canary_image_id": 2, ` + ok + `}`, 404, ""},
 		{"not JSON", "1", `{"canary_image_id": `, 422, ""},
