@@ -152,6 +152,10 @@ const (
 	registryScope scope = iota
 	imageScope
 	containerScope
+	// rolloutScope: a registry-wide family labelled by image_id, one
+	// series per rollout under way (bounded by the rollouts, not the
+	// registry), in the bounded set whatever the options.
+	rolloutScope
 )
 
 const histogramKind = prometheus.UntypedValue
@@ -215,6 +219,14 @@ type wide struct {
 	total    registry.Usage
 	ops      map[registry.Op]int64
 	store    *storeState
+	rollouts []rolloutSeries
+}
+
+// rolloutSeries is a rollout under way: its stable image, its canary and
+// the percent it sends to the canary.
+type rolloutSeries struct {
+	image, canary int64
+	percent       float64
 }
 
 // classNames labels the status classes of registry.Traffic.Classes.
@@ -371,11 +383,19 @@ var families = func() []*family {
 			whole: func(s sink, f *family, w *wide) { s.sample(f, float64(w.total.FailedRequests), 0, "", "") }},
 		{name: "imagelb_registry_requests_in_flight", help: "Client requests of every image not finished yet.", kind: gauge,
 			whole: func(s sink, f *family, w *wide) { s.sample(f, float64(w.inFlight), 0, "", "") }},
+		{name: "imagelb_rollout_percent", help: "The share of an image's requests its rollout sends to the canary " +
+			"(progressing, paused or promoted rollouts only: one series per rollout).",
+			kind: gauge, scope: rolloutScope, extra: "canary_image_id",
+			whole: func(s sink, f *family, w *wide) {
+				for _, r := range w.rollouts {
+					s.sample(f, r.percent, r.image, "", strconv.FormatInt(r.canary, 10))
+				}
+			}},
 	}
 	for _, f := range fs {
 		var names []string
 		switch f.scope {
-		case imageScope:
+		case imageScope, rolloutScope:
 			names = []string{"image_id"}
 		case containerScope:
 			names = []string{"container_id", "image_id"}
@@ -447,6 +467,9 @@ func newExposition(app *App, o metricsOptions) *exposition {
 	e.walk(func(s *registry.Service) {
 		e.wide.services++
 		e.wide.inFlight += s.State.InFlight.Load()
+		if ro := s.Rollout; ro != nil && ro.State.Active() {
+			e.wide.rollouts = append(e.wide.rollouts, rolloutSeries{image: s.ImageID, canary: ro.CanaryImageID, percent: ro.Percent})
+		}
 		for _, ctr := range s.Containers {
 			if i := statusIndex(ctr.Status); i >= 0 {
 				e.wide.byStatus[i]++
@@ -469,7 +492,7 @@ func newExposition(app *App, o metricsOptions) *exposition {
 // family's lines are one group.
 func (e *exposition) send(s sink, f *family) {
 	switch f.scope {
-	case registryScope:
+	case registryScope, rolloutScope:
 		f.whole(s, f, &e.wide)
 	case imageScope:
 		if e.perImage {

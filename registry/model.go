@@ -19,7 +19,8 @@
 // (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),
 // balance.go a pick and the filter every strategy shares (zones, tried
 // containers, ejection, slow start); outlier.go outlier ejection; limits.go
-// max_in_flight, the retry budget and rate limits.
+// max_in_flight, the retry budget and rate limits; split.go split and
+// mirror; rollout.go canary rollouts and the counts they are judged on.
 package registry
 
 import (
@@ -130,6 +131,9 @@ type ServiceSpec struct {
 	// Updated is when the service last changed; zero means now (it is set
 	// only when a stored service is restored).
 	Updated time.Time
+	// Rollout is the image's canary rollout (rollout.go), nil when none;
+	// a registration keeps the one the image has.
+	Rollout *Rollout
 }
 
 // ContainerPatch is a partial update of one container.
@@ -182,7 +186,10 @@ type Service struct {
 	available    []*Container // the containers that may take new requests
 	strategy     strategy     // the algorithm, built once per version (strategy.go)
 	splitWeights []int64      // the split's shares in the rotation's units (split.go); nil: none
-	State        *ServiceState
+	// Rollout is the image's canary rollout (rollout.go); nil: none. It
+	// drives Options.Split while it is active.
+	Rollout *Rollout
+	State   *ServiceState
 }
 
 // Available returns the containers that may take new requests, in
@@ -221,6 +228,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		Updated:      spec.Updated,
 		Options:      spec.Options,
 		Containers:   containers,
+		Rollout:      spec.Rollout,
 		State:        state,
 	}
 	if s.Updated.IsZero() {
@@ -242,7 +250,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 
 func (s *Service) spec() ServiceSpec {
 	return ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
-		ExternalPort: s.ExternalPort, Static: s.Static, Options: s.Options}
+		ExternalPort: s.ExternalPort, Static: s.Static, Options: s.Options, Rollout: s.Rollout}
 }
 
 // withContainers returns a new version of s with the given containers.
