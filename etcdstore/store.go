@@ -12,6 +12,7 @@
 //	usage/..., usage-totals/{node_id}   the usage ledger (usage.go)
 //	ondemand/claims/{start|stop}/{image_id}  which node calls a webhook, leased (ondemand.go)
 //	ondemand/active/{image_id}  when any node last saw the image active (ondemand.go)
+//	leads/rollout/{image_id}  the node that drives the image's rollout, leased and kept alive (lead.go)
 //	rollout-counts/{image_id}/{node_id}  a node's counts of an image a rollout
 //	                     involves, leased: the step is judged on every node's (counts.go)
 //

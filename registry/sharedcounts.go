@@ -118,7 +118,7 @@ type NodeCounts struct {
 
 // SharedCounts is a store that shares every node's counts. Stores shared
 // by several nodes implement it beside RecordStore; for a store of one node
-// there is nothing to share (LocalCounts).
+// there is nothing to share (NoSharedCounts).
 type SharedCounts interface {
 	// PublishCounts writes, in one transaction, the node's counts of the
 	// given images, each in its series. It returns an error wrapping
@@ -137,27 +137,27 @@ type SharedCounts interface {
 // counts may be gone from the store.
 var ErrCountsLost = errors.New("the node's published counts were lost")
 
-// LocalCounts is the SharedCounts of a store that one node keeps: nothing
+// NoSharedCounts is the SharedCounts of a store that one node keeps: nothing
 // is published and no other node adds anything, so a step is judged on the
 // node's own counters.
-type LocalCounts struct{}
+type NoSharedCounts struct{}
 
 // PublishCounts implements SharedCounts.
-func (LocalCounts) PublishCounts(context.Context, string, map[int64]NodeCounts) error { return nil }
+func (NoSharedCounts) PublishCounts(context.Context, string, map[int64]NodeCounts) error { return nil }
 
 // UnpublishCounts implements SharedCounts.
-func (LocalCounts) UnpublishCounts(context.Context, string, []int64) error { return nil }
+func (NoSharedCounts) UnpublishCounts(context.Context, string, []int64) error { return nil }
 
 // LoadCounts implements SharedCounts.
-func (LocalCounts) LoadCounts(context.Context, int64) ([]NodeCounts, error) { return nil, nil }
+func (NoSharedCounts) LoadCounts(context.Context, int64) ([]NodeCounts, error) { return nil, nil }
 
-// SharedCountsOf returns store's SharedCounts, or LocalCounts when it
+// SharedCountsOf returns store's SharedCounts, or NoSharedCounts when it
 // shares none.
 func SharedCountsOf(store any) SharedCounts {
 	if sc, ok := store.(SharedCounts); ok && sc != nil {
 		return sc
 	}
-	return LocalCounts{}
+	return NoSharedCounts{}
 }
 
 // CountsPublisher publishes this node's counts of the images asked of it.
