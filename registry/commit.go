@@ -371,7 +371,7 @@ func (r *Registry) applyNow(change func(snap *snapshot) (*snapshot, error)) erro
 func (s *Service) record() ServiceRecord {
 	rec := ServiceRecord{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
 		ExternalPort: s.ExternalPort, Static: s.Static, Updated: s.Updated,
-		Containers: make([]ContainerRecord, len(s.Containers)), ServiceOptions: s.Options}
+		Containers: make([]ContainerRecord, len(s.Containers)), ServiceOptions: s.Options, Rollout: s.Rollout}
 	for i, c := range s.Containers {
 		rec.Containers[i] = ContainerRecord(c.ContainerSpec)
 		rec.Containers[i].Status = c.pushed.Status()

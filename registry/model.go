@@ -130,6 +130,9 @@ type ServiceSpec struct {
 	// Updated is when the service last changed; zero means now (it is set
 	// only when a stored service is restored).
 	Updated time.Time
+	// Rollout is the image's canary rollout (rollout.go), nil when none;
+	// a registration keeps the one the image has.
+	Rollout *Rollout
 }
 
 // ContainerPatch is a partial update of one container.
@@ -182,7 +185,10 @@ type Service struct {
 	available    []*Container // the containers that may take new requests
 	strategy     strategy     // the algorithm, built once per version (strategy.go)
 	splitWeights []int64      // the split's shares in the rotation's units (split.go); nil: none
-	State        *ServiceState
+	// Rollout is the image's canary rollout (rollout.go); nil: none. It
+	// drives Options.Split while it is active.
+	Rollout *Rollout
+	State   *ServiceState
 }
 
 // Available returns the containers that may take new requests, in
@@ -221,6 +227,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		Updated:      spec.Updated,
 		Options:      spec.Options,
 		Containers:   containers,
+		Rollout:      spec.Rollout,
 		State:        state,
 	}
 	if s.Updated.IsZero() {
@@ -242,7 +249,7 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 
 func (s *Service) spec() ServiceSpec {
 	return ServiceSpec{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
-		ExternalPort: s.ExternalPort, Static: s.Static, Options: s.Options}
+		ExternalPort: s.ExternalPort, Static: s.Static, Options: s.Options, Rollout: s.Rollout}
 }
 
 // withContainers returns a new version of s with the given containers.

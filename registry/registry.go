@@ -279,6 +279,10 @@ func (r *Registry) Register(spec ServiceSpec) (svc *Service, err error) {
 		if fe := checkReferences(snap, &spec, []any{"body"}); len(fe) > 0 {
 			return nil, fe.err() // the images a split or mirror names, as they are now
 		}
+		spec := spec // the change may be made again (commit.go): the caller's spec stays as it was
+		if err := carryRollout(snap.lookup(spec.ImageID), &spec); err != nil {
+			return nil, err
+		}
 		if next, svc, err = r.register(snap, spec); err != nil {
 			return nil, err
 		}

@@ -36,6 +36,8 @@ type ServiceRecord struct {
 	Updated      time.Time         `json:"last_updated,omitzero"`
 	Containers   []ContainerRecord `json:"containers"`
 	ServiceOptions
+	// Rollout is the image's canary rollout, when it has one.
+	Rollout *Rollout `json:"rollout,omitempty"`
 	// Revision is the store's revision of the record's last change (a
 	// shared store's mod_revision); it is not part of the record.
 	Revision int64 `json:"-"`
@@ -110,7 +112,8 @@ func (r *Registry) SetStore(store RecordStore) {
 // same Check.
 func (rec ServiceRecord) spec() (ServiceSpec, error) {
 	spec := ServiceSpec{ImageID: rec.ImageID, ImageName: rec.ImageName, Algorithm: rec.Algorithm,
-		ExternalPort: rec.ExternalPort, Static: rec.Static, Updated: rec.Updated, Options: rec.ServiceOptions}
+		ExternalPort: rec.ExternalPort, Static: rec.Static, Updated: rec.Updated, Options: rec.ServiceOptions,
+		Rollout: rec.Rollout}
 	if alg, ok := ParseAlgorithm(string(rec.Algorithm)); ok {
 		spec.Algorithm = alg
 	}
@@ -120,7 +123,16 @@ func (rec ServiceRecord) spec() (ServiceSpec, error) {
 		}
 		spec.Containers = append(spec.Containers, ContainerSpec(c))
 	}
-	return spec, FieldErrors(spec.Check())
+	fe := spec.Check()
+	if spec.Rollout != nil {
+		ro := spec.Rollout.clone()
+		for _, f := range ro.Check() {
+			f.Loc = append([]any{"rollout"}, f.Loc...)
+			fe = append(fe, f)
+		}
+		spec.Rollout = ro
+	}
+	return spec, FieldErrors(fe)
 }
 
 func sortRecords(rs []ServiceRecord) {
