@@ -25,10 +25,39 @@ import (
 // once (Close revokes the lease).
 const countsDir = "rollout-counts/"
 
-// countsValue is the JSON of a counts key.
+// countsValue is the JSON of a counts key: the finished requests, those
+// that got a 5xx or no answer, and the count of each latency bucket (bucket
+// i holds the durations up to registry.BucketBound(i); trailing empty
+// buckets left out).
 type countsValue struct {
-	Series string `json:"series"`
-	registry.ImageCounts
+	Series   string   `json:"series"`
+	Requests uint64   `json:"requests"`
+	Errors   uint64   `json:"errors"`
+	Latency  []uint64 `json:"latency,omitempty"`
+}
+
+func encodeCounts(c registry.NodeCounts) ([]byte, error) {
+	v := countsValue{Series: c.Series, Requests: c.Requests, Errors: c.Errors, Latency: c.Latency[:]}
+	for len(v.Latency) > 0 && v.Latency[len(v.Latency)-1] == 0 {
+		v.Latency = v.Latency[:len(v.Latency)-1]
+	}
+	return json.Marshal(v)
+}
+
+func decodeCounts(data []byte) (registry.NodeCounts, error) {
+	var v countsValue
+	if err := json.Unmarshal(data, &v); err != nil {
+		return registry.NodeCounts{}, err
+	}
+	if v.Series == "" {
+		return registry.NodeCounts{}, errors.New("no series")
+	}
+	if len(v.Latency) > registry.NumBuckets {
+		return registry.NodeCounts{}, fmt.Errorf("%d latency buckets, more than %d", len(v.Latency), registry.NumBuckets)
+	}
+	c := registry.NodeCounts{Series: v.Series, StepCounts: registry.StepCounts{Requests: v.Requests, Errors: v.Errors}}
+	copy(c.Latency[:], v.Latency)
+	return c, nil
 }
 
 var _ registry.SharedCounts = (*Store)(nil)
@@ -66,7 +95,7 @@ func (s *Store) PublishCounts(ctx context.Context, node string, counts map[int64
 	}
 	var ops []clientv3.Op
 	for id, c := range counts {
-		data, err := json.Marshal(countsValue{Series: c.Series, ImageCounts: c.ImageCounts})
+		data, err := encodeCounts(c)
 		if err != nil {
 			return err
 		}
@@ -155,12 +184,13 @@ func (s *Store) LoadCounts(ctx context.Context, imageID int64) ([]registry.NodeC
 	}
 	out := make([]registry.NodeCounts, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		var v countsValue
-		if err := json.Unmarshal(kv.Value, &v); err != nil || v.Series == "" {
+		c, err := decodeCounts(kv.Value)
+		if err != nil {
 			s.log.Warn("skipping a counts key that does not decode", zap.ByteString("key", kv.Key), zap.Error(err))
 			continue
 		}
-		out = append(out, registry.NodeCounts{Node: strings.TrimPrefix(string(kv.Key), dir), Series: v.Series, ImageCounts: v.ImageCounts})
+		c.Node = strings.TrimPrefix(string(kv.Key), dir)
+		out = append(out, c)
 	}
 	return out, nil
 }

@@ -69,7 +69,7 @@ func (n *countsNode) publish() {
 
 // observe reads every node's counts of image 1 through st and feeds them to
 // the tracker.
-func observe(t *testing.T, st *Store, tr *registry.CountsTracker) registry.ImageCounts {
+func observe(t *testing.T, st *Store, tr *registry.CountsTracker) registry.StepCounts {
 	t.Helper()
 	readings, err := st.LoadCounts(context.Background(), 1)
 	if err != nil {
@@ -78,16 +78,16 @@ func observe(t *testing.T, st *Store, tr *registry.CountsTracker) registry.Image
 	return tr.Observe(readings)
 }
 
-func wantCounts(t *testing.T, what string, got registry.ImageCounts, requests, failed int64) {
+func wantCounts(t *testing.T, what string, got registry.StepCounts, requests, failed uint64) {
 	t.Helper()
-	if got.Requests != requests || got.Failed != failed {
-		t.Fatalf("%s: %d requests, %d failed; want %d and %d", what, got.Requests, got.Failed, requests, failed)
+	if got.Requests != requests || got.Errors != failed {
+		t.Fatalf("%s: %d requests, %d failed; want %d and %d", what, got.Requests, got.Errors, requests, failed)
 	}
 	var sum uint64
 	for _, n := range got.Latency {
 		sum += n
 	}
-	if sum != uint64(requests) {
+	if sum != requests {
 		t.Fatalf("%s: the latency buckets hold %d requests, want %d", what, sum, requests)
 	}
 }
@@ -114,10 +114,10 @@ func TestSharedCountsSummed(t *testing.T) {
 	b.publish()
 	got := observe(t, b.store, tr)
 	wantCounts(t, "both nodes", got, 36, 6)
-	if p99, ok := got.Quantile(0.99); !ok || p99 < 40 || p99 > 50 {
+	if p99, ok := got.Latency.Quantile(0.99); !ok || p99 < 40 || p99 > 50 {
 		t.Fatalf("the summed p99 is %v ms (%v), want the 40 ms bucket", p99, ok)
 	}
-	if p50, _ := got.Quantile(0.5); p50 > 3 {
+	if p50, _ := got.Latency.Quantile(0.5); p50 > 3 {
 		t.Fatalf("the summed p50 is %v ms, want the 2 ms bucket", p50)
 	}
 	wantCounts(t, "without the reader's own", observe(t, b.store, self), 22, 2)
@@ -199,7 +199,7 @@ func TestSharedCountsOfARestartedNode(t *testing.T) {
 	b2.publish()
 	wantCounts(t, "and on", observe(t, a.store, tr), 41, 4)
 	// A reading older than one already seen (a slow reader's) adds nothing.
-	old := []registry.NodeCounts{{Node: "b", Series: mustSeries(t, a.store, "b"), ImageCounts: registry.ImageCounts{Requests: 1}}}
+	old := []registry.NodeCounts{{Node: "b", Series: mustSeries(t, a.store, "b"), StepCounts: registry.StepCounts{Requests: 1}}}
 	wantCounts(t, "an older reading", tr.Observe(old), 41, 4)
 }
 
@@ -312,5 +312,36 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(20 * time.Millisecond) // the polling interval of a condition
+	}
+}
+
+// TestClusterCounts: a node's counts source in a cluster is its own
+// counters plus the other nodes' published counts: a step's difference of
+// two readings holds both nodes' requests; with etcd down it answers an
+// error rather than half the counts.
+func TestClusterCounts(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, b := newCountsNode(t, c, "a"), newCountsNode(t, c, "b")
+	a.publish()
+	b.publish()
+	src := registry.NewClusterCounts(a.reg, a.store, "a")
+	ctx := context.Background()
+	a.serve(100, 0) // before the step
+	base, err := src.Counts(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.serve(3, 1)
+	b.serve(5, 2)
+	a.publish() // a's own published counts are not added twice
+	b.publish()
+	cur, err := src.Counts(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCounts(t, "the step", cur.Sub(base), 11, 3)
+	c.StopAll()
+	if _, err := src.Counts(ctx, 1); err == nil {
+		t.Fatal("a reading with etcd down succeeded")
 	}
 }

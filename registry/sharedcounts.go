@@ -26,94 +26,25 @@ import (
 // a series it first sees after the baseline began after it, so all of it is
 // added.
 
-// ImageCounts are an image's request figures on one node: the requests that
-// finished, those of them that got a 5xx or no answer at all, and the
-// distribution of their durations.
-type ImageCounts struct {
-	Requests int64 `json:"requests"`
-	Failed   int64 `json:"failed"`
-	// Latency holds the count of each latency bucket (bucket i holds the
-	// durations up to BucketBound(i)); trailing empty buckets are left out.
-	Latency []uint64 `json:"latency,omitempty"`
-}
-
-// Add returns c plus d.
-func (c ImageCounts) Add(d ImageCounts) ImageCounts {
-	out := ImageCounts{Requests: c.Requests + d.Requests, Failed: c.Failed + d.Failed,
-		Latency: make([]uint64, max(len(c.Latency), len(d.Latency)))}
-	copy(out.Latency, c.Latency)
-	for i, n := range d.Latency {
-		out.Latency[i] += n
+// covers reports whether every figure of c is at least base's: c is a
+// later reading of the same counters.
+func (c StepCounts) covers(base StepCounts) bool {
+	if c.Requests < base.Requests || c.Errors < base.Errors {
+		return false
 	}
-	out.Latency = trimBuckets(out.Latency)
-	return out
-}
-
-// Sub returns c minus d; ok is false when some figure of d is over c's (the
-// counts restarted in between).
-func (c ImageCounts) Sub(d ImageCounts) (out ImageCounts, ok bool) {
-	if d.Requests > c.Requests || d.Failed > c.Failed || len(trimBuckets(d.Latency)) > len(c.Latency) {
-		return ImageCounts{}, false
-	}
-	out = ImageCounts{Requests: c.Requests - d.Requests, Failed: c.Failed - d.Failed, Latency: slices.Clone(c.Latency)}
-	for i, n := range d.Latency {
-		if n > out.Latency[i] {
-			return ImageCounts{}, false
+	for i, n := range base.Latency {
+		if c.Latency[i] < n {
+			return false
 		}
-		out.Latency[i] -= n
 	}
-	out.Latency = trimBuckets(out.Latency)
-	return out, true
-}
-
-// Quantile returns the upper bound, in milliseconds, of the latency bucket
-// holding the quantile q (0 < q ≤ 1); ok is false when nothing was counted.
-func (c ImageCounts) Quantile(q float64) (ms float64, ok bool) {
-	var counts [numBuckets]uint64
-	copy(counts[:], c.Latency)
-	qs, ok := quantiles(&counts, []float64{q})
-	return qs[0], ok
-}
-
-func trimBuckets(b []uint64) []uint64 {
-	for len(b) > 0 && b[len(b)-1] == 0 {
-		b = b[:len(b)-1]
-	}
-	if len(b) == 0 {
-		return nil
-	}
-	return b
-}
-
-// ImageCounts returns what this node counted of the image's finished
-// requests since its service was registered in this process (zero when the
-// image is not registered).
-func (r *Registry) ImageCounts(imageID int64) ImageCounts {
-	svc := r.Lookup(imageID)
-	if svc == nil || svc.State == nil {
-		return ImageCounts{}
-	}
-	return svc.State.Counters.ImageCounts()
-}
-
-// ImageCounts returns the counters' finished requests as ImageCounts.
-func (c *Counters) ImageCounts() ImageCounts {
-	t := c.Traffic()
-	var out ImageCounts
-	for class := range t.Classes {
-		out.Requests += t.Classes[class].Load()
-	}
-	out.Failed = t.Classes[0].Load() + t.Classes[5].Load()
-	counts, _ := t.Latency.Snapshot()
-	out.Latency = trimBuckets(slices.Clone(counts[:]))
-	return out
+	return true
 }
 
 // NodeCounts is one node's published counts of an image.
 type NodeCounts struct {
 	Node   string
 	Series string // changes whenever the node's counts start again from zero
-	ImageCounts
+	StepCounts
 }
 
 // SharedCounts is a store that shares every node's counts. Stores shared
@@ -175,13 +106,19 @@ type CountsPublisher struct {
 // image's counters held at its first publication.
 type series struct {
 	id   string
-	base ImageCounts
+	base StepCounts
 }
 
 // NewCountsPublisher returns the publisher of the node's counts of the
 // images that images returns at each round, in store.
 func NewCountsPublisher(reg *Registry, store SharedCounts, node string, images func() []int64) *CountsPublisher {
 	return &CountsPublisher{reg: reg, store: store, node: node, images: images, published: map[int64]*series{}}
+}
+
+// local returns this node's counts of the image.
+func (p *CountsPublisher) local(id int64) StepCounts {
+	c, _ := LocalCounts{p.reg}.Counts(context.Background(), id)
+	return c
 }
 
 // Publish runs one round: it writes the counts of every image asked and
@@ -233,18 +170,17 @@ func (p *CountsPublisher) publish(ctx context.Context, want map[int64]bool) erro
 	out := make(map[int64]NodeCounts, len(want))
 	var fresh []int64
 	for id := range want {
-		now := p.reg.ImageCounts(id)
+		now := p.local(id)
 		s := p.published[id]
 		if s == nil {
 			s = &series{id: newSeriesID(), base: now}
 			p.published[id] = s
 			fresh = append(fresh, id)
 		}
-		delta, ok := now.Sub(s.base)
-		if !ok { // the counters started again (the image was registered anew)
-			s.id, s.base, delta = newSeriesID(), ImageCounts{}, now
+		if !now.covers(s.base) { // the counters started again (the image was registered anew)
+			s.id, s.base = newSeriesID(), StepCounts{}
 		}
-		out[id] = NodeCounts{Node: p.node, Series: s.id, ImageCounts: delta}
+		out[id] = NodeCounts{Node: p.node, Series: s.id, StepCounts: now.Sub(s.base)}
 	}
 	err := p.store.PublishCounts(ctx, p.node, out)
 	if err != nil {
@@ -314,7 +250,7 @@ type CountsTracker struct {
 	started bool
 	last    map[string]NodeCounts // by node: its last reading
 	known   map[string]bool       // every series seen, by node+"/"+series
-	total   ImageCounts
+	total   StepCounts
 }
 
 // NewCountsTracker returns a tracker for the node self.
@@ -324,7 +260,7 @@ func NewCountsTracker(self string) *CountsTracker {
 
 // Observe takes a reading of every node's counts (LoadCounts) and returns
 // what the other nodes served since the first reading.
-func (t *CountsTracker) Observe(readings []NodeCounts) ImageCounts {
+func (t *CountsTracker) Observe(readings []NodeCounts) StepCounts {
 	for _, r := range readings {
 		if r.Node == t.self {
 			continue
@@ -335,19 +271,18 @@ func (t *CountsTracker) Observe(readings []NodeCounts) ImageCounts {
 		case !t.started:
 			// The baseline: what each series held before the step.
 		case seen && prev.Series == r.Series:
-			d, ok := r.ImageCounts.Sub(prev.ImageCounts)
-			if !ok {
+			if !r.covers(prev.StepCounts) {
 				// A series never goes back: a reading that does is
 				// older than the one before it, and adds nothing.
 				continue
 			}
-			t.total = t.total.Add(d)
+			t.total.Add(r.Sub(prev.StepCounts))
 		case t.known[key]:
 			// A series seen before and then replaced does not come back.
 			continue
 		default:
 			// A series that began after the baseline: all of it.
-			t.total = t.total.Add(r.ImageCounts)
+			t.total.Add(r.StepCounts)
 		}
 		t.known[key] = true
 		t.last[r.Node] = r
@@ -357,9 +292,59 @@ func (t *CountsTracker) Observe(readings []NodeCounts) ImageCounts {
 }
 
 // Total returns what Observe returned last.
-func (t *CountsTracker) Total() ImageCounts {
-	return ImageCounts{Requests: t.total.Requests, Failed: t.total.Failed, Latency: slices.Clone(t.total.Latency)}
-}
+func (t *CountsTracker) Total() StepCounts { return t.total }
 
 // Nodes returns how many other nodes' counts the tracker has seen.
 func (t *CountsTracker) Nodes() int { return len(t.last) }
+
+// ClusterCounts is the CountsSource of a node in a cluster: the node's own
+// counters plus what the other nodes served of the image since the source
+// first read it (a CountsTracker per image). Its readings never go back,
+// so a step's counts are the difference of two readings, as on one node.
+type ClusterCounts struct {
+	reg   *Registry
+	store SharedCounts
+	node  string
+
+	mu       sync.Mutex
+	trackers map[int64]*CountsTracker
+}
+
+var _ CountsSource = (*ClusterCounts)(nil)
+
+// NewClusterCounts returns the counts source of node, whose registry is
+// reg, reading the other nodes' counts from store.
+func NewClusterCounts(reg *Registry, store SharedCounts, node string) *ClusterCounts {
+	return &ClusterCounts{reg: reg, store: store, node: node, trackers: map[int64]*CountsTracker{}}
+}
+
+// Counts implements CountsSource: one read of the store. When the store
+// cannot be read it returns the error: a step is not judged on a part of
+// its counts.
+func (c *ClusterCounts) Counts(ctx context.Context, imageID int64) (StepCounts, error) {
+	readings, err := c.store.LoadCounts(ctx, imageID)
+	if err != nil {
+		return StepCounts{}, fmt.Errorf("reading the other nodes' counts of image %d: %w", imageID, err)
+	}
+	local, _ := LocalCounts{c.reg}.Counts(ctx, imageID)
+	c.mu.Lock()
+	t := c.trackers[imageID]
+	if t == nil {
+		t = NewCountsTracker(c.node)
+		c.trackers[imageID] = t
+	}
+	others := t.Observe(readings)
+	c.mu.Unlock()
+	local.Add(others)
+	return local, nil
+}
+
+// Forget drops what the source tracks of the images (their rollout is
+// over); a later reading starts afresh.
+func (c *ClusterCounts) Forget(ids ...int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		delete(c.trackers, id)
+	}
+}

@@ -3,11 +3,12 @@ package registry
 import (
 	"context"
 	"testing"
-	"time"
 )
 
 func nc(node, series string, requests, failed int64) NodeCounts {
-	return NodeCounts{Node: node, Series: series, ImageCounts: ImageCounts{Requests: requests, Failed: failed, Latency: []uint64{uint64(requests)}}}
+	c := NodeCounts{Node: node, Series: series, StepCounts: StepCounts{Requests: uint64(requests), Errors: uint64(failed)}}
+	c.Latency[0] = uint64(requests)
+	return c
 }
 
 // TestCountsTracker: the readings of a step, one row each, and what the
@@ -32,10 +33,10 @@ func TestCountsTracker(t *testing.T) {
 			tr := NewCountsTracker("self")
 			for i, rs := range tt.readings {
 				got := tr.Observe(rs)
-				if got.Requests != tt.want[i] || got.Latency == nil && got.Requests != 0 {
+				if got.Requests != uint64(tt.want[i]) {
 					t.Fatalf("after reading %d: %+v, want %d requests", i, got, tt.want[i])
 				}
-				if got.Requests > 0 && got.Latency[0] != uint64(got.Requests) {
+				if got.Latency[0] != got.Requests {
 					t.Fatalf("after reading %d: latency %v, want %d in the first bucket", i, got.Latency, got.Requests)
 				}
 			}
@@ -43,51 +44,11 @@ func TestCountsTracker(t *testing.T) {
 	}
 }
 
-func TestImageCountsArithmetic(t *testing.T) {
-	a := ImageCounts{Requests: 5, Failed: 1, Latency: []uint64{1, 0, 4}}
-	b := ImageCounts{Requests: 2, Failed: 1, Latency: []uint64{1, 1}}
-	if got := a.Add(b); got.Requests != 7 || got.Failed != 2 || len(got.Latency) != 3 || got.Latency[1] != 1 || got.Latency[2] != 4 {
-		t.Fatalf("a+b = %+v", got)
-	}
-	if _, ok := a.Sub(b); ok {
-		t.Fatal("a-b took a bucket below zero")
-	}
-	d, ok := a.Add(b).Sub(b)
-	if !ok || d.Requests != 5 || d.Failed != 1 || len(d.Latency) != 3 || d.Latency[0] != 1 || d.Latency[1] != 0 {
-		t.Fatalf("(a+b)-b = %+v %v", d, ok)
-	}
-	if _, ok := b.Sub(a); ok {
-		t.Fatal("b-a went below zero")
-	}
-	if z, ok := a.Sub(a); !ok || z.Requests != 0 || z.Latency != nil {
-		t.Fatalf("a-a = %+v %v, want zero with no buckets", z, ok)
-	}
-	if _, ok := (ImageCounts{}).Quantile(0.99); ok {
-		t.Fatal("the p99 of nothing")
-	}
-}
-
-// TestImageCountsOfARegistry: a registry's counts of an image are its
-// finished requests, 5xx and no answer failing, with their latencies; the
-// local store shares nothing.
-func TestImageCountsOfARegistry(t *testing.T) {
+// TestNoSharedCounts: the store of one node shares nothing, and a
+// publisher on it does nothing.
+func TestNoSharedCounts(t *testing.T) {
 	r := newTestRegistry(t, Options{})
-	st := mustRegister(t, r, svcSpec(1, ctr("c", 9000))).State
-	for _, status := range []int{200, 404, 500, 503, 0} {
-		st.Begin()
-		st.Finish(status, status != 200 && status != 404, time.Duration(status+1)*time.Millisecond)
-	}
-	st.Begin() // still in flight: not counted
-	got := r.ImageCounts(1)
-	if got.Requests != 5 || got.Failed != 3 {
-		t.Fatalf("counts %+v, want 5 finished requests and 3 failed", got)
-	}
-	if p99, _ := got.Quantile(0.99); p99 < 504 || p99 > 650 {
-		t.Fatalf("p99 %v ms, want the bucket of 504 ms", p99)
-	}
-	if c := r.ImageCounts(2); c.Requests != 0 || c.Latency != nil {
-		t.Fatalf("an unknown image's counts: %+v", c)
-	}
+	mustRegister(t, r, svcSpec(1, ctr("c", 9000)))
 	sc := SharedCountsOf(nil)
 	if rs, err := sc.LoadCounts(context.Background(), 1); rs != nil || err != nil {
 		t.Fatalf("the local store's shared counts: %+v %v", rs, err)
