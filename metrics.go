@@ -126,6 +126,7 @@ type collector struct {
 	turnedAway, retriesDenied, ejected, ejections, waiting              *prometheus.Desc
 	splitRequests, mirrorCopies                                         *prometheus.Desc
 	allRequests, allFailures, allInFlight                               *prometheus.Desc
+	rolloutPercent                                                      *prometheus.Desc
 }
 
 func newCollector() *collector {
@@ -164,6 +165,8 @@ func newCollector() *collector {
 		allFailures: d("imagelb_registry_request_failures_total", "Client requests of every image (removed ones included) "+
 			"answered with a 5xx or not at all, since the process started.", nil, nil),
 		allInFlight: d("imagelb_registry_requests_in_flight", "Client requests of every image not finished yet.", nil, nil),
+		rolloutPercent: d("imagelb_rollout_percent", "The share of an image's requests its rollout sends to the canary "+
+			"(progressing, paused or promoted rollouts only: one series per rollout).", []string{"image_id", "canary_image_id"}, nil),
 	}
 }
 
@@ -172,7 +175,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.failures, c.inFlight, c.duration, c.ctrRequests, c.ctrFailures,
 		c.ctrInFlight, c.ctrDuration, c.healthy, c.checks, c.operations, c.services, c.containers,
 		c.turnedAway, c.retriesDenied, c.ejected, c.ejections, c.storeUp, c.storeRevision, c.waiting, c.splitRequests, c.mirrorCopies,
-		c.allRequests, c.allFailures, c.allInFlight} {
+		c.allRequests, c.allFailures, c.allInFlight, c.rolloutPercent} {
 		ch <- d
 	}
 }
@@ -201,6 +204,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	busiest := busiestImages{max: o.top}
 	reg.Each(func(s *registry.Service) {
 		services++
+		if ro := s.Rollout; ro != nil && ro.State.Active() { // bounded by the rollouts under way
+			ch <- prometheus.MustNewConstMetric(c.rolloutPercent, gauge, ro.Percent,
+				strconv.FormatInt(s.ImageID, 10), strconv.FormatInt(ro.CanaryImageID, 10))
+		}
 		inFlight += s.State.InFlight.Load()
 		id := ""
 		if o.perImage || o.perContainer {

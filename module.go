@@ -514,6 +514,7 @@ func (a *App) Start() error {
 	go newFDWatch(a.logger).run(a.stopWatch)
 	a.checker.Configure(a.health, a.emitChange, a.logger.Named("health"))
 	a.startOnDemand()
+	a.startRollouts()
 	system := a.system
 	a.checker.SetExtras(func() []health.Extra {
 		out := make([]health.Extra, len(system))

@@ -60,7 +60,7 @@ func (h *Handler) splitSide(w http.ResponseWriter, r *http.Request, svc *registr
 	}
 	sticky := svc.Options.Sticky
 	if sticky {
-		if side, ok := verifySplitSticky(h.app.stickyKey, r, svc.ImageID); ok {
+		if side, ok := verifySplitSticky(h.app.stickyKey, r, svc); ok {
 			if side == svc.ImageID {
 				return nil
 			}
@@ -84,7 +84,7 @@ func (h *Handler) splitSide(w http.ResponseWriter, r *http.Request, svc *registr
 		side = tgt.ImageID
 	}
 	if sticky {
-		setSplitSticky(w, r, h.app.stickyKey, svc.ImageID, side)
+		setSplitSticky(w, r, h.app.stickyKey, svc, side)
 	}
 	return tgt
 }
@@ -134,19 +134,36 @@ func splitCookieName(imageID int64) string {
 }
 
 // splitMAC signs the pair (source image, side), with the sticky cookies'
-// key: a client can keep its side but cannot choose one.
-func splitMAC(key []byte, imageID, side int64) []byte {
+// key: a client can keep its side but cannot choose one. gen, when not
+// empty, is signed too: the stable side of a rollout is kept only within
+// the step it names (registry.Rollout.StickyGeneration).
+func splitMAC(key []byte, imageID, side int64, gen string) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(splitCookieName(imageID)))
 	m.Write([]byte{0})
 	m.Write([]byte(strconv.FormatInt(side, 10)))
+	if gen != "" {
+		m.Write([]byte{0})
+		m.Write([]byte(gen))
+	}
 	return m.Sum(nil)[:16]
+}
+
+// splitGen is the generation the cookie of side of svc's split is signed
+// with: during a rollout, the stable side's step; else none. A client sent
+// to the canary stays there across steps (its share only grows); one kept
+// on the stable image is drawn again at each step.
+func splitGen(svc *registry.Service, side int64) string {
+	if side != svc.ImageID {
+		return ""
+	}
+	return svc.Rollout.StickyGeneration()
 }
 
 // verifySplitSticky returns the side the request's split cookie names for
 // the image, and whether there is one we signed.
-func verifySplitSticky(key []byte, r *http.Request, imageID int64) (int64, bool) {
-	c, err := r.Cookie(splitCookieName(imageID))
+func verifySplitSticky(key []byte, r *http.Request, svc *registry.Service) (int64, bool) {
+	c, err := r.Cookie(splitCookieName(svc.ImageID))
 	if err != nil {
 		return 0, false
 	}
@@ -156,7 +173,7 @@ func verifySplitSticky(key []byte, r *http.Request, imageID int64) (int64, bool)
 	}
 	side, err1 := strconv.ParseInt(idPart, 10, 64)
 	mac, err2 := base64.RawURLEncoding.DecodeString(macPart)
-	if err1 != nil || err2 != nil || !hmac.Equal(mac, splitMAC(key, imageID, side)) {
+	if err1 != nil || err2 != nil || !hmac.Equal(mac, splitMAC(key, svc.ImageID, side, splitGen(svc, side))) {
 		return 0, false
 	}
 	return side, true
@@ -164,9 +181,9 @@ func verifySplitSticky(key []byte, r *http.Request, imageID int64) (int64, bool)
 
 // setSplitSticky sets the cookie keeping the client on side of the image's
 // split (a session cookie, like the container's sticky cookie).
-func setSplitSticky(w http.ResponseWriter, r *http.Request, key []byte, imageID, side int64) {
-	c := &http.Cookie{Name: splitCookieName(imageID),
-		Value: strconv.FormatInt(side, 10) + "." + base64.RawURLEncoding.EncodeToString(splitMAC(key, imageID, side)),
+func setSplitSticky(w http.ResponseWriter, r *http.Request, key []byte, svc *registry.Service, side int64) {
+	c := &http.Cookie{Name: splitCookieName(svc.ImageID),
+		Value: strconv.FormatInt(side, 10) + "." + base64.RawURLEncoding.EncodeToString(splitMAC(key, svc.ImageID, side, splitGen(svc, side))),
 		Path:  "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil}
 	w.Header().Add("Set-Cookie", c.String())
 }

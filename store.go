@@ -18,6 +18,7 @@ import (
 	"github.com/imagelb/caddy-imagelb/etcdstore"
 	"github.com/imagelb/caddy-imagelb/ondemand"
 	"github.com/imagelb/caddy-imagelb/registry"
+	"github.com/imagelb/caddy-imagelb/rollout"
 )
 
 // The stores the registry can be kept in.
@@ -183,12 +184,14 @@ type registryHolder struct {
 	usageCfg   usageConfig
 
 	activator *ondemand.Activator // start on demand and idle stops (ondemand.go)
+	rollouts  *rollout.Driver     // canary rollouts (rollout.go)
 }
 
 // Destruct stops the watch and the membership and closes the store when
 // the last configuration using the registry is gone.
 func (h *registryHolder) Destruct() error {
 	h.activator.Stop() // releases the waiting requests
+	h.rollouts.Stop()
 	if h.cancel != nil {
 		h.cancel() // the ledger's goroutine flushes once more as it ends
 	}
@@ -227,6 +230,7 @@ func (a *App) openRegistry(opts registry.Options) (*registryHolder, error) {
 	logger := a.logger.Named("usage")
 	h.goSafe(logger, "usage", func() { h.keepLedger(ctx, logger) })
 	h.activator = ondemand.New(h.Registry)
+	h.rollouts = rollout.New(h.Registry)
 	return h, nil
 }
 

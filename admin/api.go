@@ -120,6 +120,11 @@ var routes = []route{
 	{[]string{"openapi.json"}, map[string]handlerFunc{http.MethodGet: (*API).openAPI}},
 	{[]string{"cluster"}, map[string]handlerFunc{http.MethodGet: (*API).cluster}},
 	{[]string{"usage"}, map[string]handlerFunc{http.MethodGet: (*API).usage}},
+	{[]string{"services", "{image_id}", "rollout"}, map[string]handlerFunc{
+		http.MethodPost: (*API).startRollout, http.MethodGet: (*API).getRollout, http.MethodDelete: (*API).deleteRollout}},
+	{[]string{"services", "{image_id}", "rollout", "pause"}, map[string]handlerFunc{http.MethodPost: (*API).pauseRollout}},
+	{[]string{"services", "{image_id}", "rollout", "resume"}, map[string]handlerFunc{http.MethodPost: (*API).resumeRollout}},
+	{[]string{"services", "{image_id}", "rollout", "promote"}, map[string]handlerFunc{http.MethodPost: (*API).promoteRollout}},
 }
 
 // The errors of unknown routes and methods, worded as the original's.
@@ -224,8 +229,15 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if c, ok := v.(created); ok {
+		WriteJSON(w, http.StatusCreated, c.v)
+		return
+	}
 	WriteJSON(w, http.StatusOK, v)
 }
+
+// created is an answer with status 201.
+type created struct{ v any }
 
 // match finds the route of the request and the values of its parameters.
 func (a *API) match(r *http.Request) (*route, map[string]string, bool) {

@@ -1,0 +1,22 @@
+package imagelb
+
+import (
+	"github.com/imagelb/caddy-imagelb/rollout"
+)
+
+// Progressive delivery in the app: the registry's rollout driver (package
+// rollout) lives in the registry's holder, across reloads; each config
+// that starts gives it its events and logger. The rollouts themselves are
+// in the registry's records, so they outlive reloads and restarts.
+
+// startRollouts gives the shared driver this configuration's events and
+// logger, and starts it.
+func (a *App) startRollouts() {
+	events, ctx := a.events, a.ctx
+	d := a.holder.rollouts
+	d.Configure(rollout.Config{
+		Emit:   func(ev rollout.Event) { events.Emit(ctx, ev.Name, ev.Data) },
+		Logger: a.logger.Named("rollout"),
+	})
+	d.Start()
+}
