@@ -10,6 +10,7 @@ import (
 
 	"github.com/imagelb/caddy-imagelb/etcdstore"
 	"github.com/imagelb/caddy-imagelb/registry"
+	"github.com/imagelb/caddy-imagelb/rollout"
 )
 
 // Rollouts in a cluster. A rollout is in the stable image's record, so
@@ -69,10 +70,17 @@ func newRolloutCluster(reg *registry.Registry, store *etcdstore.Store, node stri
 	return rc
 }
 
-// setOnLead sets what is called when this node takes a rollout's lead.
-func (rc *rolloutCluster) setOnLead(fn func(id int64)) {
+// configure makes the driver's config a cluster's: the driver drives only
+// the rollouts whose lead this node holds, and judges them on every node's
+// counts; it is told when this node takes a lead. Without a cluster (rc
+// nil) it changes nothing.
+func (rc *rolloutCluster) configure(cfg *rollout.Config, d *rollout.Driver) {
+	if rc == nil {
+		return
+	}
+	cfg.Counts, cfg.Drives = rc.counts, rc.drives
 	rc.mu.Lock()
-	rc.onLead = fn
+	rc.onLead = func(id int64) { d.Follow(id) }
 	rc.mu.Unlock()
 }
 
