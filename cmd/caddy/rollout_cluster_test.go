@@ -86,13 +86,13 @@ func TestClusterRollout(t *testing.T) {
 	stablePort := canaryBackend(t, 200, &stableServed)
 	failingPort := canaryBackend(t, 500, &failingServed)
 	healthyPort := canaryBackend(t, 200, &healthyServed)
-	for id, port := range map[int64]int{10: stablePort, 11: failingPort, 20: stablePort, 21: healthyPort} {
+	for id, port := range map[int64]int{10: stablePort, 11: failingPort, 20: stablePort, 21: healthyPort, 30: stablePort, 31: healthyPort} {
 		mustStatus(t, 200, "POST", fmt.Sprintf("%s/services/%d/register?image_name=img-%d", A.adm, id, id),
 			ctrsJSON(clusterCtr{ID: fmt.Sprintf("c%d", id), Port: port}))
 	}
 	for _, n := range nodes {
 		waitFor(t, 30*time.Second, "the images on "+n.name, func() bool {
-			return statusOf(n.adm+"/services/11") == 200 && statusOf(n.adm+"/services/21") == 200
+			return statusOf(n.adm+"/services/11") == 200 && statusOf(n.adm+"/services/21") == 200 && statusOf(n.adm+"/services/31") == 200
 		})
 	}
 
@@ -206,6 +206,36 @@ func TestClusterRollout(t *testing.T) {
 		}
 		if decided(other, 20) || !decided(driver, 20) {
 			t.Fatalf("the decisions of the rollout were not all %s's, the lead's holder", driver.name)
+		}
+	})
+
+	// Last: it kills a node.
+	t.Run("the driver dies: the other node takes the rollout over", func(t *testing.T) {
+		mustStatus(t, 201, "POST", A.adm+"/services/30/rollout",
+			`{"canary_image_id": 31, "steps": [50, 100], "interval": "1s", "min_requests": 20}`)
+		driver, other := driverOf(t, 30)
+		driver.p.kill9(t)
+		killed := time.Now()
+		waitFor(t, 60*time.Second, other.name+" to take the lead", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			resp, err := etcd.Client().Get(ctx, "/imagelb/leads/rollout/30")
+			return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == other.name
+		})
+		t.Logf("%s took the lead %s after %s was killed", other.name, time.Since(killed).Round(100*time.Millisecond), driver.name)
+		done := make(chan struct{})
+		finished := load(other, 30, done)
+		waitFor(t, 60*time.Second, "the rollout promoted by "+other.name, func() bool { return rolloutOf(other, 30).State == "promoted" })
+		close(done)
+		<-finished
+		if !leads(other, 30) || !decided(other, 30) {
+			t.Fatalf("%s's logs do not show it driving the rollout", other.name)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := etcd.Client().Get(ctx, "/imagelb/rollout-counts/30/"+driver.name)
+		if err != nil || len(resp.Kvs) != 0 {
+			t.Fatalf("the dead node's counts are still in etcd: %v %v", resp, err)
 		}
 	})
 }
