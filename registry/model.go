@@ -19,7 +19,8 @@
 // (rr.go, wrr.go, leastconn.go, random.go, p2c.go, hash.go, leastlatency.go),
 // balance.go a pick and the filter every strategy shares (zones, tried
 // containers, ejection, slow start); outlier.go outlier ejection; limits.go
-// max_in_flight, the retry budget and rate limits.
+// max_in_flight, the retry budget and rate limits; split.go split and
+// mirror; rollout.go canary rollouts and the counts they are judged on.
 package registry
 
 import (

@@ -49,8 +49,20 @@ type ServiceView struct {
 	// Warning names the images the split or mirror refers to that are not
 	// registered (any more); omitted when there is none.
 	Warning string `json:"warning,omitempty"`
+	// Rollout summarises the image's rollout (GET …/rollout has all of
+	// it); omitted when there is none.
+	Rollout *RolloutSummary `json:"rollout,omitempty"`
 	TrafficCounters
 	ServiceOptions
+}
+
+// RolloutSummary is a rollout in the Service: where it is.
+type RolloutSummary struct {
+	CanaryImageID int64        `json:"canary_image_id"`
+	State         RolloutState `json:"state"`
+	Step          int          `json:"step"`
+	Steps         int          `json:"steps"`
+	Percent       float64      `json:"percent"`
 }
 
 // TrafficCounters are the counters of split and mirror in the Service and
@@ -121,6 +133,9 @@ func (s *Service) View() ServiceView {
 		Warning:           s.Warning(),
 		TrafficCounters:   trafficCounters(s.State),
 		ServiceOptions:    s.Options,
+	}
+	if ro := s.Rollout; ro != nil {
+		v.Rollout = &RolloutSummary{CanaryImageID: ro.CanaryImageID, State: ro.State, Step: ro.Step, Steps: len(ro.Steps), Percent: ro.Percent}
 	}
 	_, v.RequestsPerSecond = recentOf(&s.State.Counters)
 	if !s.Updated.IsZero() {
