@@ -50,10 +50,15 @@ type rolloutCluster struct {
 	unlisten func()
 }
 
-// rolloutLead is a lead this node holds.
+// rolloutLead is a lead this node holds. It drives the rollout once its
+// registry has the version of the record etcd had when it took the lead
+// (need): a node that takes over must not act on an older version, which
+// the node before it has already acted on (announcing an outcome again).
 type rolloutLead struct {
 	lost    <-chan struct{}
 	release func()
+	need    int64 // the record's revision in etcd after the lead was taken
+	ready   bool  // the registry has it: the driver may drive
 }
 
 func newRolloutCluster(reg *registry.Registry, store *etcdstore.Store, node string, logger *zap.Logger) *rolloutCluster {
@@ -103,8 +108,9 @@ func (rc *rolloutCluster) noteChanged(ids []int64) {
 func (rc *rolloutCluster) drives(id int64) bool {
 	rc.mu.Lock()
 	l := rc.held[id]
+	ready := l != nil && l.ready
 	rc.mu.Unlock()
-	if l == nil {
+	if !ready {
 		return false
 	}
 	select {
@@ -138,6 +144,7 @@ func (rc *rolloutCluster) run(ctx context.Context) {
 	for {
 		rc.update()
 		rc.takeLeads(ctx)
+		rc.catchUp()
 		switch err := pub.Publish(ctx); {
 		case err != nil && !warned && ctx.Err() == nil:
 			rc.logger.Warn("cannot publish this node's counts of the rollouts' images: the rollouts' drivers judge without them until it can", zap.Error(err))
@@ -225,19 +232,54 @@ func (rc *rolloutCluster) takeLeads(ctx context.Context) {
 		}
 		lost, release, won, err := rc.store.Lead(ctx, name, rc.node, rolloutLeadTTL)
 		if err != nil || !won {
-			continue // another node drives it, or etcd cannot be reached: the next round tries again
+			continue // another node took it first, or etcd cannot be reached
+		}
+		need, err := rc.store.RecordRevision(ctx, id)
+		if err != nil {
+			release() // the next round tries again
+			continue
 		}
 		rc.mu.Lock()
 		keep := rc.driven[id] // not over meanwhile
 		if keep {
-			rc.held[id] = &rolloutLead{lost: lost, release: release}
+			rc.held[id] = &rolloutLead{lost: lost, release: release, need: need}
 		}
-		onLead := rc.onLead
 		rc.mu.Unlock()
 		if !keep {
 			release()
-			continue
 		}
+	}
+}
+
+// catchUp hands the driver the leads whose record this node now has in the
+// version etcd had when it took them.
+func (rc *rolloutCluster) catchUp() {
+	// The registry's lock is not taken under rc.mu: the registry calls
+	// noteChanged, which takes rc.mu, under its own.
+	rc.mu.Lock()
+	waiting := map[int64]int64{}
+	for id, l := range rc.held {
+		if !l.ready {
+			waiting[id] = l.need
+		}
+	}
+	rc.mu.Unlock()
+	for id, need := range waiting {
+		if rc.reg.RecordRevision(id) < need {
+			delete(waiting, id)
+		}
+	}
+	var ready []int64
+	rc.mu.Lock()
+	for id, need := range waiting {
+		if l := rc.held[id]; l != nil && !l.ready && l.need == need {
+			l.ready = true
+			ready = append(ready, id)
+		}
+	}
+	onLead := rc.onLead
+	rc.mu.Unlock()
+	for _, id := range ready {
 		rc.logger.Info("this node drives the rollout", zap.Int64("image_id", id), zap.String("node_id", rc.node))
 		if onLead != nil {
 			onLead(id)

@@ -130,3 +130,24 @@ func (s *Store) Leader(ctx context.Context, name string) (string, error) {
 	}
 	return string(resp.Kvs[0].Value), nil
 }
+
+// RecordRevision returns the mod revision of the image's record in etcd
+// now (0: none): a node that takes over work on the record from another
+// node waits until it has that version (registry.RecordRevision) before it
+// acts on it.
+func (s *Store) RecordRevision(ctx context.Context, imageID int64) (int64, error) {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	cli, err := s.client(rctx)
+	if err != nil {
+		return 0, s.requestError("read a record's revision from", err)
+	}
+	resp, err := cli.Get(rctx, s.recordKey(imageID), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, s.requestError("read a record's revision from", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
