@@ -17,6 +17,9 @@ func (a *App) startRollouts() {
 	cfg := rollout.Config{
 		Emit:   func(ev rollout.Event) { events.Emit(ctx, ev.Name, ev.Data) },
 		Logger: a.logger.Named("rollout"),
+		// a promote_url comes through the API: the health checks' rules
+		// (never this Caddy's listeners, allowed_upstreams) apply to it
+		DialControl: checkerDialControl,
 	}
 	a.holder.rolloutCluster.configure(&cfg, d) // in a cluster: one driver per rollout, every node's counts
 	d.Configure(cfg)

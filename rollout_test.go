@@ -408,6 +408,8 @@ func TestRolloutBadInput(t *testing.T) {
 		{"max_error_rate out of range", "1", `{"canary_image_id": 2, ` + ok + `, "max_error_rate": 2}`, 422, `["body","max_error_rate"]`},
 		{"max_p99_ratio out of range", "1", `{"canary_image_id": 2, ` + ok + `, "max_p99_ratio": 0.5}`, 422, `["body","max_p99_ratio"]`},
 		{"promote_url not a URL", "1", `{"canary_image_id": 2, ` + ok + `, "promote_url": "mailto:x"}`, 422, `["body","promote_url"]`},
+		{"promote_url at Caddy's admin endpoint", "1", `{"canary_image_id": 2, ` + ok + `, "promote_url": "http://localhost:2999/load"}`, 422, `["body","promote_url"]`},
+		{"promote_url at the cloud metadata address", "1", `{"canary_image_id": 2, ` + ok + `, "promote_url": "http://169.254.169.254/latest"}`, 422, `["body","promote_url"]`},
 		{"a split set by hand", "4", `{"canary_image_id": 2, ` + ok + `}`, 422, `["path","image_id"]`},
 		{"unknown image", "9", `{"canary_image_id": 2, ` + ok + `}`, 404, ""},
 		{"not JSON", "1", `{"canary_image_id": `, 422, ""},
@@ -486,5 +488,46 @@ func TestRolloutSurvivesReloadsAndRestarts(t *testing.T) {
 	_, bad := tr.finish()
 	if done.State != "promoted" || len(bad) > 0 {
 		t.Fatalf("after the restart the rollout ended %s (%s), clients saw %v", done.State, done.decisions(), bad)
+	}
+}
+
+// TestRolloutStickyClients: on a sticky stable image, clients keep their
+// side within a step; at the next step a client sent to the canary stays
+// there, and one kept on the stable image is drawn again.
+func TestRolloutStickyClients(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, siteConfig(port, ""))
+	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	api := site + "/api/v1"
+	registerObject(t, site, 2, map[string]any{"containers": []any{container("c1", newBackend(t, "canary"))}})
+	registerObject(t, site, 1, map[string]any{"sticky": true, "containers": []any{container("s1", newBackend(t, "stable"))}})
+	mustDo(t, "POST", api+"/services/1/rollout", map[string]any{"canary_image_id": 2, "steps": []float64{50, 75, 100}, "interval": "1h"}, 201, nil)
+	url := site + "/api/v1/proxy/1/"
+	pins := map[string]*http.Cookie{}
+	for len(pins) < 2 {
+		a := send(t, url, nil)
+		if c := a.cookieNamed("imagelb_split_1"); a.status == 200 && c != nil {
+			pins[a.backend] = c
+		}
+	}
+	for side, pin := range pins {
+		for range 4 {
+			if a := send(t, url, nil, pin); a.backend != side || a.cookieNamed("imagelb_split_1") != nil {
+				t.Fatalf("a client kept on %s was sent to %s (new cookie: %v) within the step", side, a.backend, a.cookieNamed("imagelb_split_1") != nil)
+			}
+		}
+	}
+	// the driver's next step, as it writes it
+	if _, err := running.Load().reg.ChangeRollout(1, func(ro *registry.Rollout) error {
+		ro.Step, ro.Percent = 2, 75
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if a := send(t, url, nil, pins["canary"]); a.backend != "canary" || a.cookieNamed("imagelb_split_1") != nil {
+		t.Fatalf("at the next step the canary's client went to %s (new cookie: %v)", a.backend, a.cookieNamed("imagelb_split_1") != nil)
+	}
+	if a := send(t, url, nil, pins["stable"]); a.cookieNamed("imagelb_split_1") == nil {
+		t.Fatalf("at the next step the stable image's client was not drawn again (answered by %s, no new cookie)", a.backend)
 	}
 }

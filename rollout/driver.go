@@ -27,9 +27,12 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -81,6 +84,12 @@ type Config struct {
 	Emit func(Event)
 	// Logger logs decisions and webhook calls. Default: none.
 	Logger *zap.Logger
+	// DialControl sees each address a promote_url call is about to
+	// connect to (after name resolution) and may refuse it: the rules
+	// that keep a URL set through the API off this Caddy's own listeners
+	// (its admin endpoint) and off what allowed_upstreams forbids.
+	// Default: none.
+	DialControl func(network, address string, rc syscall.RawConn) error
 }
 
 // Driver drives every rollout of a registry. One lives as long as the
@@ -88,6 +97,8 @@ type Config struct {
 type Driver struct {
 	reg    *registry.Registry
 	client *http.Client
+
+	control atomic.Pointer[func(network, address string, rc syscall.RawConn) error] // Config.DialControl
 
 	mu      sync.Mutex
 	cfg     Config
@@ -116,14 +127,26 @@ type run struct {
 
 // New returns the driver of reg; it does nothing until Start.
 func New(reg *registry.Registry) *Driver {
-	return &Driver{
+	d := &Driver{
 		reg:     reg,
-		client:  &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		cfg:     Config{}.withDefaults(reg),
 		changed: map[int64]struct{}{},
 		wake:    make(chan struct{}, 1),
 		runs:    map[int64]*run{},
 	}
+	dialer := &net.Dialer{Timeout: webhookTimeout, Control: d.dialControl}
+	d.client = &http.Client{
+		Transport:     &http.Transport{DialContext: dialer.DialContext, Proxy: nil, MaxIdleConns: 4, IdleConnTimeout: time.Minute},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return d
+}
+
+func (d *Driver) dialControl(network, address string, rc syscall.RawConn) error {
+	if f := d.control.Load(); f != nil && *f != nil {
+		return (*f)(network, address, rc)
+	}
+	return nil
 }
 
 func (c Config) withDefaults(reg *registry.Registry) Config {
@@ -145,6 +168,7 @@ func (c Config) withDefaults(reg *registry.Registry) Config {
 // Configure sets the running config's part; it takes effect at the next
 // pass.
 func (d *Driver) Configure(cfg Config) {
+	d.control.Store(&cfg.DialControl)
 	d.mu.Lock()
 	d.cfg = cfg.withDefaults(d.reg)
 	for _, svc := range d.reg.Services() { // a new Drives may hand this node others

@@ -2,10 +2,13 @@ package rollout
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -208,5 +211,31 @@ func TestDriverRestartsTheStep(t *testing.T) {
 	ro := waitFor(t, reg, "step 2", func(ro *registry.Rollout) bool { return ro.Step == 2 || ro.State != registry.RolloutProgressing })
 	if ro.State != registry.RolloutProgressing || ro.Analysis[0].Canary.Errors != 0 {
 		t.Fatalf("after a restart: %s, %+v", ro.State, ro.Analysis)
+	}
+}
+
+// TestDriverWebhookDialControl: the webhook's connections pass the
+// configured dial control, which may refuse them (this Caddy's own
+// listeners); the outcome is still marked announced.
+func TestDriverWebhookDialControl(t *testing.T) {
+	old := webhookRetries
+	webhookRetries = []time.Duration{time.Millisecond}
+	t.Cleanup(func() { webhookRetries = old })
+	var calls atomic.Int64
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
+	t.Cleanup(hook.Close)
+	reg, d, _ := setup(t)
+	var refused atomic.Int64
+	d.Configure(Config{DialControl: func(network, address string, rc syscall.RawConn) error {
+		refused.Add(1)
+		return errors.New("this Caddy's own listener")
+	}})
+	start(t, reg, `{"canary_image_id": 2, "steps": [50, 100], "interval": "1h", "promote_url": "`+hook.URL+`"}`)
+	if _, err := reg.PromoteRollout(1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, reg, "the announcement", func(ro *registry.Rollout) bool { return ro.Notified })
+	if calls.Load() != 0 || refused.Load() != 2 {
+		t.Fatalf("the webhook got %d calls, the control refused %d dials; want 0 and 2 (both attempts)", calls.Load(), refused.Load())
 	}
 }
