@@ -318,11 +318,17 @@ func NewClusterCounts(reg *Registry, store SharedCounts, node string) *ClusterCo
 	return &ClusterCounts{reg: reg, store: store, node: node, trackers: map[int64]*CountsTracker{}}
 }
 
-// Counts implements CountsSource: one read of the store. When the store
-// cannot be read it returns the error: a step is not judged on a part of
-// its counts.
+// ClusterCountsTimeout bounds a ClusterCounts read: the driver judges
+// several times a second, and a read that takes longer is of no use to it.
+const ClusterCountsTimeout = time.Second
+
+// Counts implements CountsSource: one read of the store, bounded by
+// ClusterCountsTimeout. When the store cannot be read it returns the
+// error: a step is not judged on a part of its counts.
 func (c *ClusterCounts) Counts(ctx context.Context, imageID int64) (StepCounts, error) {
-	readings, err := c.store.LoadCounts(ctx, imageID)
+	rctx, cancel := context.WithTimeout(ctx, ClusterCountsTimeout)
+	readings, err := c.store.LoadCounts(rctx, imageID)
+	cancel()
 	if err != nil {
 		return StepCounts{}, fmt.Errorf("reading the other nodes' counts of image %d: %w", imageID, err)
 	}
