@@ -141,32 +141,40 @@ func (rc *rolloutCluster) run(ctx context.Context) {
 	tick := time.NewTicker(rolloutClusterTick)
 	defer tick.Stop()
 	warned := false
+	due := true // etcd is asked at each tick, and at once when a rollout starts, changes state or ends
 	for {
-		rc.update()
-		rc.takeLeads(ctx)
-		rc.catchUp()
-		switch err := pub.Publish(ctx); {
-		case err != nil && !warned && ctx.Err() == nil:
-			rc.logger.Warn("cannot publish this node's counts of the rollouts' images: the rollouts' drivers judge without them until it can", zap.Error(err))
-			warned = true
-		case err == nil && warned:
-			rc.logger.Info("this node's counts of the rollouts' images are published again")
-			warned = false
+		if rc.update() {
+			due = true
 		}
+		if due {
+			rc.takeLeads(ctx)
+			switch err := pub.Publish(ctx); {
+			case err != nil && !warned && ctx.Err() == nil:
+				rc.logger.Warn("cannot publish this node's counts of the rollouts' images: the rollouts' drivers judge without them until it can", zap.Error(err))
+				warned = true
+			case err == nil && warned:
+				rc.logger.Info("this node's counts of the rollouts' images are published again")
+				warned = false
+			}
+		}
+		rc.catchUp()
+		due = false
 		select {
 		case <-ctx.Done():
 			rc.releaseAll()
 			pub.Withdraw()
 			return
 		case <-tick.C:
-		case <-rc.wake:
+			due = true
+		case <-rc.wake: // a registry change: only a rollout's asks etcd (update)
 		}
 	}
 }
 
 // update applies the noted changes: which rollouts are judged and which
-// need a driver; the leads of rollouts that need none are given up.
-func (rc *rolloutCluster) update() {
+// need a driver; the leads of rollouts that need none are given up. It
+// reports whether a rollout started, changed its state or ended.
+func (rc *rolloutCluster) update() (moved bool) {
 	rc.mu.Lock()
 	changed := rc.changed
 	rc.changed = map[int64]struct{}{}
@@ -178,6 +186,7 @@ func (rc *rolloutCluster) update() {
 		}
 		rc.mu.Lock()
 		canary, wasJudged := rc.judged[id]
+		wasDriven := rc.driven[id]
 		judged := ro != nil && (ro.State == registry.RolloutProgressing || ro.State == registry.RolloutPaused)
 		if judged {
 			rc.judged[id] = ro.CanaryImageID
@@ -188,6 +197,9 @@ func (rc *rolloutCluster) update() {
 			rc.driven[id] = true
 		} else {
 			delete(rc.driven, id)
+		}
+		if judged != wasJudged || rc.driven[id] != wasDriven || judged && canary != ro.CanaryImageID {
+			moved = true
 		}
 		l := rc.held[id]
 		if l != nil && !rc.driven[id] {
@@ -204,6 +216,7 @@ func (rc *rolloutCluster) update() {
 			rc.logger.Info("rollout over: this node gives up driving it", zap.Int64("image_id", id))
 		}
 	}
+	return moved
 }
 
 // takeLeads forgets the leads this node lost and tries to take those of
