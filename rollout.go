@@ -10,7 +10,10 @@ import (
 // in the registry's records, so they outlive reloads and restarts.
 
 // startRollouts gives the shared driver this configuration's events and
-// logger, and starts it.
+// logger, and starts it. On one node the driver drives every rollout on
+// this registry's counters (rollout.Config's defaults); a cluster sets
+// Config.Counts (every node's counts, registry.CountsSource) and
+// Config.Drives (the node holding the rollout's claim).
 func (a *App) startRollouts() {
 	events, ctx := a.events, a.ctx
 	d := a.holder.rollouts

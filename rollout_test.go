@@ -12,8 +12,47 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddytest"
+
 	"github.com/imagelb/caddy-imagelb/registry"
 )
+
+// rolloutSite loads a site with imagelb whose events app hands the
+// rollout events to the tests' recorder, and empties the registry and the
+// recorder.
+func rolloutSite(t *testing.T) (site string) {
+	t.Helper()
+	port := freePort(t)
+	tester := caddytest.NewTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+	"admin": {"listen": "localhost:2999"},
+	"apps": {
+		"imagelb": {},
+		"events": {"subscriptions": [{
+			"events": ["imagelb.rollout_step", "imagelb.rollout_promoted", "imagelb.rollout_rolled_back"],
+			"handlers": [{"handler": "imagelb_test_recorder"}]
+		}]},
+		"http": {"servers": {"s": {"listen": ["127.0.0.1:%d"], "routes": [{"handle": [{"handler": "imagelb"}]}]}}}
+	}
+}`, port), "json")
+	if t.Failed() {
+		t.FailNow()
+	}
+	resetRegistry(t)
+	recorded.reset()
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
+}
+
+// rolloutEvents lists the rollout events recorded, by their short names.
+func rolloutEvents() string {
+	var names []string
+	for _, e := range recorded.list() {
+		if name, ok := strings.CutPrefix(strings.Fields(e)[0], "imagelb.rollout_"); ok {
+			names = append(names, name)
+		}
+	}
+	return strings.Join(names, " ")
+}
 
 // rolloutDoc is GET …/rollout as a client reads it.
 type rolloutDoc struct {
@@ -160,9 +199,7 @@ func waitHook(t *testing.T, h *hook, want string) {
 // the way; each step's analysis holds both sides' requests; promote_url
 // is told once; the metric shows the percent.
 func TestRolloutPromotesAHealthyCanary(t *testing.T) {
-	port := freePort(t)
-	startCaddy(t, siteConfig(port, ""))
-	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	site := rolloutSite(t)
 	api := site + "/api/v1"
 	stable, canary := newBackend(t, "stable"), newBackend(t, "canary")
 	register(t, api, 1, "", container("s1", stable))
@@ -202,6 +239,9 @@ func TestRolloutPromotesAHealthyCanary(t *testing.T) {
 		t.Fatalf("answers by server %v: both should have served", byServer)
 	}
 	waitHook(t, h, "promoted")
+	if got := rolloutEvents(); got != "step step step promoted" {
+		t.Fatalf("events %q, want each step's start, then promoted", got)
+	}
 	for range 20 {
 		if got := proxyGet(t, site, 1, "/").Backend; got != "canary" {
 			t.Fatalf("promoted, yet image 1's request went to %s", got)
@@ -227,9 +267,7 @@ func failingBackend(t *testing.T, name string) *backend {
 // reason names the figure and the bound, the split goes back to 0 and
 // promote_url is told.
 func TestRolloutRollsBackAFailingCanary(t *testing.T) {
-	port := freePort(t)
-	startCaddy(t, siteConfig(port, ""))
-	site := fmt.Sprintf("http://127.0.0.1:%d", port)
+	site := rolloutSite(t)
 	api := site + "/api/v1"
 	stable := newBackend(t, "stable")
 	register(t, api, 1, "", container("s1", stable))
@@ -253,6 +291,9 @@ func TestRolloutRollsBackAFailingCanary(t *testing.T) {
 	}
 	t.Logf("the canary served %d requests (%d by the clients' count) before the rollback", last.Canary.Requests, byServer["canary"])
 	waitHook(t, h, "rolled_back")
+	if got := rolloutEvents(); got != "step rolled_back" {
+		t.Fatalf("events %q, want step, rolled_back", got)
+	}
 	for range 20 {
 		if got := proxyGet(t, site, 1, "/").Backend; got != "stable" {
 			t.Fatalf("rolled back, yet image 1's request went to %s", got)

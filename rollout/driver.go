@@ -110,19 +110,22 @@ type Driver struct {
 	wg      sync.WaitGroup // webhook calls
 
 	runs map[int64]*run // the loop's own: the rollouts followed
+	// announcing holds the images whose outcome is being announced (on
+	// mu): until the announcement ends, and then only if the record was
+	// not marked, no other starts.
+	announcing map[int64]bool
 }
 
 // run is what the driver knows of one rollout beyond its record: where the
 // step being judged started, and both sides' counts then.
 type run struct {
-	started    time.Time // the rollout's Started: which rollout of the image
-	step       int
-	state      registry.RolloutState
-	stepStart  time.Time
-	base       [2]registry.StepCounts // stable, canary
-	based      bool
-	waiting    bool // the step ended short of min_requests (logged once)
-	announcing bool // the outcome is being announced
+	started   time.Time // the rollout's Started: which rollout of the image
+	step      int
+	state     registry.RolloutState
+	stepStart time.Time
+	base      [2]registry.StepCounts // stable, canary
+	based     bool
+	waiting   bool // the step ended short of min_requests (logged once)
 }
 
 // New returns the driver of reg; it does nothing until Start.
@@ -133,6 +136,8 @@ func New(reg *registry.Registry) *Driver {
 		changed: map[int64]struct{}{},
 		wake:    make(chan struct{}, 1),
 		runs:    map[int64]*run{},
+
+		announcing: map[int64]bool{},
 	}
 	dialer := &net.Dialer{Timeout: webhookTimeout, Control: d.dialControl}
 	d.client = &http.Client{
@@ -293,8 +298,11 @@ func (d *Driver) step(ctx context.Context, cfg Config, id int64) {
 			delete(d.runs, id) // over, and told: nothing more to do
 			return
 		}
-		if !r.announcing {
-			r.announcing = true
+		d.mu.Lock()
+		busy := d.announcing[id]
+		d.announcing[id] = true
+		d.mu.Unlock()
+		if !busy {
 			d.announce(ctx, cfg, log, id, ro)
 		}
 		return
@@ -507,6 +515,9 @@ func (d *Driver) announce(ctx context.Context, cfg Config, log *zap.Logger, id i
 			d.callWebhook(ctx, log, ro.PromoteURL, out)
 		}
 		if ctx.Err() != nil {
+			d.mu.Lock()
+			delete(d.announcing, id)
+			d.mu.Unlock()
 			return // stopping: the next start announces it again
 		}
 		_, err := d.reg.ChangeRollout(id, func(cur *registry.Rollout) error {
@@ -520,6 +531,7 @@ func (d *Driver) announce(ctx context.Context, cfg Config, log *zap.Logger, id i
 			log.Warn("rollout: marking the outcome announced failed; it may be announced again", zap.Error(err))
 		}
 		d.mu.Lock()
+		delete(d.announcing, id) // not marked (the store failed): the next pass announces it again
 		d.changed[id] = struct{}{}
 		d.mu.Unlock()
 		d.poke()
