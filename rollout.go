@@ -17,12 +17,14 @@ import (
 func (a *App) startRollouts() {
 	events, ctx := a.events, a.ctx
 	d := a.holder.rollouts
-	d.Configure(rollout.Config{
+	cfg := rollout.Config{
 		Emit:   func(ev rollout.Event) { events.Emit(ctx, ev.Name, ev.Data) },
 		Logger: a.logger.Named("rollout"),
 		// a promote_url comes through the API: the health checks' rules
 		// (never this Caddy's listeners, allowed_upstreams) apply to it
 		DialControl: checkerDialControl,
-	})
+	}
+	a.holder.rolloutCluster.configure(&cfg, d) // in a cluster: one driver per rollout, every node's counts
+	d.Configure(cfg)
 	d.Start()
 }

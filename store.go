@@ -175,6 +175,10 @@ type registryHolder struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 
+	// rolloutCluster is the node's part of the rollouts in a cluster
+	// (rolloutcluster.go); nil without etcd.
+	rolloutCluster *rolloutCluster
+
 	usageStore registry.UsageStore
 	ledger     atomic.Pointer[registry.Ledger] // nil until the node's totals are loaded
 	usageCfg   usageConfig
@@ -353,6 +357,9 @@ func (a *App) openEtcd(ctx context.Context, h *registryHolder) error {
 	})
 	node := etcdstore.Node{ID: h.nodeID, Address: nodeAddress(), Version: moduleVersion}
 	h.goSafe(logger, "membership", func() { st.Join(ctx, node, reg.Revision) })
+	rc := newRolloutCluster(reg, st, h.nodeID, a.logger.Named("rollout"))
+	h.rolloutCluster = rc
+	h.goSafe(logger, "rollouts", func() { rc.run(ctx) })
 	return nil
 }
 

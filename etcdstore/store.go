@@ -12,6 +12,9 @@
 //	usage/..., usage-totals/{node_id}   the usage ledger (usage.go)
 //	ondemand/claims/{start|stop}/{image_id}  which node calls a webhook, leased (ondemand.go)
 //	ondemand/active/{image_id}  when any node last saw the image active (ondemand.go)
+//	leads/rollout/{image_id}  the node that drives the image's rollout, leased and kept alive (lead.go)
+//	rollout-counts/{image_id}/{node_id}  a node's counts of an image a rollout
+//	                     involves, leased: the step is judged on every node's (counts.go)
 //
 // A local Cache (the node's bbolt file) mirrors every state the store
 // reads, commits or watches, so a node can start, and keep serving, while
@@ -148,6 +151,8 @@ type Store struct {
 	detail   string
 	revision int64
 	leases   map[clientv3.LeaseID]struct{}
+	// countsLease holds this node's shared counts (counts.go); 0: none yet.
+	countsLease clientv3.LeaseID
 	// fenced is closed, and replaced, when the node's heartbeat finds
 	// that etcd's history is not the one it wrote to (members.go): each
 	// watch ends and re-lists, as after a rewind.

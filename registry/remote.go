@@ -251,6 +251,14 @@ func (r *Registry) Revision() int64 {
 	return r.revision
 }
 
+// RecordRevision returns the shared store's revision of the image's record
+// as this node has it (0: none known, or a store that is not shared).
+func (r *Registry) RecordRevision(imageID int64) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.revs[imageID]
+}
+
 // Records returns the stored form of every service, sorted by image_id.
 func (r *Registry) Records() []ServiceRecord {
 	svcs := r.Services()
