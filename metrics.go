@@ -262,16 +262,16 @@ func statusIndex(st registry.Status) int {
 func (c *collector) image(ch chan<- prometheus.Metric, s *registry.Service, id string) {
 	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
 	c.counters(ch, c.requests, c.failures, c.inFlight, c.duration, &s.State.Counters, id)
-	ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.RateLimited.Load()), id, "rate_limit")
-	ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.Shed.Load()), id, "max_in_flight")
-	ch <- prometheus.MustNewConstMetric(c.retriesDenied, counter, float64(s.State.RetriesDenied.Load()), id)
+	ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.Extra().RateLimited.Load()), id, "rate_limit")
+	ch <- prometheus.MustNewConstMetric(c.turnedAway, counter, float64(s.State.Extra().Shed.Load()), id, "max_in_flight")
+	ch <- prometheus.MustNewConstMetric(c.retriesDenied, counter, float64(s.State.Extra().RetriesDenied.Load()), id)
 	if s.Options.OnDemand != nil {
-		ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.State.Waiting.Load()), id)
+		ch <- prometheus.MustNewConstMetric(c.waiting, gauge, float64(s.State.Extra().Waiting.Load()), id)
 	}
-	if n := s.State.SplitRequests.Load(); n > 0 || len(s.Options.Split) > 0 {
+	if n := s.State.Extra().SplitRequests.Load(); n > 0 || len(s.Options.Split) > 0 {
 		ch <- prometheus.MustNewConstMetric(c.splitRequests, counter, float64(n), id)
 	}
-	if m := &s.State.Mirror; m.Requests.Load()+m.Dropped.Load()+m.TooLarge.Load() > 0 {
+	if m := &s.State.Extra().Mirror; m.Requests.Load()+m.Dropped.Load()+m.TooLarge.Load() > 0 {
 		for _, r := range []struct {
 			name string
 			n    int64
