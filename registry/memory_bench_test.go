@@ -88,3 +88,34 @@ func liveHeap() uint64 {
 	runtime.ReadMemStats(&ms)
 	return ms.HeapAlloc
 }
+
+// A container's dial value, handed to Caddy's replacer per request, is the
+// address without an allocation, and its host shares the address's bytes.
+func TestDialValue(t *testing.T) {
+	r := newTestRegistry(t, Options{})
+	svc := mustRegister(t, r, svcSpec(1,
+		ContainerSpec{ContainerID: "a", Host: "10.0.0.7", Port: 8080, Status: StatusHealthy, Weight: 1},
+		ContainerSpec{ContainerID: "b", Host: "::1", Port: 9090, Status: StatusHealthy, Weight: 1}))
+	for i, want := range []struct{ host, dial string }{{"10.0.0.7", "10.0.0.7:8080"}, {"::1", "[::1]:9090"}} {
+		c := svc.Containers[i]
+		s, ok := c.DialValue().(fmt.Stringer)
+		if !ok || s.String() != want.dial || c.DialAddr() != want.dial || c.Host != want.host {
+			t.Fatalf("container %s: DialValue %v (a Stringer: %v), DialAddr %q, Host %q; want %q and %q",
+				c.ContainerID, c.DialValue(), ok, c.DialAddr(), c.Host, want.dial, want.host)
+		}
+		if n := testing.AllocsPerRun(100, func() { sinkAny = c.DialValue() }); n != 0 {
+			t.Fatalf("DialValue allocates %.0f times", n)
+		}
+	}
+	if len(svc.Available()) != 2 || &svc.Available()[0] != &svc.Containers[0] {
+		t.Fatal("with every container available, Available is not the slice of all")
+	}
+	svc = mustRegister(t, r, svcSpec(1,
+		ContainerSpec{ContainerID: "a", Host: "10.0.0.7", Port: 8080, Status: StatusHealthy, Weight: 1},
+		ContainerSpec{ContainerID: "b", Host: "::1", Port: 9090, Status: StatusDraining, Weight: 1}))
+	if av := svc.Available(); len(av) != 1 || av[0] != svc.Containers[0] || len(svc.Containers) != 2 {
+		t.Fatalf("with one draining: Available %v", av)
+	}
+}
+
+var sinkAny any
