@@ -266,25 +266,25 @@ var families = func() []*family {
 			"by reason (rate_limit: 429, max_in_flight: 503).",
 			kind: counter, scope: imageScope, extra: "reason",
 			image: func(s sink, f *family, svc *registry.Service) {
-				s.sample(f, float64(svc.State.RateLimited.Load()), svc.ImageID, "", "rate_limit")
-				s.sample(f, float64(svc.State.Shed.Load()), svc.ImageID, "", "max_in_flight")
+				s.sample(f, float64(svc.State.Extra().RateLimited.Load()), svc.ImageID, "", "rate_limit")
+				s.sample(f, float64(svc.State.Extra().Shed.Load()), svc.ImageID, "", "max_in_flight")
 			}},
 		{name: "imagelb_retries_denied_total", help: "Retries the image's retry budget refused.",
 			kind: counter, scope: imageScope,
 			image: func(s sink, f *family, svc *registry.Service) {
-				s.sample(f, float64(svc.State.RetriesDenied.Load()), svc.ImageID, "", "")
+				s.sample(f, float64(svc.State.Extra().RetriesDenied.Load()), svc.ImageID, "", "")
 			}},
 		{name: "imagelb_requests_waiting", help: "Client requests held while an on_demand image starts.",
 			kind: gauge, scope: imageScope,
 			image: func(s sink, f *family, svc *registry.Service) {
 				if svc.Options.OnDemand != nil {
-					s.sample(f, float64(svc.State.Waiting.Load()), svc.ImageID, "", "")
+					s.sample(f, float64(svc.State.Extra().Waiting.Load()), svc.ImageID, "", "")
 				}
 			}},
 		{name: "imagelb_split_requests_total", help: "Requests of an image that its split sent to another image.",
 			kind: counter, scope: imageScope,
 			image: func(s sink, f *family, svc *registry.Service) {
-				if n := svc.State.SplitRequests.Load(); n > 0 || len(svc.Options.Split) > 0 {
+				if n := svc.State.Extra().SplitRequests.Load(); n > 0 || len(svc.Options.Split) > 0 {
 					s.sample(f, float64(n), svc.ImageID, "", "")
 				}
 			}},
@@ -292,7 +292,7 @@ var families = func() []*family {
 			"no answer or a 5xx, dropped: past max_in_flight or no container, too_large: body above max_body); apart from its real traffic.",
 			kind: counter, scope: imageScope, extra: "result",
 			image: func(s sink, f *family, svc *registry.Service) {
-				m := &svc.State.Mirror
+				m := &svc.State.Extra().Mirror
 				if m.Requests.Load()+m.Dropped.Load()+m.TooLarge.Load() == 0 {
 					return
 				}

@@ -154,11 +154,11 @@ func variedRegistry(t testing.TB) *registry.Registry {
 			c.Stats.Finish(code, code == 0 || code >= 500, time.Duration(id)*time.Second)
 			c.Stats.RecordCheck(i%2 == 0)
 		}
-		svc.State.RateLimited.Add(id)
+		svc.State.CountExtra().RateLimited.Add(id)
 		if id == 4 {
-			svc.State.SplitRequests.Add(7)
-			svc.State.Mirror.Requests.Add(3)
-			svc.State.Mirror.Failures.Add(1)
+			svc.State.CountExtra().SplitRequests.Add(7)
+			svc.State.CountExtra().Mirror.Requests.Add(3)
+			svc.State.CountExtra().Mirror.Failures.Add(1)
 			svc.State.InFlight.Add(2) // two requests still in flight
 		}
 	}

@@ -62,7 +62,7 @@ func (h *Handler) startMirror(r *http.Request, svc *registry.Service) *mirrorCop
 	if tgt == nil {
 		return nil // removed: the service shows a warning
 	}
-	mc := &tgt.State.Mirror
+	mc := &tgt.State.CountExtra().Mirror
 	if r.ContentLength > int64(m.MaxBody) {
 		mc.TooLarge.Add(1)
 		return nil

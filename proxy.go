@@ -569,8 +569,7 @@ func (q *request) finish(status int, failed bool, how outcome) {
 		q.endAttempt(status, how, now)
 	}
 	if q.last != nil {
-		q.last.Stats.BytesIn.Add(q.body.n.Load())
-		q.last.Stats.BytesOut.Add(q.bytesOut)
+		q.last.Stats.AddBytes(q.body.n.Load(), q.bytesOut)
 	}
 	q.service.State.Finish(status, failed, now.Sub(q.start))
 }

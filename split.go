@@ -35,7 +35,7 @@ func (h *Handler) routeSplit(w http.ResponseWriter, r *http.Request, svc *regist
 		if next == nil {
 			break
 		}
-		svc.State.SplitRequests.Add(1)
+		svc.State.CountExtra().SplitRequests.Add(1)
 		svc = next
 	}
 	return svc

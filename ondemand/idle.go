@@ -60,7 +60,7 @@ func (a *Activator) judge(ctx context.Context, now time.Time) {
 			continue
 		}
 		req := svc.State.Requests.Load()
-		busy := svc.State.InFlight.Load() > 0 || svc.State.Waiting.Load() > 0 || im.waiting > 0
+		busy := svc.State.InFlight.Load() > 0 || svc.State.Extra().Waiting.Load() > 0 || im.waiting > 0
 		if busy || (im.seen && req != im.lastReq) {
 			im.lastActive, im.stopped = now, false
 			if cluster != nil && now.Sub(im.marked) >= im.idle/4 {

@@ -291,13 +291,13 @@ func (a *Activator) Wait(ctx context.Context, svc *registry.Service) (*registry.
 		a.begin(id, svc.ImageName, im, arrived, cfg)
 	}
 	im.waiting++
-	svc.State.Waiting.Add(1)
+	svc.State.CountExtra().Waiting.Add(1)
 	a.mu.Unlock()
 	defer func() {
 		a.mu.Lock()
 		im.waiting--
 		a.mu.Unlock()
-		svc.State.Waiting.Add(-1)
+		svc.State.CountExtra().Waiting.Add(-1)
 	}()
 
 	timer := time.NewTimer(cfg.StartTimeout)

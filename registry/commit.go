@@ -182,8 +182,11 @@ func (r *Registry) commitQueued() {
 			// commit then would show an older version than the node showed,
 			// and bring back a removed image for good.
 			newer[ch.ImageID] = true
-		case ch.Record == nil && !shared:
-			delete(r.revs, ch.ImageID) // no watch: no older event to refuse
+		case !shared:
+			// no watch: no older event to refuse, and a store of one
+			// process compares no revision (Change.Expect), so none is
+			// kept: 100,000 images held a map entry each for nothing
+			delete(r.revs, ch.ImageID)
 		default:
 			r.revs[ch.ImageID] = rev // for a removal: a tombstone (applyRemote)
 			if ch.Record == nil {
@@ -370,7 +373,7 @@ func (r *Registry) applyNow(change func(snap *snapshot) (*snapshot, error)) erro
 // orchestrator pushed, not this node's health verdicts.
 func (s *Service) record() ServiceRecord {
 	rec := ServiceRecord{ImageID: s.ImageID, ImageName: s.ImageName, Algorithm: s.Algorithm,
-		ExternalPort: s.ExternalPort, Static: s.Static, Updated: s.Updated,
+		ExternalPort: s.ExternalPort, Static: s.Static, Updated: s.Updated(),
 		Containers: make([]ContainerRecord, len(s.Containers)), ServiceOptions: s.Options, Rollout: s.Rollout}
 	for i, c := range s.Containers {
 		rec.Containers[i] = ContainerRecord(c.ContainerSpec)

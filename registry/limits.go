@@ -19,7 +19,7 @@ func (s *Service) TryBegin() bool {
 	if max := int64(s.Options.MaxInFlight); max > 0 {
 		if st.InFlight.Add(1) > max {
 			st.InFlight.Add(-1)
-			st.Shed.Add(1)
+			st.CountExtra().Shed.Add(1)
 			st.Refuse(503, true)
 			return false
 		}
@@ -36,11 +36,11 @@ const retryTokenCap = 10
 // DepositRetry adds a request's share of the retry budget.
 func (s *Service) DepositRetry() {
 	if b := s.Options.RetryBudget; b > 0 {
-		st := s.State
+		ex := s.State.CountExtra()
 		for {
-			d := st.retryDeficit.Load()
+			d := ex.retryDeficit.Load()
 			next := max(d-max(int64(math.Round(b*1000)), 1), 0)
-			if next == d || st.retryDeficit.CompareAndSwap(d, next) {
+			if next == d || ex.retryDeficit.CompareAndSwap(d, next) {
 				return
 			}
 		}
@@ -56,14 +56,14 @@ func (s *Service) AllowRetry() bool {
 	if s.Options.RetryBudget <= 0 {
 		return true
 	}
-	st := s.State
+	ex := s.State.CountExtra()
 	for {
-		d := st.retryDeficit.Load()
+		d := ex.retryDeficit.Load()
 		if d+1000 > retryTokenCap*1000 {
-			st.RetriesDenied.Add(1)
+			ex.RetriesDenied.Add(1)
 			return false
 		}
-		if st.retryDeficit.CompareAndSwap(d, d+1000) {
+		if ex.retryDeficit.CompareAndSwap(d, d+1000) {
 			return true
 		}
 	}
@@ -113,7 +113,7 @@ func (s *Service) AllowRate(client string, at time.Time) (bool, time.Duration) {
 	if lim.AllowN(at, 1) {
 		return true, 0
 	}
-	st.RateLimited.Add(1)
+	st.CountExtra().RateLimited.Add(1)
 	missing := 1 - lim.TokensAt(at)
 	return false, time.Duration(missing / float64(lim.Limit()) * float64(time.Second))
 }

@@ -26,7 +26,7 @@ func TestRetryBudget(t *testing.T) {
 	if lo, hi := int(0.2*requests)-1, int(0.2*requests)+retryTokenCap; allowed < lo || allowed > hi {
 		t.Fatalf("%d retries allowed over %d requests, want %d-%d", allowed, requests, lo, hi)
 	}
-	if got := svc.State.RetriesDenied.Load(); got != int64(denied) || denied == 0 {
+	if got := svc.State.Extra().RetriesDenied.Load(); got != int64(denied) || denied == 0 {
 		t.Fatalf("RetriesDenied = %d, want %d (> 0)", got, denied)
 	}
 
@@ -52,7 +52,7 @@ func TestRetryBudget(t *testing.T) {
 			t.Fatal("retry denied without a budget")
 		}
 	}
-	if got := free.State.RetriesDenied.Load(); got != 0 {
+	if got := free.State.Extra().RetriesDenied.Load(); got != 0 {
 		t.Fatalf("RetriesDenied = %d without a budget", got)
 	}
 }
@@ -88,7 +88,7 @@ func TestRateLimit(t *testing.T) {
 		if ok, _ := svc.AllowRate("1.2.3.4", t0.Add(100*time.Millisecond)); !ok {
 			t.Fatal("denied 100ms later")
 		}
-		if got := svc.State.RateLimited.Load(); got != 2 {
+		if got := svc.State.Extra().RateLimited.Load(); got != 2 {
 			t.Fatalf("RateLimited = %d, want 2", got)
 		}
 	})
@@ -109,7 +109,7 @@ func TestRateLimit(t *testing.T) {
 		if allowed < 103 || allowed > 107 {
 			t.Fatalf("%d allowed over 10s, want 5 + 100 ± 2", allowed)
 		}
-		if got := svc.State.RateLimited.Load(); got != int64(denied) {
+		if got := svc.State.Extra().RateLimited.Load(); got != int64(denied) {
 			t.Fatalf("RateLimited = %d, want %d", got, denied)
 		}
 	})
@@ -127,7 +127,7 @@ func TestRateLimit(t *testing.T) {
 				t.Fatalf("%s: 6th request allowed", client)
 			}
 		}
-		if got := svc.State.RateLimited.Load(); got != 2 {
+		if got := svc.State.Extra().RateLimited.Load(); got != 2 {
 			t.Fatalf("RateLimited = %d, want 2", got)
 		}
 	})
@@ -185,10 +185,10 @@ func TestTryBegin(t *testing.T) {
 	if svc.TryBegin() {
 		t.Fatal("a third request in flight was admitted with max_in_flight 2")
 	}
-	if st.Shed.Load() != 1 || st.Failures.Load() != 1 || st.Traffic().Classes[5].Load() != 1 ||
+	if st.Extra().Shed.Load() != 1 || st.Failures.Load() != 1 || st.Traffic().Classes[5].Load() != 1 ||
 		st.Requests.Load() != 3 || st.InFlight.Load() != 2 {
 		t.Fatalf("shed %d failures %d 5xx %d requests %d in flight %d; want 1 1 1 3 2",
-			st.Shed.Load(), st.Failures.Load(), st.Traffic().Classes[5].Load(), st.Requests.Load(), st.InFlight.Load())
+			st.Extra().Shed.Load(), st.Failures.Load(), st.Traffic().Classes[5].Load(), st.Requests.Load(), st.InFlight.Load())
 	}
 	st.Finish(200, false, time.Millisecond)
 	if !svc.TryBegin() {
@@ -197,8 +197,8 @@ func TestTryBegin(t *testing.T) {
 	if svc.TryBegin() {
 		t.Fatal("admitted over the cap again")
 	}
-	if st.Shed.Load() != 2 {
-		t.Fatalf("Shed = %d, want 2", st.Shed.Load())
+	if st.Extra().Shed.Load() != 2 {
+		t.Fatalf("Shed = %d, want 2", st.Extra().Shed.Load())
 	}
 
 	t.Run("concurrent", func(t *testing.T) {
@@ -214,8 +214,8 @@ func TestTryBegin(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if admitted.Load() != 5 || svc.State.Shed.Load() != 27 || svc.State.InFlight.Load() != 5 {
-			t.Fatalf("admitted %d shed %d in flight %d, want 5 27 5", admitted.Load(), svc.State.Shed.Load(), svc.State.InFlight.Load())
+		if admitted.Load() != 5 || svc.State.Extra().Shed.Load() != 27 || svc.State.InFlight.Load() != 5 {
+			t.Fatalf("admitted %d shed %d in flight %d, want 5 27 5", admitted.Load(), svc.State.Extra().Shed.Load(), svc.State.InFlight.Load())
 		}
 	})
 
@@ -227,8 +227,8 @@ func TestTryBegin(t *testing.T) {
 				t.Fatal("shed without max_in_flight")
 			}
 		}
-		if svc.State.InFlight.Load() != 100 || svc.State.Shed.Load() != 0 {
-			t.Fatalf("in flight %d shed %d", svc.State.InFlight.Load(), svc.State.Shed.Load())
+		if svc.State.InFlight.Load() != 100 || svc.State.Extra().Shed.Load() != 0 {
+			t.Fatalf("in flight %d shed %d", svc.State.InFlight.Load(), svc.State.Extra().Shed.Load())
 		}
 	})
 }

@@ -154,17 +154,25 @@ type Container struct {
 	// the pushed status.
 	ContainerSpec
 	pushed statusCode // the status the orchestrator pushed: what is stored and shared
-	dialV  any        // the "host:port" string, boxed once: handed to code that takes an any per request
+	dial   string     // the "host:port" network address; Host is its own bytes (newContainer)
 	key    uint64     // hash of the container_id, for rendezvous hashing
 	Stats  *ContainerStats
 }
 
 // DialAddr returns the container's "host:port" network address.
-func (c *Container) DialAddr() string { return c.dialV.(string) }
+func (c *Container) DialAddr() string { return c.dial }
 
-// DialValue is DialAddr as an interface value, made once per version, so
-// that storing it (in Caddy's replacer, per request) allocates nothing.
-func (c *Container) DialValue() any { return c.dialV }
+// DialValue is DialAddr as an interface value, for code that takes an any
+// per request (Caddy's replacer): a pointer, so making it allocates
+// nothing, whose String is the address (caddy.ToString calls it). A string
+// boxed once per version did the same for 16 more bytes per container.
+func (c *Container) DialValue() any { return (*dialValue)(c) }
+
+// dialValue is a container seen as its network address.
+type dialValue Container
+
+// String returns the container's "host:port" network address.
+func (d *dialValue) String() string { return d.dial }
 
 // Available reports whether the container may receive new requests.
 func (c *Container) Available() bool {
@@ -179,17 +187,25 @@ type Service struct {
 	Algorithm    Algorithm
 	ExternalPort int
 	Static       bool
-	learns       bool      // the strategy learns from outcomes (an observer)
-	Updated      time.Time // when this version was made: the last change to the service
+	learns       bool  // the strategy learns from outcomes (an observer)
+	updated      int64 // unix nanoseconds of when this version was made: the last change to the service (Updated)
 	Options      ServiceOptions
 	Containers   []*Container // in registration order
 	available    []*Container // the containers that may take new requests
 	strategy     strategy     // the algorithm, built once per version (strategy.go)
-	splitWeights []int64      // the split's shares in the rotation's units (split.go); nil: none
+	splitWeights *[]int64     // the split's shares in the rotation's units (split.go); nil: none
 	// Rollout is the image's canary rollout (rollout.go); nil: none. It
 	// drives Options.Split while it is active.
 	Rollout *Rollout
 	State   *ServiceState
+}
+
+// Updated is when this version was made: the last change to the service.
+func (s *Service) Updated() time.Time {
+	if s.updated == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, s.updated).UTC()
 }
 
 // Available returns the containers that may take new requests, in
@@ -225,26 +241,43 @@ func newService(spec ServiceSpec, containers []*Container, state *ServiceState) 
 		Algorithm:    spec.Algorithm,
 		ExternalPort: spec.ExternalPort,
 		Static:       spec.Static,
-		Updated:      spec.Updated,
 		Options:      spec.Options,
 		Containers:   containers,
 		Rollout:      spec.Rollout,
 		State:        state,
 	}
-	if s.Updated.IsZero() {
-		s.Updated = now().UTC() // no monotonic reading: it is stored
+	if spec.Updated.IsZero() {
+		s.updated = now().UnixNano()
+	} else {
+		s.updated = spec.Updated.UnixNano()
 	}
+	n := 0
 	for _, c := range containers {
 		if c.Available() {
-			s.available = append(s.available, c)
+			n++
 		}
+	}
+	switch {
+	case n > 0 && n == len(containers):
+		s.available = containers // the common case: one slice for both; neither is ever modified
+	case n > 0:
+		s.available = make([]*Container, 0, n)
+		for _, c := range containers {
+			if c.Available() {
+				s.available = append(s.available, c)
+			}
+		}
+	}
+	for _, c := range containers {
 		if spec.Options.Outlier == nil && c.Stats.Ejected() {
 			c.Stats.circuit.Load().state.Store(circuitClosed) // ejection was turned off
 		}
 	}
 	s.strategy = newStrategy(s)
 	_, s.learns = s.strategy.(observer)
-	s.splitWeights = splitWeights(spec.Options.Split)
+	if w := splitWeights(spec.Options.Split); w != nil {
+		s.splitWeights = &w
+	}
 	return s
 }
 
@@ -262,7 +295,13 @@ func newContainer(spec ContainerSpec, stats *ContainerStats) *Container {
 	if stats == nil {
 		stats = new(ContainerStats)
 	}
-	return &Container{ContainerSpec: spec, pushed: codeOf(spec.Status), dialV: spec.Dial(), key: hashString(spec.ContainerID), Stats: stats}
+	dial := spec.Dial()
+	// The host is the address's own bytes: one string for both, not
+	// another copy per container of the host the registration decoded.
+	if i := strings.Index(dial, spec.Host); spec.Host != "" && i >= 0 {
+		spec.Host = dial[i : i+len(spec.Host)]
+	}
+	return &Container{ContainerSpec: spec, pushed: codeOf(spec.Status), dial: dial, key: hashString(spec.ContainerID), Stats: stats}
 }
 
 // now is the registry's clock: every reading of the time in the package

@@ -461,7 +461,7 @@ func retiredAddrs(old, svc *Service) uint64 {
 			n++
 			continue
 		}
-		if i < len(svc.Containers) && svc.Containers[i].dialV == c.dialV {
+		if i < len(svc.Containers) && svc.Containers[i].dial == c.dial {
 			continue // the common case: same containers in the same order
 		}
 		if kept == nil {
@@ -635,7 +635,7 @@ func (r *Registry) patch(verdict, push bool, imageID int64, containerID string, 
 		markHealthy(c, prev, true)
 		svc := old.withContainers(cs)
 		if verdict {
-			svc.Updated = old.Updated // a verdict is not a change to what is registered
+			svc.updated = old.updated // a verdict is not a change to what is registered
 		}
 		return snap.replace(old, svc), nil
 	})

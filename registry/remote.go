@@ -222,13 +222,21 @@ func (r *Registry) Restore(loaded *Loaded) (dropped []string, err error) {
 	defer r.mu.Unlock()
 	next := emptySnapshot()
 	next.retired = r.snap.Load().retired // it only grows
-	revs := make(map[int64]int64, len(loaded.Records))
+	n := 0                               // records with a revision: a shared store's; the local one has none
+	for _, rec := range loaded.Records {
+		if rec.Revision != 0 {
+			n++
+		}
+	}
+	revs := make(map[int64]int64, n)
 	for i, spec := range specs {
 		var err error
 		if next, _, err = r.register(next, spec); err != nil {
 			return nil, fmt.Errorf("service %d: %v", spec.ImageID, err)
 		}
-		revs[spec.ImageID] = loaded.Records[i].Revision
+		if rev := loaded.Records[i].Revision; rev != 0 {
+			revs[spec.ImageID] = rev // a missing one reads 0 all the same
+		}
 	}
 	next.version = r.head.version + 1
 	r.revs, r.tombs, r.revision = revs, map[int64]struct{}{}, loaded.Revision

@@ -331,10 +331,10 @@ type splitRotation struct {
 // the image left to choose from takes no turn. It allocates nothing once
 // the rotation has started.
 func (s *Service) SplitTurn(skip uint32) int {
-	w := s.splitWeights
-	if len(w) == 0 {
+	if s.splitWeights == nil {
 		return -1
 	}
+	w := *s.splitWeights
 	rot := s.State.split.Load()
 	if rot == nil {
 		rot = loadOrStore(&s.State.split)

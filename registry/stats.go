@@ -35,6 +35,10 @@ type Traffic struct {
 	// Latency is the distribution of every finished duration since the
 	// start (the Prometheus histogram).
 	Latency Histogram
+	// BytesIn and BytesOut, a container's only, count the body bytes of
+	// the requests whose last attempt it served: from the client, and to
+	// it (ContainerStats.AddBytes).
+	BytesIn, BytesOut atomic.Int64
 }
 
 // noTraffic is what Traffic returns before anything finished: zeros, never
@@ -132,6 +136,21 @@ type ServiceState struct {
 	strategies strategyStates // what the balancing strategies keep across versions (strategy.go)
 	ejecting   sync.Mutex     // makes "under the cap? then eject" one step
 
+	// extra counts what the image's options turn away, hold or send
+	// elsewhere; allocated by the first count (Extra).
+	extra atomic.Pointer[ExtraCounters]
+
+	limits   atomic.Pointer[limits]        // rate limiter, made on first use
+	split    atomic.Pointer[splitRotation] // the split's rotation (split.go), made by its first turn
+	rotation rotation                      // round robin's turn, kept here rather than made per image (rr.go)
+	reg      *Registry                     // the registry the service is in, for the warning about other images (split.go); nil in tests
+}
+
+// ExtraCounters count what a service's options did: only an image with a
+// rate limit, max_in_flight, a retry budget, start on demand, a split or
+// that another image mirrors to counts anything here, so they are allocated
+// by the first count and every other registered image reads zeros.
+type ExtraCounters struct {
 	// RateLimited, Shed and RetriesDenied count requests answered 429 by
 	// the rate limit, answered 503 by max_in_flight, and retries refused
 	// by the retry budget.
@@ -139,27 +158,40 @@ type ServiceState struct {
 	// Waiting is the number of requests held while the image starts on
 	// demand.
 	Waiting atomic.Int64
-
 	// SplitRequests counts the requests of this image that its split sent
 	// to another image (counted there, as the image that served them).
 	SplitRequests atomic.Int64
 	// Mirror counts the copies other images' mirrors sent this one.
 	Mirror MirrorCounters
 
-	retryDeficit atomic.Int64                  // retry budget: milli-tokens below the cap
-	limits       atomic.Pointer[limits]        // rate limiter, made on first use
-	split        atomic.Pointer[splitRotation] // the split's rotation (split.go), made by its first turn
-	rotation     rotation                      // round robin's turn, kept here rather than made per image (rr.go)
-	reg          *Registry                     // the registry the service is in, for the warning about other images (split.go); nil in tests
+	retryDeficit atomic.Int64 // retry budget: milli-tokens below the cap
+}
+
+// noExtra is what Extra returns before anything was counted: zeros, never
+// written to.
+var noExtra ExtraCounters
+
+// Extra returns the options' counters, for reading only: before the first
+// count, a shared zero value.
+func (s *ServiceState) Extra() *ExtraCounters {
+	if e := s.extra.Load(); e != nil {
+		return e
+	}
+	return &noExtra
+}
+
+// CountExtra returns the options' counters for counting, allocating them
+// the first time.
+func (s *ServiceState) CountExtra() *ExtraCounters {
+	if e := s.extra.Load(); e != nil {
+		return e
+	}
+	return loadOrStore(&s.extra)
 }
 
 // ContainerStats is the runtime state of a container shared by all its versions.
 type ContainerStats struct {
 	Counters
-	// BytesIn and BytesOut count the body bytes of the requests whose last
-	// attempt this container served: from the client, and to it.
-	BytesIn, BytesOut atomic.Int64
-
 	// consecutive results of active health checks
 	passes, fails atomic.Int32
 	// ChecksPassed and ChecksFailed count active health checks by result.
@@ -178,6 +210,20 @@ type ContainerStats struct {
 	lastHealthError string
 	passiveStart    int64 // unix nanoseconds: start of the current passive failure window
 	passiveFails    int   // failures counted in it
+}
+
+// AddBytes counts the body bytes of a request whose last attempt the
+// container served: in from the client, out to it.
+func (c *ContainerStats) AddBytes(in, out int64) {
+	if in == 0 && out == 0 {
+		return
+	}
+	t := c.traffic.Load()
+	if t == nil {
+		t = loadOrStore(&c.traffic) // the attempt finished first: not reached in practice
+	}
+	t.BytesIn.Add(in)
+	t.BytesOut.Add(out)
 }
 
 // RecordCheck counts the result of an active health check and returns the

@@ -79,11 +79,11 @@ type TrafficCounters struct {
 
 func trafficCounters(st *ServiceState) TrafficCounters {
 	return TrafficCounters{
-		SplitRequests:    st.SplitRequests.Load(),
-		MirroredRequests: st.Mirror.Requests.Load(),
-		MirrorFailures:   st.Mirror.Failures.Load(),
-		MirrorDropped:    st.Mirror.Dropped.Load(),
-		MirrorTooLarge:   st.Mirror.TooLarge.Load(),
+		SplitRequests:    st.Extra().SplitRequests.Load(),
+		MirroredRequests: st.Extra().Mirror.Requests.Load(),
+		MirrorFailures:   st.Extra().Mirror.Failures.Load(),
+		MirrorDropped:    st.Extra().Mirror.Dropped.Load(),
+		MirrorTooLarge:   st.Extra().Mirror.TooLarge.Load(),
 	}
 }
 
@@ -129,7 +129,7 @@ func (s *Service) View() ServiceView {
 		FailedRequests:    s.State.Failures.Load() + s.State.Usage.Base().FailedRequests,
 		ActiveConnections: s.State.InFlight.Load(),
 		Static:            s.Static,
-		Waiting:           s.State.Waiting.Load(),
+		Waiting:           s.State.Extra().Waiting.Load(),
 		Warning:           s.Warning(),
 		TrafficCounters:   trafficCounters(s.State),
 		ServiceOptions:    s.Options,
@@ -138,8 +138,8 @@ func (s *Service) View() ServiceView {
 		v.Rollout = &RolloutSummary{CanaryImageID: ro.CanaryImageID, State: ro.State, Step: ro.Step, Steps: len(ro.Steps), Percent: ro.Percent}
 	}
 	_, v.RequestsPerSecond = recentOf(&s.State.Counters)
-	if !s.Updated.IsZero() {
-		u := s.Updated.UTC().Format(time.RFC3339Nano)
+	if s.updated != 0 {
+		u := s.Updated().Format(time.RFC3339Nano)
 		v.LastUpdated = &u
 	}
 	if s.ExternalPort != 0 {
@@ -254,9 +254,9 @@ func (r *Registry) StatsParts(services []*Service) (StatsView, []ServiceStatsVie
 			BytesOut:            total.BytesOut,
 			ActiveConnections:   s.State.InFlight.Load(),
 			HealthyContainers:   s.HealthyCount(),
-			RateLimitedRequests: s.State.RateLimited.Load(),
-			ShedRequests:        s.State.Shed.Load(),
-			RetriesDenied:       s.State.RetriesDenied.Load(),
+			RateLimitedRequests: s.State.Extra().RateLimited.Load(),
+			ShedRequests:        s.State.Extra().Shed.Load(),
+			RetriesDenied:       s.State.Extra().RetriesDenied.Load(),
 			TrafficCounters:     trafficCounters(s.State),
 		}
 		sv.LatencyMS, sv.RequestsPerSecond = recentOf(&s.State.Counters)
@@ -281,8 +281,8 @@ func (s *Service) ContainerStats() []ContainerStatsView {
 			ActiveConnections: c.Stats.InFlight.Load(),
 			Ejected:           c.Stats.Ejected(),
 			Ejections:         c.Stats.Ejections(),
-			BytesIn:           c.Stats.BytesIn.Load(),
-			BytesOut:          c.Stats.BytesOut.Load(),
+			BytesIn:           c.Stats.Traffic().BytesIn.Load(),
+			BytesOut:          c.Stats.Traffic().BytesOut.Load(),
 		}
 		cv.LatencyMS, cv.RequestsPerSecond = recentOf(&c.Stats.Counters)
 		out[i] = cv
