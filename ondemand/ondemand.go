@@ -25,7 +25,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,16 +75,7 @@ func (c Config) WithDefaults() Config {
 // CheckURL reports what is wrong with a webhook URL ("" nothing): it must
 // be an absolute http or https URL; "{image_id}" may appear in it.
 func CheckURL(raw string) string {
-	u, err := url.Parse(expand(raw, 1))
-	switch {
-	case err != nil:
-		return fmt.Sprintf("%q is not a URL (%v): use an absolute http:// or https:// URL", raw, err)
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Sprintf("%q: use an http:// or https:// URL", raw)
-	case u.Host == "":
-		return fmt.Sprintf("%q has no host", raw)
-	}
-	return ""
+	return registry.CheckWebhookURLAs(expand(raw, 1), raw)
 }
 
 func expand(raw string, id int64) string {

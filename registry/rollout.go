@@ -237,18 +237,23 @@ func (ro *Rollout) Check() []FieldError {
 
 // CheckWebhookURL reports what is wrong with a webhook URL ("" nothing):
 // an absolute http or https URL with a host.
-func CheckWebhookURL(raw string) string {
+func CheckWebhookURL(raw string) string { return CheckWebhookURLAs(raw, raw) }
+
+// CheckWebhookURLAs is CheckWebhookURL for the URL raw, naming it as shown
+// in its messages: what the user wrote, when raw is that with its
+// placeholders filled in (on demand's "{image_id}").
+func CheckWebhookURLAs(raw, shown string) string {
 	if len(raw) > MaxWebhookURLLength {
 		return fmt.Sprintf("is %d characters long; at most %d", len(raw), MaxWebhookURLLength)
 	}
 	u, err := url.Parse(raw)
 	switch {
 	case err != nil:
-		return fmt.Sprintf("%q is not a URL (%v): use an absolute http:// or https:// URL", raw, err)
+		return fmt.Sprintf("%q is not a URL (%v): use an absolute http:// or https:// URL", shown, err)
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Sprintf("%q: use an http:// or https:// URL", raw)
+		return fmt.Sprintf("%q: use an http:// or https:// URL", shown)
 	case u.Host == "":
-		return fmt.Sprintf("%q has no host", raw)
+		return fmt.Sprintf("%q has no host", shown)
 	}
 	return ""
 }
