@@ -966,3 +966,34 @@ func TestRegisterThenDeleteInOneBatch(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteOnALaggingNode: a node whose watch has not yet delivered
+// another node's changes gets writes of the images they made. Reads from
+// it may lag, but a write's 404 says the image or container is not
+// registered, and an orchestrator takes it as done ("already gone"): it
+// must be true in etcd, not only in the node's late view. So the PATCH
+// and the DELETE are made on the record etcd holds; only a DELETE of an
+// image etcd has not either answers 404.
+func TestWriteOnALaggingNode(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, lag := startNode(t, c.Endpoints()), startGatedNode(t, c.Endpoints())
+	lag.pauseWatch()
+	register(t, a.reg, 1, "c0", "c1")
+	register(t, a.reg, 2, "x")
+	five := 5
+	if _, err := lag.reg.PatchContainer(1, "c1", registry.ContainerPatch{Weight: &five}); err != nil {
+		t.Errorf("PATCH of container c1 of image 1 (registered on another node) on the lagging node: %v, want it applied", err)
+	}
+	if _, err := lag.reg.Remove(2); err != nil {
+		t.Errorf("DELETE of image 2 (registered on another node) on the lagging node: %v, want it applied", err)
+	}
+	if _, err := lag.reg.Remove(3); registry.KindOf(err) != registry.KindNotFound {
+		t.Errorf("DELETE of image 3, which etcd has not either: %v, want a 404", err)
+	}
+	lag.resumeWatch()
+	converged(t, c, 2, nil, a.reg, lag.reg)
+	converged(t, c, 1, []string{"c0", "c1"}, a.reg, lag.reg)
+	if w := a.reg.Lookup(1).Container("c1").Weight; w != 5 {
+		t.Errorf("c1's weight on the other node: %d, want 5 (the lagging node's PATCH)", w)
+	}
+}

@@ -118,3 +118,29 @@ func (s *Store) decode(kv *mvccpb.KeyValue) (int64, *registry.ServiceRecord, err
 func (s *Store) recordKey(id int64) string { return s.prefix + registry.RecordKey(id) }
 
 func (s *Store) portKey(port int) string { return s.prefix + portsDir + strconv.Itoa(port) }
+
+var _ registry.RecordReader = (*Store)(nil)
+
+// Current implements registry.RecordReader: the image's record as etcd
+// holds it now (a linearizable read).
+func (s *Store) Current(ctx context.Context, imageID int64) (registry.Remote, error) {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	cli, err := s.client(rctx)
+	if err != nil {
+		return registry.Remote{}, err
+	}
+	resp, err := cli.Get(rctx, s.recordKey(imageID))
+	if err != nil {
+		return registry.Remote{}, s.requestError("read an image's record from", err)
+	}
+	cur := registry.Remote{ImageID: imageID, Revision: resp.Header.Revision}
+	if len(resp.Kvs) > 0 {
+		_, rec, err := s.decode(resp.Kvs[0])
+		if err != nil {
+			return registry.Remote{}, err
+		}
+		cur.Record, cur.Revision = rec, resp.Kvs[0].ModRevision
+	}
+	return cur, nil
+}

@@ -61,7 +61,13 @@ func (r *Registry) durable(change func(snap *snapshot) (*snapshot, error)) error
 	defer r.mu.Unlock()
 	p := &pending{change: change}
 	if !r.make(p) {
-		return p.err
+		if !r.caughtUp(p.err) {
+			return p.err
+		}
+		p = &pending{change: change} // made again on the store's newer version
+		if !r.make(p) {
+			return p.err
+		}
 	}
 	r.queue = append(r.queue, p)
 	for !p.done {
@@ -96,6 +102,33 @@ func (r *Registry) make(p *pending) bool {
 	}
 	r.made[p.id] = p
 	r.head = next
+	return true
+}
+
+// caughtUp is called, with r.mu held, when a change found its image or
+// one of its containers missing (err): with a shared store it reads the
+// image's record from the store, applies it when this node's view of the
+// image is older, and reports whether it did, so that the change is made
+// again on it instead of answering 404 from a view the watch has not
+// brought up to date yet. When the store cannot be read, the 404 stands.
+func (r *Registry) caughtUp(err error) bool {
+	var e *Error
+	rr, shared := r.store.(RecordReader)
+	if !shared || !errors.As(err, &e) || e.missing == 0 {
+		return false
+	}
+	id, known := e.missing, r.revs[e.missing]
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	cur, rerr := rr.Current(ctx, id)
+	cancel()
+	r.mu.Lock()
+	if rerr != nil || cur.Record == nil || cur.Revision <= known || cur.Revision <= r.revs[id] {
+		return false
+	}
+	if _, stale := r.applyRemote(RemoteEvent{Records: []Remote{cur}}); stale {
+		r.remake(r.queue)
+	}
 	return true
 }
 

@@ -39,6 +39,9 @@ type Error struct {
 	Kind   Kind
 	Detail string
 	Fields []FieldError
+	// missing is the image a 404 found missing, or one of whose
+	// containers it found missing (0: another error).
+	missing int64
 }
 
 func (e *Error) Error() string {

@@ -89,6 +89,16 @@ type RemoteEvent struct {
 	Rewound  bool
 }
 
+// RecordReader is implemented by shared stores: Current reads the image's
+// record as the store holds it now (a linearizable read; Record nil and
+// the read's revision when there is none). A node's view may lag behind
+// the store, so a write that finds the image, or its container, missing
+// asks the store before it answers 404: an orchestrator takes a 404 to a
+// DELETE as "already gone".
+type RecordReader interface {
+	Current(ctx context.Context, imageID int64) (Remote, error)
+}
+
 // Watcher is implemented by stores that several nodes share: Watch
 // delivers every change after revision to apply, in order, until ctx is
 // done. It re-lists and delivers a Reset event when it cannot resume.

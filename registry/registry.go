@@ -728,11 +728,15 @@ func (r *Registry) ApplyStatic(specs []ServiceSpec) error {
 }
 
 func unknownImage(id int64) *Error {
-	return notFound("image_id %d is not registered", id)
+	e := notFound("image_id %d is not registered", id)
+	e.missing = id
+	return e
 }
 
 func unknownContainer(imageID int64, containerID string) *Error {
-	return notFound("container %q is not registered for image_id %d", containerID, imageID)
+	e := notFound("container %q is not registered for image_id %d", containerID, imageID)
+	e.missing = imageID
+	return e
 }
 
 func cmpInt64(a, b int64) int {
