@@ -60,14 +60,11 @@ func (r *Registry) durable(change func(snap *snapshot) (*snapshot, error)) error
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p := &pending{change: change}
-	if !r.make(p) {
-		if !r.caughtUp(p.err) {
+	for tries := 0; !r.make(p); tries++ {
+		if tries == maxSettles || !r.settle(p.err) {
 			return p.err
 		}
-		p = &pending{change: change} // made again on the store's newer version
-		if !r.make(p) {
-			return p.err
-		}
+		p = &pending{change: change} // made again on what settle waited for
 	}
 	r.queue = append(r.queue, p)
 	for !p.done {
@@ -105,19 +102,39 @@ func (r *Registry) make(p *pending) bool {
 	return true
 }
 
-// caughtUp is called, with r.mu held, when a change found its image or
-// one of its containers missing (err): with a shared store it reads the
-// image's record from the store, applies it when this node's view of the
-// image is older, and reports whether it did, so that the change is made
-// again on it instead of answering 404 from a view the watch has not
-// brought up to date yet. When the store cannot be read, the 404 stands.
-func (r *Registry) caughtUp(err error) bool {
+// maxSettles bounds how often a change that found its image or container
+// missing is made again after settle.
+const maxSettles = 3
+
+// settle is called, with r.mu held, when a change found its image or one
+// of its containers missing (err). With a shared store a 404 must be
+// etcd's answer, not this node's guess, so it reports whether the change
+// should be made again: after the changes of the image this node has not
+// committed yet are settled (the 404 was made on them), or after the
+// image's record, read from the store, was newer than this node's view and
+// applied (the watch had not brought it yet). When the store cannot be
+// read, the 404 stands.
+func (r *Registry) settle(err error) bool {
 	var e *Error
 	rr, shared := r.store.(RecordReader)
 	if !shared || !errors.As(err, &e) || e.missing == 0 {
 		return false
 	}
-	id, known := e.missing, r.revs[e.missing]
+	id := e.missing
+	if last := r.made[id]; last != nil {
+		for !last.done {
+			if r.committing {
+				r.cond.Wait()
+				continue
+			}
+			r.committing = true
+			r.commitQueued()
+			r.committing = false
+			r.cond.Broadcast()
+		}
+		return true
+	}
+	known := r.revs[id]
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	cur, rerr := rr.Current(ctx, id)
