@@ -67,6 +67,14 @@ func (r *Registry) durable(change func(snap *snapshot) (*snapshot, error)) error
 		p = &pending{change: change} // made again on what settle waited for
 	}
 	r.queue = append(r.queue, p)
+	r.settled(p)
+	return p.err
+}
+
+// settled returns, with r.mu held, once p is committed or refused: it
+// waits while another writer commits, and commits the queue itself when
+// none does.
+func (r *Registry) settled(p *pending) {
 	for !p.done {
 		if r.committing {
 			r.cond.Wait()
@@ -77,7 +85,6 @@ func (r *Registry) durable(change func(snap *snapshot) (*snapshot, error)) error
 		r.committing = false
 		r.cond.Broadcast()
 	}
-	return p.err
 }
 
 // make computes p's change on the head and makes the result the head. It
@@ -122,16 +129,7 @@ func (r *Registry) settle(err error) bool {
 	}
 	id := e.missing
 	if last := r.made[id]; last != nil {
-		for !last.done {
-			if r.committing {
-				r.cond.Wait()
-				continue
-			}
-			r.committing = true
-			r.commitQueued()
-			r.committing = false
-			r.cond.Broadcast()
-		}
+		r.settled(last)
 		return true
 	}
 	known := r.revs[id]
